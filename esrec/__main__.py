@@ -1,0 +1,5 @@
+"""`python -m esrec` runs the command line."""
+
+from esrec.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""The `esrec` command line: one entry point, a subcommand per job.
+
+Commands print results on stdout and progress or problems on stderr; a problem the user
+can fix ends with exit code 1 (2 for bad settings or usage) and one plain message.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from esrec.settings import Settings, SettingsError, load_settings
+from esrec.stack import SERVICES, LocalStack, StackError, env_exports
+
+DEFAULT_STACK_DIR = Path(".esrec/stack")
+
+
+class UserError(click.ClickException):
+    """A problem with a plain explanation; click prints it without a traceback."""
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    """Load settings once per invocation; bad settings exit 2 naming the field and the fix."""
+    if ctx.obj.get("settings") is None:
+        try:
+            ctx.obj["settings"] = load_settings(ctx.obj.get("config"))
+        except SettingsError as error:
+            click.echo(f"esrec: invalid settings\n{error}", err=True)
+            ctx.exit(2)
+    return ctx.obj["settings"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ESREC_CONFIG",
+    help="TOML or YAML settings file (environment variables ESREC_* take precedence).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """esrec: MongoDB -> two-tower item vectors -> Elasticsearch, and fused recall for a feed."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.group()
+def config() -> None:
+    """Inspect the effective settings."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the effective settings as JSON (secrets masked)."""
+    click.echo(settings_from(ctx).model_dump_json(indent=2))
+
+
+@main.group()
+def stack() -> None:
+    """Run the local stand-in servers (for machines without Docker; see README)."""
+
+
+_stack_dir = click.option(
+    "--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STACK_DIR, show_default=True, help="Where PID files, logs and data live.",
+)
+
+
+@stack.command("up")
+@_stack_dir
+@click.option("--es-port", type=int, help="Elasticsearch port (default 9200).")
+@click.option("--mongo-port", type=int, help="MongoDB port (default 27017).")
+@click.option("--kafka-port", type=int, help="Kafka port (default 9092).")
+@click.option("--free-ports", is_flag=True, help="Pick free ports instead of the defaults.")
+@click.option(
+    "--only", multiple=True, type=click.Choice(sorted(SERVICES)),
+    help="Start only these servers (repeatable).",
+)
+@click.option(
+    "--kafka-engine", type=click.Choice(["noida", "tansu"]), default="noida", show_default=True,
+    help="tansu expires killed consumers (crash tests); noida is the default.",
+)
+def stack_up(
+    directory: Path, es_port: int | None, mongo_port: int | None, kafka_port: int | None,
+    free_ports: bool, only: tuple[str, ...], kafka_engine: str,
+) -> None:
+    """Start the stand-ins on loopback and wait until each answers (idempotent).
+
+    Prints `export` lines for the settings; `eval "$(esrec stack up --free-ports)"` applies them.
+    """
+    ports = {
+        name: port
+        for name, port in (("elasticsearch", es_port), ("mongodb", mongo_port),
+                           ("kafka", kafka_port))
+        if port is not None
+    }
+    try:
+        records = LocalStack(directory).up(
+            services=only or tuple(SERVICES), ports=ports, pick_free_ports=free_ports,
+            kafka_engine=kafka_engine,
+        )
+    except StackError as error:
+        raise UserError(str(error)) from None
+    for name, record in records.items():
+        click.echo(f"{name:<14} up   {record.url}  (pid {record.pid})", err=True)
+    click.echo("\n".join(env_exports(records)))
+
+
+@stack.command("down")
+@_stack_dir
+def stack_down(directory: Path) -> None:
+    """Stop every stand-in started from DIR, by PID (data is kept)."""
+    stopped = LocalStack(directory).down()
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running", err=True)
+
+
+@stack.command("status")
+@_stack_dir
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stack_status(directory: Path, as_json: bool) -> None:
+    """Show which stand-ins run, where, and their PIDs. Exit 1 if any is down."""
+    status = LocalStack(directory).status()
+    if as_json:
+        click.echo(json.dumps({n: r.__dict__ if r else None for n, r in status.items()}))
+    else:
+        for name, record in status.items():
+            line = f"up   {record.url}  (pid {record.pid})" if record else "down"
+            click.echo(f"{name:<14} {line}")
+    if not all(status.values()):
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--only", multiple=True, type=click.Choice(["elasticsearch", "mongodb", "kafka"]),
+    help="Check only these servers (repeatable).",
+)
+@click.pass_context
+def doctor(ctx: click.Context, only: tuple[str, ...]) -> None:
+    """Check that each configured server is reachable and has what esrec needs."""
+    from esrec.doctor import run_checks
+
+    results = run_checks(settings_from(ctx), list(only) or None)
+    for result in results:
+        if result.ok:
+            click.echo(f"{result.server:<14} ok    {result.version:<12} "
+                       f"{', '.join(result.capabilities)}")
+        else:
+            click.echo(f"{result.server:<14} FAIL  {result.problem}")
+    if not all(result.ok for result in results):
+        sys.exit(1)

@@ -1,0 +1,54 @@
+"""Server clients built from settings: the one place that turns settings into connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elasticsearch import Elasticsearch
+from pymongo import MongoClient
+
+from esrec.settings import ElasticsearchSettings, KafkaSettings, MongoSettings
+
+
+def elasticsearch_client(settings: ElasticsearchSettings, **overrides: Any) -> Elasticsearch:
+    """An Elasticsearch client; ``overrides`` are passed through (e.g. ``max_retries=0``)."""
+    options: dict[str, Any] = {
+        "hosts": list(settings.hosts),
+        "request_timeout": settings.request_timeout_s,
+        "verify_certs": settings.verify_certs,
+    }
+    if settings.ca_certs is not None:
+        options["ca_certs"] = str(settings.ca_certs)
+    if settings.api_key is not None:
+        options["api_key"] = settings.api_key.get_secret_value()
+    if settings.username is not None and settings.password is not None:
+        options["basic_auth"] = (settings.username, settings.password.get_secret_value())
+    options.update(overrides)
+    return Elasticsearch(**options)
+
+
+def mongo_client(settings: MongoSettings, **overrides: Any) -> MongoClient:
+    """A MongoDB client with the configured server-selection timeout."""
+    options: dict[str, Any] = {
+        "serverSelectionTimeoutMS": settings.server_selection_timeout_ms,
+        "tz_aware": True,
+    }
+    options.update(overrides)
+    return MongoClient(settings.uri.get_secret_value(), **options)
+
+
+def kafka_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments shared by kafka-python producers, consumers and admins."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(settings.bootstrap_servers),
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.ssl_cafile is not None:
+        options["ssl_cafile"] = str(settings.ssl_cafile)
+    if settings.sasl_mechanism is not None:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options

@@ -1,0 +1,263 @@
+"""One frozen settings model for every esrec process.
+
+Values come from, highest priority first: environment variables (``ESREC_`` prefix,
+``__`` between nesting levels, e.g. ``ESREC_ES__HOSTS``), then an optional TOML or YAML
+file named by ``--config`` or ``ESREC_CONFIG``, then the defaults below, which point at
+the local stack (``esrec stack up``) on its standard loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "ESREC_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV_VAR = "ESREC_CONFIG"
+
+# Standard ports of each server: what `esrec stack up` binds by default and what a
+# developer expects a local Elasticsearch / MongoDB / Kafka to listen on.
+DEFAULT_ES_URL = "http://127.0.0.1:9200"
+DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/"
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+
+# Elasticsearch index and alias names: lowercase, no leading -_+, none of \/*?"<>| ,#:
+_ES_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+_config_file: ContextVar[Path | None] = ContextVar("esrec_config_file", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _split_csv(value: Any) -> Any:
+    """Accept ``a,b`` from an env var as well as a list from a file."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ElasticsearchSettings(_Section):
+    hosts: Annotated[list[str], NoDecode] = Field(default=[DEFAULT_ES_URL], min_length=1)
+    api_key: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+    _split_hosts = field_validator("hosts", mode="before")(_split_csv)
+
+    @field_validator("hosts")
+    @classmethod
+    def _urls(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not host.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"{host!r} is not a URL; write it with its scheme, e.g. http://{host}"
+                )
+        return hosts
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> ElasticsearchSettings:
+        if self.api_key is not None and self.username is not None:
+            raise ValueError("set either api_key or username/password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("basic auth needs both username and password")
+        return self
+
+
+class CollectionNames(_Section):
+    items: str = "items"
+    users: str = "users"
+    user_state: str = "user_state"
+    interactions: str = "interactions"
+    checkpoints: str = "esrec_checkpoints"
+    dead_letters: str = "esrec_dead_letters"
+    models: str = "esrec_models"  # registry documents; GridFS bucket of the same name
+
+
+class MongoSettings(_Section):
+    uri: SecretStr = SecretStr(DEFAULT_MONGO_URI)  # may embed credentials
+    database: str = "esrec"
+    collections: CollectionNames = CollectionNames()
+    server_selection_timeout_ms: int = Field(default=10_000, gt=0)
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, uri: SecretStr) -> SecretStr:
+        if not uri.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return uri
+
+
+class TopicNames(_Section):
+    user_events: str = "esrec.user-events"
+    item_changes: str = "esrec.item-changes"
+    dead_letters: str = "esrec.dead-letters"
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default=[DEFAULT_KAFKA_BOOTSTRAP], min_length=1
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    client_id: str = "esrec"
+    topics: TopicNames = TopicNames()
+
+    _split_servers = field_validator("bootstrap_servers", mode="before")(_split_csv)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port(cls, servers: list[str]) -> list[str]:
+        for server in servers:
+            if not _HOST_PORT.match(server):
+                raise ValueError(f"{server!r} is not host:port, e.g. 127.0.0.1:9092")
+        return servers
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol={self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        return self
+
+
+class IndexSettings(_Section):
+    prefix: str = "esrec"
+    serving_alias: str = "esrec-items"
+
+    @field_validator("prefix", "serving_alias")
+    @classmethod
+    def _es_name(cls, name: str) -> str:
+        if not _ES_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid Elasticsearch name: use lowercase letters, "
+                "digits, '.', '_' and '-', starting with a letter or digit"
+            )
+        return name
+
+
+class Settings(BaseSettings):
+    """Everything an esrec process needs to reach its servers and name its data."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        frozen=True,
+        extra="forbid",
+    )
+
+    es: ElasticsearchSettings = ElasticsearchSettings()
+    mongo: MongoSettings = MongoSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    index: IndexSettings = IndexSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            if path.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used, with one line per problem naming the field and the fix."""
+
+
+def env_var_name(location: tuple[str | int, ...]) -> str:
+    """The environment variable that sets a field, e.g. ('es', 'hosts') -> ESREC_ES__HOSTS."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in location)
+
+
+def env_var_names() -> set[str]:
+    """Every environment variable the settings model reads (leaf fields only)."""
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> Iterator[str]:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                yield from walk(annotation, (*prefix, name))
+            else:
+                yield env_var_name((*prefix, name))
+
+    return set(walk(Settings, ()))
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        location = tuple(p for p in problem["loc"] if isinstance(p, str))
+        dotted = ".".join(location)
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown setting; check the spelling against `esrec config show`"
+        lines.append(
+            f"{dotted}: {message} (set {env_var_name(location)} or {dotted} in the config file)"
+        )
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Read settings from env and the config file, or raise SettingsError saying what to fix."""
+    if config_file is None and os.environ.get(CONFIG_ENV_VAR):
+        config_file = Path(os.environ[CONFIG_ENV_VAR])
+    if config_file is not None:
+        if not config_file.is_file():
+            raise SettingsError(f"config file {config_file} does not exist")
+        if config_file.suffix not in (".toml", ".yaml", ".yml"):
+            raise SettingsError(
+                f"config file {config_file} must end in .toml, .yaml or .yml"
+            )
+    token = _config_file.set(config_file)
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+    except ValueError as error:  # a config file or env var that does not parse
+        raise SettingsError(f"cannot read settings: {error}") from None
+    finally:
+        _config_file.reset(token)

