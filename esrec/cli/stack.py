@@ -1,8 +1,4 @@
-"""The `esrec` command line: one entry point, a subcommand per job.
-
-Commands print results on stdout and progress or problems on stderr; a problem the user
-can fix ends with exit code 1 (2 for bad settings or usage) and one plain message.
-"""
+"""`esrec stack`: the local stand-in servers."""
 
 from __future__ import annotations
 
@@ -12,54 +8,13 @@ from pathlib import Path
 
 import click
 
-from esrec.settings import Settings, SettingsError, load_settings
+from esrec.cli.context import UserError
 from esrec.stack import SERVICES, LocalStack, StackError, env_exports
 
 DEFAULT_STACK_DIR = Path(".esrec/stack")
 
 
-class UserError(click.ClickException):
-    """A problem with a plain explanation; click prints it without a traceback."""
-
-
-def settings_from(ctx: click.Context) -> Settings:
-    """Load settings once per invocation; bad settings exit 2 naming the field and the fix."""
-    if ctx.obj.get("settings") is None:
-        try:
-            ctx.obj["settings"] = load_settings(ctx.obj.get("config"))
-        except SettingsError as error:
-            click.echo(f"esrec: invalid settings\n{error}", err=True)
-            ctx.exit(2)
-    return ctx.obj["settings"]
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="ESREC_CONFIG",
-    help="TOML or YAML settings file (environment variables ESREC_* take precedence).",
-)
-@click.pass_context
-def main(ctx: click.Context, config: Path | None) -> None:
-    """esrec: MongoDB -> two-tower item vectors -> Elasticsearch, and fused recall for a feed."""
-    ctx.ensure_object(dict)
-    ctx.obj["config"] = config
-
-
-@main.group()
-def config() -> None:
-    """Inspect the effective settings."""
-
-
-@config.command("show")
-@click.pass_context
-def config_show(ctx: click.Context) -> None:
-    """Print the effective settings as JSON (secrets masked)."""
-    click.echo(settings_from(ctx).model_dump_json(indent=2))
-
-
-@main.group()
+@click.group()
 def stack() -> None:
     """Run the local stand-in servers (for machines without Docker; see README)."""
 
@@ -131,25 +86,4 @@ def stack_status(directory: Path, as_json: bool) -> None:
             line = f"up   {record.url}  (pid {record.pid})" if record else "down"
             click.echo(f"{name:<14} {line}")
     if not all(status.values()):
-        sys.exit(1)
-
-
-@main.command()
-@click.option(
-    "--only", multiple=True, type=click.Choice(["elasticsearch", "mongodb", "kafka"]),
-    help="Check only these servers (repeatable).",
-)
-@click.pass_context
-def doctor(ctx: click.Context, only: tuple[str, ...]) -> None:
-    """Check that each configured server is reachable and has what esrec needs."""
-    from esrec.doctor import run_checks
-
-    results = run_checks(settings_from(ctx), list(only) or None)
-    for result in results:
-        if result.ok:
-            click.echo(f"{result.server:<14} ok    {result.version:<12} "
-                       f"{', '.join(result.capabilities)}")
-        else:
-            click.echo(f"{result.server:<14} FAIL  {result.problem}")
-    if not all(result.ok for result in results):
         sys.exit(1)

@@ -1,0 +1,46 @@
+"""The `esrec` command line: one entry point, a subcommand per job.
+
+Commands print results on stdout and progress or problems on stderr; a problem the user
+can fix ends with exit code 1 (2 for bad settings or usage) and one plain message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from esrec.cli.context import settings_from
+from esrec.cli.doctor import doctor
+from esrec.cli.stack import stack
+from esrec.cli.towers import models, towers
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ESREC_CONFIG",
+    help="TOML or YAML settings file (environment variables ESREC_* take precedence).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """esrec: MongoDB -> two-tower item vectors -> Elasticsearch, and fused recall for a feed."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.group()
+def config() -> None:
+    """Inspect the effective settings."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the effective settings as JSON (secrets masked)."""
+    click.echo(settings_from(ctx).model_dump_json(indent=2))
+
+
+for command in (stack, doctor, towers, models):
+    main.add_command(command)

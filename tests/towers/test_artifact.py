@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from towers.artifact import ArtifactError, ModelArtifact, export_artifact
+from towers.dataset import Dataset
+from towers.train import TrainResult
+
+# Exported programs run the same kernels as the eager model on CPU; allow float32 noise.
+EXPORT_TOLERANCE = 1e-5
+
+
+def test_exported_towers_match_the_eager_model(artifact: ModelArtifact, trained: TrainResult,
+                                               small_dataset: Dataset) -> None:
+    model = trained.model.eval()
+    items = small_dataset.items[:300]
+    users = [case.user for case in trained.split.cases[:200]]
+    with torch.no_grad():
+        eager_items = model.item_tower(trained.featurizer.items(items)).numpy()
+        eager_users = model.user_tower(trained.featurizer.users(users)).numpy()
+    assert np.abs(artifact.embed_items(items) - eager_items).max() < EXPORT_TOLERANCE
+    assert np.abs(artifact.embed_users(users) - eager_users).max() < EXPORT_TOLERANCE
+    one = artifact.embed_items(items[:1])  # batch 1 works on the dynamic-batch program
+    assert one.shape == (1, artifact.manifest.dims)
+    assert np.allclose(np.linalg.norm(artifact.embed_items(items), axis=1), 1.0, atol=1e-5)
+
+
+def test_manifest_names_the_model_and_pins_every_file(artifact: ModelArtifact) -> None:
+    manifest = artifact.manifest
+    assert (manifest.name, manifest.version, manifest.dims) == ("test-model", "1", 32)
+    assert manifest.similarity == "dot_product"
+    assert set(manifest.files) == {"item_tower.pt2", "user_tower.pt2", "vocabularies.json"}
+    assert manifest.torch_version == torch.__version__
+    assert len(artifact.sha256) == 64
+
+
+def test_cold_start_item_gets_a_content_vector(artifact: ModelArtifact,
+                                              small_dataset: Dataset) -> None:
+    known = small_dataset.items[0]
+    brand_new = {**known, "_id": "never-seen-before"}
+    vectors = artifact.embed_items([known, brand_new, {"_id": "bare"}])
+    assert np.isfinite(vectors).all()
+    # same content, unseen id: closer to its twin than an empty document is
+    assert vectors[1] @ vectors[0] > vectors[2] @ vectors[0]
+
+
+def _copy(artifact_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(artifact_dir, target)
+    return target
+
+
+def test_tampered_tower_is_refused(artifact_dir: Path, tmp_path: Path) -> None:
+    copy = _copy(artifact_dir, tmp_path)
+    data = bytearray((copy / "item_tower.pt2").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "item_tower.pt2").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"item_tower\.pt2 is corrupt"):
+        ModelArtifact.load(copy)
+
+
+def test_missing_file_and_edited_manifest_are_refused(artifact_dir: Path, tmp_path: Path) -> None:
+    copy = _copy(artifact_dir, tmp_path)
+    (copy / "vocabularies.json").unlink()
+    with pytest.raises(ArtifactError, match=r"vocabularies\.json is missing"):
+        ModelArtifact.load(copy)
+    copy = _copy(artifact_dir, tmp_path / "b")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["dims"] = 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="outputs 32 dims, the manifest says 64"):
+        ModelArtifact.load(copy)
+    original = ModelArtifact.load(artifact_dir).sha256
+    with pytest.raises(ArtifactError, match="not the expected"):
+        ModelArtifact.load(copy, expected_sha256=original)
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
+        ModelArtifact.load(tmp_path)
+
+
+def test_export_refuses_to_overwrite(trained: TrainResult, artifact_dir: Path) -> None:
+    with pytest.raises(ArtifactError, match="already holds an artifact"):
+        export_artifact(trained.model, trained.featurizer, artifact_dir, "x", "2", {})

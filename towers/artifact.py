@@ -1,0 +1,189 @@
+"""A model version on disk: each tower exported on its own, plus a checksummed manifest.
+
+    <dir>/manifest.json      name, version, dims, similarity, feature spec, fitted
+                             statistics, training metrics, torch version, sha256 per file
+    <dir>/item_tower.pt2     torch.export programs: serving needs no training code
+    <dir>/user_tower.pt2     (TorchScript is deprecated as of torch 2.5; torch.export is
+                             its successor)
+    <dir>/vocabularies.json  fitted vocabularies per embedding table
+
+The artifact's identity is the sha256 of manifest.json, which pins every other file.
+Loading verifies all of it and refuses anything corrupt or inconsistent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch.export import Dim
+
+from towers.features import FeatureSpec
+from towers.featurizer import Featurizer, FittedState, NumericStats
+from towers.model import TwoTower
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ITEM_TOWER = "item_tower.pt2"
+USER_TOWER = "user_tower.pt2"
+VOCABULARIES = "vocabularies.json"
+REQUIRED_FILES = (ITEM_TOWER, USER_TOWER, VOCABULARIES)
+_MAX_BATCH = 1 << 20
+
+
+class ArtifactError(Exception):
+    """An artifact that cannot be used, with the reason."""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int
+    name: str
+    version: str
+    dims: int
+    similarity: Literal["dot_product"]  # towers end in L2 normalisation
+    feature_spec: FeatureSpec
+    numeric_stats: dict[str, NumericStats]
+    vocabulary_sizes: dict[str, int]
+    training: dict[str, Any]
+    torch_version: str
+    created_at: str
+    files: dict[str, str]  # file name -> sha256
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _export(tower: torch.nn.Module, example: dict[str, torch.Tensor], path: Path) -> None:
+    batch = Dim("batch", min=1, max=_MAX_BATCH)
+    program = torch.export.export(
+        tower.eval(), (example,), dynamic_shapes=({key: {0: batch} for key in example},))
+    torch.export.save(program, path)
+
+
+def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, name: str,
+                    version: str, training: Mapping[str, Any]) -> ModelArtifact:
+    """Write a model version to ``directory`` (which must not hold another artifact)."""
+    if (directory / MANIFEST).exists():
+        raise ArtifactError(f"{directory} already holds an artifact; pick an empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = Featurizer(featurizer.spec, featurizer.state)  # empty docs: valid all-default inputs
+    _export(model.item_tower, probe.items([{}, {}]), directory / ITEM_TOWER)
+    _export(model.user_tower, probe.users([{}, {}]), directory / USER_TOWER)
+    (directory / VOCABULARIES).write_text(json.dumps(featurizer.state.vocabularies))
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        name=name,
+        version=version,
+        dims=model.out_dim,
+        similarity="dot_product",
+        feature_spec=featurizer.spec,
+        numeric_stats=featurizer.state.numeric,
+        vocabulary_sizes={t: len(v) for t, v in featurizer.state.vocabularies.items()},
+        training=dict(training),
+        torch_version=torch.__version__,
+        created_at=datetime.now(UTC).isoformat(),
+        files={f: sha256_file(directory / f) for f in REQUIRED_FILES},
+    )
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    return ModelArtifact.load(directory)
+
+
+class ModelArtifact:
+    """A verified model version, ready to embed items and users."""
+
+    def __init__(self, directory: Path, manifest: Manifest, sha256: str,
+                 item_tower: torch.nn.Module, user_tower: torch.nn.Module,
+                 featurizer: Featurizer) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.sha256 = sha256
+        self.item_tower = item_tower
+        self.user_tower = user_tower
+        self.featurizer = featurizer
+
+    @classmethod
+    def load(cls, directory: Path, expected_sha256: str | None = None) -> ModelArtifact:
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise ArtifactError(f"{directory} is not a model artifact: no {MANIFEST}")
+        sha256 = sha256_file(manifest_path)
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            raise ArtifactError(
+                f"{directory}: manifest sha256 {sha256[:12]} is not the expected "
+                f"{expected_sha256[:12]}")
+        try:
+            manifest = Manifest.model_validate_json(manifest_path.read_text())
+        except ValidationError as error:
+            raise ArtifactError(f"{manifest_path} is not a valid manifest: {error}") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise ArtifactError(f"{directory}: format {manifest.format_version} is not "
+                                f"supported (this esrec reads format {FORMAT_VERSION})")
+        if set(manifest.files) != set(REQUIRED_FILES):
+            raise ArtifactError(f"{directory}: manifest lists {sorted(manifest.files)}, "
+                                f"expected {sorted(REQUIRED_FILES)}")
+        for name, expected in manifest.files.items():
+            path = directory / name
+            if not path.is_file():
+                raise ArtifactError(f"{directory}: {name} is missing")
+            if sha256_file(path) != expected:
+                raise ArtifactError(f"{directory}: {name} is corrupt (sha256 mismatch)")
+        vocabularies = json.loads((directory / VOCABULARIES).read_text())
+        sizes = {t: len(v) for t, v in vocabularies.items()}
+        if sizes != manifest.vocabulary_sizes:
+            raise ArtifactError(f"{directory}: vocabularies do not match the manifest")
+        featurizer = Featurizer(manifest.feature_spec,
+                                FittedState(vocabularies=vocabularies,
+                                            numeric=manifest.numeric_stats))
+        try:
+            item_tower = torch.export.load(directory / ITEM_TOWER).module()
+            user_tower = torch.export.load(directory / USER_TOWER).module()
+        except Exception as error:  # torch raises many types for an unreadable program
+            raise ArtifactError(
+                f"{directory}: cannot load the exported towers with torch "
+                f"{torch.__version__} (exported with {manifest.torch_version}): {error}"
+            ) from None
+        probe = Featurizer(featurizer.spec, featurizer.state)  # keeps real fallback counts clean
+        for side, tower, inputs in (("item", item_tower, probe.items([{}])),
+                                    ("user", user_tower, probe.users([{}]))):
+            dims = _run(tower, inputs).shape[1]
+            if dims != manifest.dims:
+                raise ArtifactError(f"{directory}: the {side} tower outputs {dims} dims, "
+                                    f"the manifest says {manifest.dims}")
+        return cls(directory, manifest, sha256, item_tower, user_tower, featurizer)
+
+    def embed_items(self, documents: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Unit-length item vectors, one row per document, float32."""
+        if not documents:
+            return np.zeros((0, self.manifest.dims), np.float32)
+        return _run(self.item_tower, self.featurizer.items(documents))
+
+    def embed_users(self, documents: Sequence[Mapping[str, Any]],
+                    at: Sequence[float] | None = None) -> np.ndarray:
+        """Unit-length user vectors as serving computes them: example age 0, ages measured
+        from now (or from ``at``, epoch seconds per document, for offline evaluation)."""
+        if not documents:
+            return np.zeros((0, self.manifest.dims), np.float32)
+        return _run(self.user_tower, self.featurizer.users(documents, at=at))
+
+
+def _run(tower: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    with torch.inference_mode():
+        return tower(inputs).numpy()

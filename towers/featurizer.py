@@ -1,0 +1,273 @@
+"""One featurizer turns documents into tensors, for training and for serving alike.
+
+It never raises on a document: a missing or mistyped field falls back to the default
+(padding index, or the fitted mean for numbers) and is counted in ``fallbacks``, so a
+stream can watch the counts instead of dying on one odd document.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from towers.features import (
+    FIRST,
+    OOV,
+    PAD,
+    Age,
+    Categorical,
+    EmbeddedFeature,
+    Feature,
+    FeatureSpec,
+    ItemId,
+    Numeric,
+    RecentItems,
+    ScalarFeature,
+    TagCounts,
+    Tags,
+    Text,
+)
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+_SECONDS_PER_DAY = 86_400.0
+EXAMPLE_AGE = "example_age"  # user-tower input: days since the example (0 when serving)
+NUMERIC = "numeric"  # tensor key of a tower's standardised scalar features
+
+
+class NumericStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    mean: float
+    std: float
+
+
+class FittedState(BaseModel):
+    """What fitting learned: vocabularies per table and statistics per scalar feature."""
+
+    model_config = ConfigDict(frozen=True)
+    vocabularies: dict[str, list[str]]
+    numeric: dict[str, NumericStats]
+
+
+def _get(document: Mapping[str, Any], path: str) -> Any:
+    value: Any = document
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _key(value: Any) -> str | None:
+    """The string form of a categorical value; None for what cannot be one."""
+    if isinstance(value, bool) or value is None or isinstance(value, Mapping | list | float):
+        return None
+    return str(value)
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def table_size(feature: EmbeddedFeature, state: FittedState) -> int:
+    if feature.hash_buckets:
+        return FIRST + feature.hash_buckets
+    return FIRST + len(state.vocabularies[feature.table_name])
+
+
+class Featurizer:
+    """Documents -> dict of tensors, per tower. Build with ``fit`` or from a saved state."""
+
+    def __init__(self, spec: FeatureSpec, state: FittedState) -> None:
+        self.spec = spec
+        self.state = state
+        self.fallbacks: Counter[tuple[str, str]] = Counter()
+        self._index = {table: {v: FIRST + i for i, v in enumerate(vocab)}
+                       for table, vocab in state.vocabularies.items()}
+
+    # -- fitting ------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        spec: FeatureSpec,
+        items: Sequence[Mapping[str, Any]],
+        users: Sequence[Mapping[str, Any]],
+        item_counts: Mapping[str, int],
+        now: float | None = None,
+    ) -> Featurizer:
+        """Fit vocabularies and statistics on training data.
+
+        ``item_counts`` (interactions per item id) decides which ids get their own
+        embedding: an id the model has barely seen is better served by the shared bucket.
+        """
+        reference = time.time() if now is None else now
+        counters: dict[str, Counter[str]] = {}
+        sides = [(f, items) for f in spec.item] + [(f, users) for f in spec.user]
+        for feature, documents in sides:
+            counter = counters.setdefault(getattr(feature, "table_name", feature.name), Counter())
+            if isinstance(feature, ItemId):
+                counter.update({k: c for k, c in item_counts.items() if c >= feature.min_count})
+            elif isinstance(feature, Categorical | Tags | Text):
+                for document in documents:
+                    counter.update(_values(feature, document))
+        vocabularies = {}
+        for feature in spec.embedded():
+            if feature.max_vocab and feature.table_name not in vocabularies:
+                counter = counters.get(feature.table_name, Counter())
+                # ties broken by value so the same data always gives the same vocabulary
+                ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+                vocabularies[feature.table_name] = [v for v, _ in ranked[: feature.max_vocab]]
+        numeric = {}
+        for feature, documents in sides:
+            if isinstance(feature, Numeric | Age):
+                values = [v for d in documents
+                          if (v := _scalar(feature, d, reference)) is not None]
+                mean = sum(values) / len(values) if values else 0.0
+                var = sum((v - mean) ** 2 for v in values) / len(values) if values else 1.0
+                numeric[feature.name] = NumericStats(mean=mean, std=math.sqrt(var) or 1.0)
+        return cls(spec, FittedState(vocabularies=vocabularies, numeric=numeric))
+
+    # -- featurization ------------------------------------------------------------------
+
+    def items(self, documents: Sequence[Mapping[str, Any]],
+              at: float | None = None) -> dict[str, torch.Tensor]:
+        """Item-tower inputs; ``at`` (epoch seconds) is "now" for age features."""
+        return self._tensors(self.spec.item, documents, [at or time.time()] * len(documents))
+
+    def users(
+        self,
+        documents: Sequence[Mapping[str, Any]],
+        at: Sequence[float] | None = None,
+        example_age_days: Sequence[float] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """User-tower inputs. Training passes each example's time and age; serving neither."""
+        reference = list(at) if at is not None else [time.time()] * len(documents)
+        tensors = self._tensors(self.spec.user, documents, reference)
+        ages = example_age_days if example_age_days is not None else [0.0] * len(documents)
+        tensors[EXAMPLE_AGE] = torch.tensor(ages, dtype=torch.float32).unsqueeze(1)
+        return tensors
+
+    def _tensors(self, features: list[Feature], documents: Sequence[Mapping[str, Any]],
+                 at: Sequence[float]) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: list[list[float]] = []
+        for feature in features:
+            if isinstance(feature, Numeric | Age):
+                scalars.append([self._standardised(feature, d, t) for d, t in zip(documents, at,
+                                                                                 strict=True)])
+            elif isinstance(feature, Tags | Text | RecentItems):
+                rows = [self._bag(feature, d) for d in documents]
+                tensors[feature.name] = torch.tensor(rows, dtype=torch.long).view(
+                    len(documents), feature.max_len)
+            elif isinstance(feature, TagCounts):
+                pairs = [self._weighted_bag(feature, d) for d in documents]
+                tensors[feature.name] = torch.tensor([p[0] for p in pairs], dtype=torch.long).view(
+                    len(documents), feature.max_len)
+                tensors[f"{feature.name}_weights"] = torch.tensor(
+                    [p[1] for p in pairs], dtype=torch.float32).view(len(documents),
+                                                                     feature.max_len)
+            else:
+                tensors[feature.name] = torch.tensor(
+                    [self._single(feature, d) for d in documents], dtype=torch.long)
+        tensors[NUMERIC] = (torch.tensor(scalars, dtype=torch.float32).T.contiguous() if scalars
+                            else torch.zeros(len(documents), 0))
+        return tensors
+
+    def _lookup(self, feature: EmbeddedFeature, key: str) -> int:
+        if feature.hash_buckets:
+            return FIRST + zlib.crc32(key.encode()) % feature.hash_buckets
+        return self._index[feature.table_name].get(key, OOV)
+
+    def _single(self, feature: Categorical | ItemId, document: Mapping[str, Any]) -> int:
+        raw = _get(document, feature.field)
+        key = _key(raw)
+        if key is None:
+            self.fallbacks[(feature.name, "missing" if raw is None else "mistyped")] += 1
+            return PAD
+        return self._lookup(feature, key)
+
+    def _bag(self, feature: Tags | Text | RecentItems, document: Mapping[str, Any]) -> list[int]:
+        raw = _get(document, feature.field)
+        if isinstance(feature, Text):
+            values = tokens(raw) if isinstance(raw, str) else None
+        else:
+            values = [k for v in raw if (k := _key(v)) is not None] if isinstance(
+                raw, list) else None
+        if values is None:
+            self.fallbacks[(feature.name, "missing" if raw is None else "mistyped")] += 1
+            values = []
+        if len(values) > feature.max_len:
+            self.fallbacks[(feature.name, "truncated")] += 1
+        ids = [self._lookup(feature, v) for v in values[: feature.max_len]]
+        return ids + [PAD] * (feature.max_len - len(ids))
+
+    def _weighted_bag(self, feature: TagCounts,
+                      document: Mapping[str, Any]) -> tuple[list[int], list[float]]:
+        raw = _get(document, feature.field)
+        if not isinstance(raw, Mapping):
+            self.fallbacks[(feature.name, "missing" if raw is None else "mistyped")] += 1
+            raw = {}
+        counts = [(str(k), float(v)) for k, v in raw.items()
+                  if isinstance(v, int | float) and not isinstance(v, bool)
+                  and math.isfinite(v) and v > 0]
+        counts.sort(key=lambda kv: (-kv[1], kv[0]))  # keep the strongest when truncating
+        if len(counts) > feature.max_len:
+            self.fallbacks[(feature.name, "truncated")] += 1
+        counts = counts[: feature.max_len]
+        pad = feature.max_len - len(counts)
+        return ([self._lookup(feature, k) for k, _ in counts] + [PAD] * pad,
+                [w for _, w in counts] + [0.0] * pad)
+
+    def _standardised(self, feature: ScalarFeature, document: Mapping[str, Any],
+                      at: float) -> float:
+        value = _scalar(feature, document, at)
+        if value is None:
+            raw = _get(document, feature.field)
+            self.fallbacks[(feature.name, "missing" if raw is None else "mistyped")] += 1
+            return 0.0  # the fitted mean
+        stats = self.state.numeric[feature.name]
+        return (value - stats.mean) / stats.std
+
+
+def _values(feature: Categorical | Tags | Text, document: Mapping[str, Any]) -> Iterable[str]:
+    raw = _get(document, feature.field)
+    if isinstance(feature, Text):
+        return tokens(raw) if isinstance(raw, str) else []
+    if isinstance(feature, Tags):
+        return [k for v in raw if (k := _key(v)) is not None] if isinstance(raw, list) else []
+    key = _key(raw)
+    return [key] if key is not None else []
+
+
+def _scalar(feature: ScalarFeature, document: Mapping[str, Any], at: float) -> float | None:
+    raw = _get(document, feature.field)
+    if isinstance(feature, Age):
+        seconds = _epoch_seconds(raw)
+        if seconds is None:
+            return None
+        return math.log1p(max(at - seconds, 0.0) / _SECONDS_PER_DAY)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    return math.log1p(max(float(raw), 0.0)) if feature.log else float(raw)

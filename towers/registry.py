@@ -1,0 +1,153 @@
+"""The model registry in MongoDB: artifact files in GridFS, one document per version.
+
+A published ``name@version`` is immutable: publishing the same bytes again is a no-op,
+different bytes are refused. ``pull`` materialises a version in a local cache keyed by
+the artifact's sha256 and verifies it on the way. Each version carries a lifecycle
+``state`` with a history of every change (the model-version rollout drives it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gridfs
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from towers.artifact import MANIFEST, ModelArtifact
+
+STATES = ("published", "building", "ready", "serving", "retired", "failed")
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "models"
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done, with the reason."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: str
+    sha256: str
+    state: str
+    dims: int
+    published_at: datetime
+    manifest: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> ModelRecord:
+        return cls(name=document["name"], version=document["version"],
+                   sha256=document["sha256"], state=document["state"],
+                   dims=document["manifest"]["dims"], published_at=document["published_at"],
+                   manifest=document["manifest"], history=document.get("history", []))
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """'name@version' -> (name, version), or a RegistryError saying how to write it."""
+    name, at, version = ref.partition("@")
+    if not (name and at and version):
+        raise RegistryError(f"{ref!r} is not NAME@VERSION (e.g. two-tower@3)")
+    return name, version
+
+
+class ModelRegistry:
+    def __init__(self, db: Database, collection: str) -> None:
+        self.documents = db[collection]
+        self.files = gridfs.GridFSBucket(db, bucket_name=collection)
+        self.documents.create_index([("name", ASCENDING), ("version", ASCENDING)], unique=True)
+
+    def publish(self, directory: Path) -> ModelRecord:
+        """Upload a verified artifact; idempotent for identical bytes, refused otherwise."""
+        artifact = ModelArtifact.load(directory)
+        manifest = artifact.manifest
+        existing = self.documents.find_one({"_id": manifest.ref})
+        if existing is not None:
+            return self._same_or_refuse(existing, artifact.sha256)
+        files = []
+        for name in [MANIFEST, *manifest.files]:
+            with (directory / name).open("rb") as data:
+                file_id = self.files.upload_from_stream(
+                    f"{manifest.ref}/{name}", data, metadata={"model": manifest.ref})
+            files.append({"name": name, "file_id": file_id})
+        now = datetime.now(UTC)
+        document = {
+            "_id": manifest.ref, "name": manifest.name, "version": manifest.version,
+            "sha256": artifact.sha256, "state": "published", "published_at": now,
+            "manifest": manifest.model_dump(mode="json"), "files": files,
+            "history": [{"state": "published", "at": now, "reason": "published"}],
+        }
+        try:
+            self.documents.insert_one(document)
+        except DuplicateKeyError:  # lost a race with another publisher of the same version
+            for entry in files:
+                self.files.delete(entry["file_id"])
+            return self._same_or_refuse(self.documents.find_one({"_id": manifest.ref}) or {},
+                                        artifact.sha256)
+        return self.get(manifest.ref)  # as stored (BSON dates have millisecond precision)
+
+    def _same_or_refuse(self, existing: dict[str, Any], sha256: str) -> ModelRecord:
+        if existing.get("sha256") == sha256:
+            return ModelRecord.from_document(existing)
+        raise RegistryError(
+            f"{existing.get('_id')} is already published with different bytes "
+            f"(sha256 {existing.get('sha256', '?')[:12]}, yours {sha256[:12]}); published "
+            "versions are immutable, publish under a new version")
+
+    def list(self, name: str | None = None) -> list[ModelRecord]:
+        query = {"name": name} if name else {}
+        return [ModelRecord.from_document(d)
+                for d in self.documents.find(query).sort([("name", 1), ("published_at", 1)])]
+
+    def get(self, ref: str) -> ModelRecord:
+        document = self.documents.find_one({"_id": "@".join(parse_ref(ref))})
+        if document is None:
+            raise RegistryError(f"{ref} is not in the registry; `esrec models list` shows what is")
+        return ModelRecord.from_document(document)
+
+    def pull(self, ref: str, cache: Path = DEFAULT_CACHE) -> ModelArtifact:
+        """The artifact of ``ref``, from the local cache or downloaded into it, verified."""
+        record = self.get(ref)
+        target = cache / record.sha256
+        if (target / MANIFEST).is_file():
+            return ModelArtifact.load(target, expected_sha256=record.sha256)
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".pull-"))
+        try:
+            document = self.documents.find_one({"_id": "@".join(parse_ref(ref))}) or {}
+            for entry in document["files"]:
+                with (staging / entry["name"]).open("wb") as out:
+                    self.files.download_to_stream(entry["file_id"], out)
+            ModelArtifact.load(staging, expected_sha256=record.sha256)
+            staging.rename(target)  # atomic: a half-pulled artifact is never in the cache
+        except OSError:
+            if not (target / MANIFEST).is_file():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return ModelArtifact.load(target, expected_sha256=record.sha256)
+
+    def set_state(self, ref: str, state: str, reason: str) -> ModelRecord:
+        """Move a version to ``state``, appending to its history."""
+        if state not in STATES:
+            raise RegistryError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        document = self.documents.find_one_and_update(
+            {"_id": "@".join(parse_ref(ref))},
+            {"$set": {"state": state},
+             "$push": {"history": {"state": state, "at": datetime.now(UTC), "reason": reason}}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            raise RegistryError(f"{ref} is not in the registry")
+        return ModelRecord.from_document(document)
