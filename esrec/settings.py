@@ -170,6 +170,33 @@ class IndexSettings(_Section):
         return name
 
 
+ProjectedType = Literal["keyword", "text", "float", "long", "date", "boolean"]
+
+
+class IndexerSettings(_Section):
+    """The change-stream indexer: batching, index layout, error handling."""
+
+    # 500 docs / 8 MB / 50 ms: bulk requests of a few MB amortise the round trip while a
+    # quiet stream still reaches ES within ~50 ms of the change.
+    batch_max_docs: int = Field(default=500, gt=0)
+    batch_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    batch_max_wait_ms: int = Field(default=50, ge=0)
+    # source fields copied into the index document for the other recall channels
+    projection: dict[str, ProjectedType] = {
+        "title": "text", "category": "keyword", "tags": "keyword", "created_at": "date",
+        "price": "float", "popularity": "float",
+    }
+    required_fields: list[str] = []  # a document without one goes to dead letters
+    max_document_bytes: int = Field(default=1024 * 1024, gt=0)  # BSON size of the source doc
+    index_options: Literal["hnsw", "int8_hnsw"] = "hnsw"
+    error_budget_ratio: float = Field(default=0.05, gt=0, le=1)  # dead letters per event
+    error_budget_window: int = Field(default=1000, gt=0)  # ... over this many recent events
+    retry_max_delay_s: float = Field(default=30.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no HTTP endpoint
+    on_history_lost: Literal["fail", "resync"] = "fail"
+
+
 class Settings(BaseSettings):
     """Everything an esrec process needs to reach its servers and name its data."""
 
@@ -184,6 +211,7 @@ class Settings(BaseSettings):
     mongo: MongoSettings = MongoSettings()
     kafka: KafkaSettings = KafkaSettings()
     index: IndexSettings = IndexSettings()
+    indexer: IndexerSettings = IndexerSettings()
 
     @classmethod
     def settings_customise_sources(

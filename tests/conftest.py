@@ -1,10 +1,11 @@
-"""Session-scoped servers (see tests/servers.py) and per-run unique names."""
+"""Session-scoped servers (see tests/servers.py), per-run unique names, one small model."""
 
 from __future__ import annotations
 
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch
@@ -13,6 +14,10 @@ from pymongo.database import Database
 
 from esrec.settings import Settings
 from tests.servers import ServerPool
+from towers.artifact import ModelArtifact, export_artifact
+from towers.dataset import Dataset
+from towers.synth import SynthConfig, generate
+from towers.train import TrainConfig, TrainResult, train
 
 RUN_ID = uuid.uuid4().hex[:8]  # every index, database and topic of this run carries it
 _counter = itertools.count()
@@ -80,3 +85,32 @@ def settings(es_url: str, mongo_url: str, kafka_bootstrap: str,
                           "dead_letters": f"{stem}.dead"}},
         index={"prefix": stem, "serving_alias": f"{stem}-serving"},
     )
+
+
+# -- one small trained model per session: training is the slow part --------------------
+
+SMALL = SynthConfig(items=600, users=400, topics=10, mean_interactions=15, seed=3)
+QUICK = TrainConfig(epochs=4, batch_size=256, dims=32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_dataset() -> Dataset:
+    return generate(SMALL)
+
+
+@pytest.fixture(scope="session")
+def trained(small_dataset: Dataset) -> TrainResult:
+    return train(small_dataset, QUICK, progress=False)
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("artifact") / "model"
+    export_artifact(trained.model, trained.featurizer, directory, "test-model", "1",
+                    {"config": {"history_len": QUICK.history_len}})
+    return directory
+
+
+@pytest.fixture
+def artifact(artifact_dir: Path) -> ModelArtifact:
+    return ModelArtifact.load(artifact_dir)

@@ -12,6 +12,7 @@ import click
 
 from esrec.cli.context import settings_from
 from esrec.cli.doctor import doctor
+from esrec.cli.indexer import indexer
 from esrec.cli.stack import stack
 from esrec.cli.towers import models, towers
 
@@ -42,5 +43,5 @@ def config_show(ctx: click.Context) -> None:
     click.echo(settings_from(ctx).model_dump_json(indent=2))
 
 
-for command in (stack, doctor, towers, models):
+for command in (stack, doctor, towers, models, indexer):
     main.add_command(command)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from tests.towers.conftest import QUICK
+from tests.conftest import QUICK
 from towers.dataset import Dataset
 from towers.train import TrainConfig, TrainResult, in_batch_softmax_loss, train
 

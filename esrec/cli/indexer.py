@@ -1,0 +1,161 @@
+"""`esrec indexer`: backfill a version's index, run the daemon, show its status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+
+import click
+from elastic_transport import TransportError
+from pymongo.errors import PyMongoError
+
+from esrec.cli.context import UserError, mongo_database, settings_from
+from esrec.clients import elasticsearch_client
+from esrec.logs import configure
+from indexer.backfill import backfill
+from indexer.checkpoint import lag_seconds
+from indexer.daemon import MissingCheckpoint, install_signal_handlers, serve_http
+from indexer.dead_letters import ErrorBudgetExceeded
+from indexer.layout import LIVE, resolve_alias, switch_alias, version_alias
+from indexer.metrics import IndexerMetrics
+from indexer.pipeline import Target
+from indexer.service import MissingIndex, Services
+from indexer.sink import TransientBulkError
+from indexer.source import HistoryLost, StreamInvalidated
+from towers.artifact import ArtifactError
+from towers.registry import ModelRegistry, RegistryError
+
+log = logging.getLogger("esrec.indexer")
+
+
+def _services(ctx: click.Context) -> Services:
+    settings = settings_from(ctx)
+    db = mongo_database(ctx)
+    return Services(settings, elasticsearch_client(settings.es), db,
+                    ModelRegistry(db, settings.mongo.collections.models), IndexerMetrics(),
+                    threading.Event())
+
+
+@click.group()
+def indexer() -> None:
+    """The change-stream indexer: MongoDB items -> item tower -> Elasticsearch."""
+
+
+@indexer.command("backfill")
+@click.argument("ref")
+@click.pass_context
+def backfill_command(ctx: click.Context, ref: str) -> None:
+    """Fill REF's index (NAME@VERSION) from a scan of the items; resumable after a crash."""
+    configure()
+    services = _services(ctx)
+    install_signal_handlers(services.stop, services.settings.indexer.shutdown_timeout_s)
+    try:
+        try:
+            target = services.target(ref)
+        except MissingIndex:
+            target = services.new_generation(ref, point_alias=True)
+    except (RegistryError, ArtifactError) as error:
+        raise UserError(str(error)) from None
+    report = backfill(services.items, services.pipeline([target]), services.checkpoints,
+                      target.index, services.stop,
+                      batch_size=services.settings.indexer.batch_max_docs)
+    click.echo(json.dumps({"model": ref, "index": report.index, "documents": report.documents,
+                           "operation_time": report.operation_time.time,
+                           "resumed": report.resumed_from is not None, "done": report.done}))
+    if not report.done:
+        sys.exit(1)
+
+
+def _resync(services: Services, targets: list[Target]) -> list[Target]:
+    """Rebuild every target into a fresh index, then switch its aliases atomically."""
+    rebuilt = []
+    for old in targets:
+        manifest = old.artifact.manifest
+        fresh = services.new_generation(manifest.ref, point_alias=False)
+        report = backfill(services.items, services.pipeline([fresh]), services.checkpoints,
+                          fresh.index, services.stop)
+        if not report.done:
+            raise click.Abort()
+        switch_alias(services.es, version_alias(services.settings.index.prefix, manifest.name,
+                                                manifest.version), fresh.index)
+        serving = services.settings.index.serving_alias
+        if resolve_alias(services.es, serving) == old.index:
+            switch_alias(services.es, serving, fresh.index)
+        log.warning("resynced after a history gap", extra={"old": old.index, "new": fresh.index})
+        rebuilt.append(fresh)
+    return rebuilt
+
+
+@indexer.command("run")
+@click.option("--model", "refs", multiple=True,
+              help="NAME@VERSION to index (repeatable); default: every active version.")
+@click.option("--on-history-lost", type=click.Choice(["fail", "resync"]),
+              help="If the resume point fell off the oplog: stop (default) or rebuild.")
+@click.option("--metrics-port", type=int, help="Port for /healthz and /metrics (0: none).")
+@click.pass_context
+def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str | None,
+                metrics_port: int | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (drains, then saves a final checkpoint)."""
+    configure()
+    services = _services(ctx)
+    settings = services.settings.indexer
+    try:
+        targets = [services.target(r) for r in refs] or services.active_targets()
+    except (RegistryError, ArtifactError, MissingIndex) as error:
+        raise UserError(str(error)) from None
+    if not targets:
+        raise UserError("no model version has an index yet; run "
+                        "`esrec indexer backfill NAME@VERSION` first")
+    install_signal_handlers(services.stop, settings.shutdown_timeout_s)
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    daemon = services.indexer(targets)
+    if port:
+        serve_http(port, services.metrics, daemon.health)
+    while True:
+        try:
+            daemon.run()
+            return
+        except HistoryLost as error:
+            if (on_history_lost or settings.on_history_lost) != "resync":
+                raise UserError(str(error)) from None
+            log.error("history lost; resyncing into fresh indices", extra={"error": str(error)})
+            daemon = services.indexer(_resync(services, daemon.pipeline.targets))
+        except (StreamInvalidated, ErrorBudgetExceeded, MissingCheckpoint) as error:
+            raise UserError(str(error)) from None
+        except (TransientBulkError, TransportError, PyMongoError):
+            if services.stop.is_set():  # stopped mid-retry: the batch will be replayed
+                log.info("stopped before the last batch was acknowledged; it will be replayed")
+                return
+            raise
+
+
+@indexer.command("status")
+@click.pass_context
+def status_command(ctx: click.Context) -> None:
+    """Per active version: checkpoint, lag, MongoDB vs Elasticsearch counts; dead letters."""
+    services = _services(ctx)
+    items = services.items.count_documents({})
+    versions = []
+    for target in services.active_targets():
+        checkpoint = services.checkpoints.describe(target.index) or {}
+        cluster_time = checkpoint.get("cluster_time")
+        services.es.indices.refresh(index=target.index)
+        versions.append({
+            "model": target.artifact.manifest.ref, "index": target.index,
+            "checkpoint_cluster_time": cluster_time.time if cluster_time else None,
+            "checkpoint_age_s": round(time.time() - checkpoint["updated_at"].timestamp(), 1)
+            if checkpoint.get("updated_at") else None,
+            "lag_s": lag_seconds(checkpoint, time.time()),
+            "indexed": services.es.count(index=target.index, query=LIVE)["count"],
+        })
+    dead = services.db[services.settings.mongo.collections.dead_letters]
+    click.echo(json.dumps({
+        "mongo_items": items, "versions": versions,
+        "dead_letters": dead.estimated_document_count(),
+        "latest_dead_letters": [{"doc_id": str(d["doc_id"]), "stage": d["stage"],
+                                 "error": d["error"]}
+                                for d in dead.find().sort("at", -1).limit(3)],
+    }, indent=2))

@@ -1,0 +1,194 @@
+"""The indexer daemon: stream -> pipeline -> checkpoint, until told to stop.
+
+    loop:  poll a batch (<= max docs / bytes / wait)  ->  pipeline.process (all targets,
+           every write acknowledged)  ->  save the position for every target
+    idle:  save the stream's post-batch resume token, so a quiet collection never falls
+           off the oplog
+    stop:  SIGTERM/SIGINT set a flag; the batch in hand finishes (or, if its writes cannot
+           finish, is left for the next run to replay); the position saved last is the
+           final checkpoint; a watchdog ends the process after shutdown_timeout_s.
+
+MongoDB outages are retried from the last saved position; Elasticsearch outages inside
+the sink. A lost history or an invalidated stream stops the daemon with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from bson.timestamp import Timestamp
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pymongo.collection import Collection
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from esrec.retry import Backoff, retry
+from esrec.settings import IndexerSettings
+from indexer.checkpoint import Checkpoints, earliest
+from indexer.metrics import IndexerMetrics
+from indexer.pipeline import Pipeline
+from indexer.source import HISTORY_LOST_CODES, ChangeStreamSource, Position
+
+log = logging.getLogger("esrec.indexer")
+HEALTHY_WITHIN_S = 30.0  # a loop that has not turned for this long is reported unhealthy
+
+
+class MissingCheckpoint(RuntimeError):
+    """A target index that was never backfilled."""
+
+
+class Indexer:
+    def __init__(self, items: Collection, pipeline: Pipeline, checkpoints: Checkpoints,
+                 settings: IndexerSettings, metrics: IndexerMetrics,
+                 stop: threading.Event) -> None:
+        self.items = items
+        self.pipeline = pipeline
+        self.checkpoints = checkpoints
+        self.settings = settings
+        self.metrics = metrics
+        self.stop = stop
+        self.backoff = Backoff(max_s=settings.retry_max_delay_s)
+        self.last_turn = time.monotonic()
+        self.last_cluster_time: Timestamp | None = None
+
+    @property
+    def indices(self) -> list[str]:
+        return [target.index for target in self.pipeline.targets]
+
+    def start_position(self) -> Position:
+        positions = []
+        for index in self.indices:
+            position = self.checkpoints.load(index)
+            if position is None:
+                raise MissingCheckpoint(
+                    f"index {index} has no checkpoint: fill it first with "
+                    "`esrec indexer backfill NAME@VERSION`")
+            positions.append(position)
+        return earliest(positions)
+
+    def run(self) -> None:
+        """Index until ``stop`` is set. Raises HistoryLost / StreamInvalidated / budget errors."""
+        saved = self.start_position()
+        log.info("indexer starting", extra={"targets": ",".join(self.indices),
+                                            "from": saved.cluster_time})
+        while not self.stop.is_set():
+            try:
+                source = retry(lambda p=saved: ChangeStreamSource(self.items, p),
+                               what="open stream", backoff=self.backoff, stop=self.stop,
+                               retry_on=(ConnectionFailure,),
+                               on_retry=lambda _: self.metrics.retries.labels("mongo").inc())
+            except ConnectionFailure:
+                if self.stop.is_set():
+                    break
+                raise
+            try:
+                saved = self._stream(source, saved)
+            except (ConnectionFailure, OperationFailure) as error:
+                if isinstance(error, OperationFailure) and (
+                        error.code in HISTORY_LOST_CODES or not _resumable(error)):
+                    raise
+                self.metrics.retries.labels("mongo").inc()
+                log.warning("MongoDB unavailable; resuming from the last checkpoint",
+                            extra={"error": type(error).__name__})
+                self.stop.wait(self.backoff.delay(2))
+            finally:
+                source.close()
+        log.info("indexer stopped", extra={"at": saved.cluster_time})
+
+    def _stream(self, source: ChangeStreamSource, saved: Position) -> Position:
+        settings = self.settings
+        while not self.stop.is_set():
+            self.last_turn = time.monotonic()
+            batch = source.poll(settings.batch_max_docs, settings.batch_max_bytes,
+                                settings.batch_max_wait_ms / 1000)
+            self.pipeline.process(batch.changes)
+            if batch.position is None:
+                continue
+            idle = not batch.changes
+            self._save(batch.position, idle)
+            saved = batch.position
+            if idle:
+                self.metrics.lag.set(0.0)
+            else:
+                self.last_cluster_time = batch.changes[-1].cluster_time
+                self.metrics.lag.set(max(0.0, time.time() - self.last_cluster_time.time))
+        return saved
+
+    def _save(self, position: Position, caught_up: bool) -> None:
+        retry(lambda: self.checkpoints.save_all(self.indices, position, caught_up),
+              what="checkpoint",
+              backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
+              on_retry=lambda _: self.metrics.retries.labels("checkpoint").inc())
+        self.metrics.checkpoints.inc()
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        age = time.monotonic() - self.last_turn
+        return age < HEALTHY_WITHIN_S, {
+            "status": "ok" if age < HEALTHY_WITHIN_S else "stalled",
+            "seconds_since_last_turn": round(age, 3),
+            "last_cluster_time": self.last_cluster_time.time if self.last_cluster_time else None,
+            "targets": self.indices,
+        }
+
+
+def _resumable(error: OperationFailure) -> bool:
+    """Transient server states worth waiting out (primary stepping down, shutting down)."""
+    return error.has_error_label("ResumableChangeStreamError") or error.code in {
+        91, 189, 10107, 11600, 11602, 13435, 13436}
+
+
+def serve_http(port: int, metrics: IndexerMetrics,
+               health: Callable[[], tuple[bool, dict[str, object]]]) -> ThreadingHTTPServer:
+    """/healthz (JSON, 503 when stalled) and /metrics (Prometheus) on a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body, status, kind = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
+            elif self.path == "/healthz":
+                ok, detail = health()
+                body, status, kind = json.dumps(detail).encode(), 200 if ok else 503, \
+                    "application/json"
+            else:
+                body, status, kind = b"not found", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:  # scrapes are not worth a log line
+            return
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="esrec-http").start()
+    return server
+
+
+def install_signal_handlers(stop: threading.Event, timeout_s: float) -> None:
+    """First signal: drain and stop. No exit within ``timeout_s``: exit hard (code 2)."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            return
+        log.info("stopping: draining the current batch",
+                 extra={"signal": signal.Signals(signum).name, "timeout_s": timeout_s})
+        stop.set()
+
+        def watchdog() -> None:
+            time.sleep(timeout_s)
+            log.error("shutdown timed out; exiting without a final drain",
+                      extra={"at": datetime.now(UTC).isoformat()})
+            os._exit(2)
+
+        threading.Thread(target=watchdog, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

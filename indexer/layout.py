@@ -1,0 +1,110 @@
+"""The index layout every esrec component agrees on.
+
+    <prefix>-<model>-<version>-g<generation>   concrete index, one per build of a version
+    <prefix>-<model>-<version>                 version alias -> the current generation
+    <serving alias>                            -> the concrete index recall uses
+
+A concrete index's mapping ``_meta`` names its model version, so a reader that resolved
+an alias knows which user tower may query it (never mix vector spaces). Deleted items
+stay as versioned tombstones (``deleted: true``, no vector): real Elasticsearch forgets a
+delete's version after ``index.gc_deletes`` (60 s), shorter than a backfill can take,
+and an older backfill write must never resurrect a deleted item.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from elasticsearch import Elasticsearch, NotFoundError
+
+from towers.artifact import Manifest
+
+VECTOR = "vector"
+DELETED = "deleted"
+VERSION = "source_version"
+LIVE = {"bool": {"must_not": {"term": {DELETED: True}}}}  # every query filters tombstones
+
+_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+
+
+def version_alias(prefix: str, model_name: str, version: str) -> str:
+    return _UNSAFE.sub("-", f"{prefix}-{model_name}-{version}".lower())
+
+
+def generation_index(prefix: str, model_name: str, version: str, generation: int) -> str:
+    return f"{version_alias(prefix, model_name, version)}-g{generation}"
+
+
+def mapping(manifest: Manifest, sha256: str, projection: Mapping[str, str],
+            index_options: str) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        name: {"type": es_type} for name, es_type in projection.items()
+    }
+    properties.update({
+        VECTOR: {"type": "dense_vector", "dims": manifest.dims, "index": True,
+                 "similarity": manifest.similarity,
+                 # explicit: 8.14+ would default to int8_hnsw, which quantizes scores
+                 "index_options": {"type": index_options}},
+        DELETED: {"type": "boolean"},
+        VERSION: {"type": "long"},
+        "indexed_at": {"type": "date"},
+    })
+    return {
+        "dynamic": False,
+        "_meta": {"model_name": manifest.name, "model_version": manifest.version,
+                  "model": manifest.ref, "dims": manifest.dims,
+                  "similarity": manifest.similarity, "artifact_sha256": sha256},
+        "properties": properties,
+    }
+
+
+def create_generation(es: Elasticsearch, prefix: str, manifest: Manifest, sha256: str,
+                      projection: Mapping[str, str], index_options: str) -> str:
+    """Create the next concrete index of a version; the version alias is not moved here."""
+    alias = version_alias(prefix, manifest.name, manifest.version)
+    existing = es.indices.get(index=f"{alias}-g*", allow_no_indices=True,
+                              expand_wildcards="open")
+    generation = 1 + max((int(name.rsplit("-g", 1)[1]) for name in existing), default=0)
+    index = generation_index(prefix, manifest.name, manifest.version, generation)
+    es.indices.create(index=index, mappings=mapping(manifest, sha256, projection,
+                                                     index_options))
+    return index
+
+
+def resolve_alias(es: Elasticsearch, alias: str) -> str | None:
+    """The single concrete index behind ``alias``, or None if it does not exist."""
+    try:
+        indices = list(es.indices.get_alias(name=alias))
+    except NotFoundError:
+        return None
+    if len(indices) != 1:
+        raise RuntimeError(f"alias {alias} points at {indices}; esrec expects exactly one")
+    return indices[0]
+
+
+def switch_alias(es: Elasticsearch, alias: str, new_index: str) -> str | None:
+    """Point ``alias`` at ``new_index`` in one atomic call; returns the previous index."""
+    previous = resolve_alias(es, alias)
+    actions: list[dict[str, Any]] = []
+    if previous is not None and previous != new_index:
+        actions.append({"remove": {"index": previous, "alias": alias, "must_exist": True}})
+    actions.append({"add": {"index": new_index, "alias": alias}})
+    es.indices.update_aliases(actions=actions)
+    return previous
+
+
+def model_of(es: Elasticsearch, index: str) -> dict[str, Any]:
+    """The ``_meta`` of a concrete index: which model version built it."""
+    return es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
+
+
+def item_document(vector: list[float], projected: Mapping[str, Any], version: int) -> dict:
+    return {**projected, VECTOR: vector, DELETED: False, VERSION: version,
+            "indexed_at": datetime.now(UTC).isoformat()}
+
+
+def tombstone(version: int) -> dict[str, Any]:
+    return {DELETED: True, VERSION: version, "indexed_at": datetime.now(UTC).isoformat()}

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the indexer, labelled by stage, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class IndexerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("esrec_indexer_events", "Change events handled", ["op"], registry=r)
+        self.batch_size = Histogram("esrec_indexer_batch_size", "Changes per batch",
+                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 5000), registry=r)
+        self.embed_seconds = Histogram("esrec_indexer_embed_seconds",
+                                       "Featurize + item tower per batch and target", registry=r)
+        self.bulk_seconds = Histogram("esrec_indexer_bulk_seconds", "Elasticsearch _bulk latency",
+                                      registry=r)
+        self.stale = Counter("esrec_indexer_stale_writes", "409s: a newer version was there",
+                             registry=r)
+        self.dead_letters = Counter("esrec_indexer_dead_letters", "Documents parked",
+                                    ["stage"], registry=r)
+        self.retries = Counter("esrec_indexer_retries", "Transient failures retried", ["stage"],
+                               registry=r)
+        self.lag = Gauge("esrec_indexer_lag_seconds",
+                         "Wall clock minus the cluster time of the last indexed change", registry=r)
+        self.checkpoints = Counter("esrec_indexer_checkpoints", "Positions saved", registry=r)
+        self.featurizer_fallbacks = Counter("esrec_indexer_featurizer_fallbacks",
+                                            "Fields that fell back to defaults",
+                                            ["feature", "reason"], registry=r)

@@ -1,0 +1,92 @@
+"""Wiring: settings + servers + registry -> targets, pipeline and indexer."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from elasticsearch import Elasticsearch
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from esrec.retry import Backoff
+from esrec.settings import Settings
+from indexer.checkpoint import Checkpoints
+from indexer.daemon import Indexer
+from indexer.dead_letters import DeadLetters
+from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
+from indexer.metrics import IndexerMetrics
+from indexer.pipeline import Pipeline, Target
+from indexer.sink import ElasticsearchSink
+from towers.registry import ModelRegistry
+
+INACTIVE_STATES = ("retired", "failed")
+SOURCE = "items"  # checkpoint namespace of the catalog change stream
+
+
+class MissingIndex(RuntimeError):
+    """A model version without an index yet."""
+
+
+@dataclass
+class Services:
+    settings: Settings
+    es: Elasticsearch
+    db: Database
+    registry: ModelRegistry
+    metrics: IndexerMetrics
+    stop: threading.Event
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.db[self.settings.mongo.collections.checkpoints], SOURCE)
+
+    @property
+    def items(self) -> Collection:
+        return self.db[self.settings.mongo.collections.items]
+
+    def target(self, ref: str) -> Target:
+        """The existing index of a model version (pulled and verified from the registry)."""
+        artifact = self.registry.pull(ref)
+        alias = version_alias(self.settings.index.prefix, artifact.manifest.name,
+                              artifact.manifest.version)
+        index = resolve_alias(self.es, alias)
+        if index is None:
+            raise MissingIndex(f"{ref} has no index yet: run `esrec indexer backfill {ref}`")
+        return Target(index, artifact)
+
+    def new_generation(self, ref: str, point_alias: bool) -> Target:
+        """A fresh concrete index for a version; ``point_alias`` makes it the version's."""
+        artifact = self.registry.pull(ref)
+        indexer = self.settings.indexer
+        index = create_generation(self.es, self.settings.index.prefix, artifact.manifest,
+                                  artifact.sha256, indexer.projection, indexer.index_options)
+        if point_alias:
+            switch_alias(self.es, version_alias(self.settings.index.prefix,
+                                                artifact.manifest.name,
+                                                artifact.manifest.version), index)
+        return Target(index, artifact)
+
+    def active_targets(self) -> list[Target]:
+        """Every registered version that has an index and is not retired or failed."""
+        targets = []
+        for record in self.registry.list():
+            if record.state in INACTIVE_STATES:
+                continue
+            try:
+                targets.append(self.target(record.ref))
+            except MissingIndex:
+                continue
+        return targets
+
+    def pipeline(self, targets: list[Target]) -> Pipeline:
+        indexer = self.settings.indexer
+        dead_letters = DeadLetters(self.db[self.settings.mongo.collections.dead_letters],
+                                   indexer.error_budget_ratio, indexer.error_budget_window)
+        sink = ElasticsearchSink(self.es, self.metrics, self.stop,
+                                 Backoff(max_s=indexer.retry_max_delay_s))
+        return Pipeline(targets, sink, dead_letters, indexer, self.metrics)
+
+    def indexer(self, targets: list[Target]) -> Indexer:
+        return Indexer(self.items, self.pipeline(targets), self.checkpoints,
+                       self.settings.indexer, self.metrics, self.stop)

@@ -1,0 +1,119 @@
+"""The Elasticsearch sink: one _bulk per batch, with a verdict for every item.
+
+    2xx       written
+    409       stale: a newer version is already there (replays, races): counted, dropped
+    429, 5xx  transient: retried with backoff, the checkpoint waits
+    other     permanent (e.g. a mapping conflict): the document goes to dead letters
+
+A whole request that fails to connect, times out or gets 429/5xx is retried as a whole.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout
+from elasticsearch import ApiError, Elasticsearch
+
+from esrec.retry import Backoff, retry
+from indexer.metrics import IndexerMetrics
+from indexer.source import Change, es_id
+
+TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+
+
+class TransientBulkError(RuntimeError):
+    """Some items failed in a way that may pass on retry."""
+
+
+@dataclass(frozen=True)
+class Action:
+    change: Change
+    index: str
+    document: dict[str, Any]
+
+
+@dataclass
+class BulkOutcome:
+    written: int = 0
+    stale: int = 0
+    rejected: list[tuple[Action, str]] = field(default_factory=list)
+
+
+def _is_transient(error: ApiError) -> bool:
+    return error.meta.status in TRANSIENT_STATUSES
+
+
+class ElasticsearchSink:
+    def __init__(self, es: Elasticsearch, metrics: IndexerMetrics, stop: threading.Event,
+                 backoff: Backoff) -> None:
+        self.es = es
+        self.metrics = metrics
+        self.stop = stop
+        self.backoff = backoff
+
+    def write(self, actions: list[Action]) -> BulkOutcome:
+        """Write every action; returns only when each has a final verdict.
+
+        If ``stop`` is set while something is still failing, the last error propagates and
+        the batch has no verdict: the caller must not move its checkpoint.
+        """
+        outcome = BulkOutcome()
+        pending, attempt = actions, 0
+        while pending:
+            pending = retry(lambda p=pending: self._attempt(p, outcome), what="bulk",
+                            backoff=self.backoff, stop=self.stop,
+                            retry_on=(TransportConnectionError, ConnectionTimeout, ApiError),
+                            on_retry=lambda _: self.metrics.retries.labels("bulk").inc())
+            if pending:  # only the transiently failed items go again
+                self.metrics.retries.labels("bulk_items").inc(len(pending))
+                if self.stop.wait(self.backoff.delay(attempt)):
+                    raise TransientBulkError(f"stopping with {len(pending)} items unwritten")
+                attempt += 1
+        return outcome
+
+    def _attempt(self, actions: list[Action], outcome: BulkOutcome) -> list[Action]:
+        operations: list[dict[str, Any]] = []
+        for action in actions:
+            operations.append({"index": {"_index": action.index, "_id": es_id(action.change.doc_id),
+                                         "version": action.change.version,
+                                         "version_type": "external"}})
+            operations.append(action.document)
+        started = time.perf_counter()
+        try:
+            response = self.es.bulk(operations=operations)
+        except ApiError as error:
+            if _is_transient(error):
+                raise
+            return self._one_by_one(actions, outcome, error)
+        finally:
+            self.metrics.bulk_seconds.observe(time.perf_counter() - started)
+        transient: list[Action] = []
+        for action, item in zip(actions, response["items"], strict=True):
+            result = item["index"]
+            status = result["status"]
+            if status < 300:
+                outcome.written += 1
+            elif status == 409:
+                outcome.stale += 1
+                self.metrics.stale.inc()
+            elif status in TRANSIENT_STATUSES:
+                transient.append(action)
+            else:
+                error = result.get("error", {})
+                outcome.rejected.append((action, f"{status} {error.get('type', '')}: "
+                                                 f"{error.get('reason', error)}"))
+        return transient
+
+    def _one_by_one(self, actions: list[Action], outcome: BulkOutcome,
+                    error: ApiError) -> list[Action]:
+        """A whole request was refused: find the culprit by writing each item alone."""
+        if len(actions) == 1:
+            outcome.rejected.append((actions[0], f"{error.meta.status} {error.message}"))
+            return []
+        return [retry_later for action in actions
+                for retry_later in self._attempt([action], outcome)]

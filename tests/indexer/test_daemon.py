@@ -1,0 +1,99 @@
+"""The daemon's contracts: checkpoint order, idle tokens, history lost, outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from elastic_transport import ConnectionError as TransportConnectionError
+from elasticsearch import Elasticsearch
+from pymongo.errors import OperationFailure
+
+from esrec.clients import elasticsearch_client
+from esrec.settings import Settings
+from indexer.backfill import backfill
+from indexer.daemon import MissingCheckpoint
+from indexer.sink import TransientBulkError
+from indexer.source import ChangeStreamSource, HistoryLost, Position
+from tests.indexer.helpers import services
+
+
+def _ready(settings: Settings, es: Elasticsearch, artifact_dir: Path):  # type: ignore[no-untyped-def]
+    svc = services(settings, es, artifact_dir)
+    svc.items.insert_one({"_id": "seed", "title": "seed"})
+    target = svc.new_generation("test-model@1", point_alias=True)
+    backfill(svc.items, svc.pipeline([target]), svc.checkpoints, target.index, svc.stop,
+             progress=False)
+    return svc, target
+
+
+def test_checkpoint_moves_only_after_the_writes_are_acknowledged(
+    settings: Settings, es: Elasticsearch, artifact_dir: Path
+) -> None:
+    svc, target = _ready(settings, es, artifact_dir)
+    before = svc.checkpoints.load(target.index)
+    svc.items.insert_one({"_id": "x", "title": "x"})
+    svc.es = elasticsearch_client(settings.es.model_copy(update={
+        "hosts": ["http://127.0.0.1:9"]}), max_retries=0)  # Elasticsearch is gone
+    indexer = svc.indexer([target])
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            indexer.run()
+        except Exception as error:  # what the CLI turns into "will be replayed"
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(2)  # the sink keeps retrying the batch with "x"
+    svc.stop.set()
+    thread.join(15)
+    assert not thread.is_alive()
+    assert [type(e) for e in errors] in ([TransientBulkError], [TransportConnectionError])
+    assert svc.checkpoints.load(target.index) == before
+    assert svc.metrics.retries.labels("bulk")._value.get() >= 1
+
+
+def test_idle_stream_keeps_its_token_fresh(settings: Settings, es: Elasticsearch,
+                                           artifact_dir: Path) -> None:
+    svc, target = _ready(settings, es, artifact_dir)
+    indexer = svc.indexer([target])
+    thread = threading.Thread(target=indexer.run)
+    thread.start()
+    time.sleep(1.0)
+    first = svc.checkpoints.load(target.index)
+    svc.db["unrelated"].insert_one({"n": 1})  # the oplog moves, our collection does not
+    time.sleep(1.0)
+    svc.stop.set()
+    thread.join(15)
+    later = svc.checkpoints.load(target.index)
+    assert first is not None and later is not None and first.token is not None
+    assert later.token != first.token
+    assert (svc.checkpoints.describe(target.index) or {}).get("caught_up_at") is not None
+
+
+def test_missing_checkpoint_is_explained(settings: Settings, es: Elasticsearch,
+                                         artifact_dir: Path) -> None:
+    svc = services(settings, es, artifact_dir)
+    target = svc.new_generation("test-model@1", point_alias=True)
+    with pytest.raises(MissingCheckpoint, match="esrec indexer backfill"):
+        svc.indexer([target]).start_position()
+
+
+def test_history_lost_is_loud(settings: Settings, es: Elasticsearch, artifact_dir: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """SecantusDB does not raise it for a wiped instance; inject the real server's error."""
+    svc, target = _ready(settings, es, artifact_dir)
+
+    def watch(*args: object, **kwargs: object) -> None:
+        raise OperationFailure("Resume of change stream was not possible, as the resume "
+                               "point may no longer be in the oplog.", code=286)
+
+    monkeypatch.setattr(type(svc.items), "watch", watch)
+    with pytest.raises(HistoryLost, match=r"no longer in the oplog.*--on-history-lost=resync"):
+        svc.indexer([target]).run()
+    with pytest.raises(HistoryLost):
+        ChangeStreamSource(svc.items, Position(None, None, 0))

@@ -1,0 +1,41 @@
+"""Poison documents get a specific reason, before they cost a tower call or a bulk request."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import pytest
+from bson import ObjectId
+
+from esrec.settings import IndexerSettings
+from indexer.documents import DocumentRejected, project
+
+SETTINGS = IndexerSettings(required_fields=["title"], max_document_bytes=10_000)
+GOOD = {"_id": "a", "title": "t", "tags": ["x", "y"], "category": "c", "price": 3,
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC), "popularity": 1.5, "extra": {"n": 1}}
+
+
+def test_good_document_is_projected() -> None:
+    projected = project(GOOD, SETTINGS)
+    assert projected == {"title": "t", "tags": ["x", "y"], "category": "c", "price": 3,
+                         "created_at": "2026-01-01T00:00:00+00:00", "popularity": 1.5}
+    assert project({**GOOD, "_id": ObjectId(), "price": None}, SETTINGS)["title"] == "t"
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"price": math.nan}, "price: expected a finite number, got nan"),
+    ({"price": math.inf}, "price: expected a finite number, got inf"),
+    ({"price": "12"}, "price: expected a finite number, got '12'"),
+    ({"price": True}, "price: expected a finite number, got True"),
+    ({"tags": ["x", 3]}, "tags: expected text, got int"),
+    ({"title": {"en": "t"}}, "title: expected text, got dict"),
+    ({"created_at": "yesterday"}, "created_at: 'yesterday' is not an ISO-8601 date"),
+    ({"title": None}, "title: required field is missing"),
+    ({"_id": {"compound": 1}}, "_id: dict ids are not supported"),
+    ({"blob": "x" * 20_000}, "over max_document_bytes"),
+])
+def test_poison_documents_name_the_field(change: dict, reason: str) -> None:
+    with pytest.raises(DocumentRejected) as raised:
+        project({**GOOD, **change}, SETTINGS)
+    assert reason in str(raised.value)

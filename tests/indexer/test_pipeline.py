@@ -1,0 +1,66 @@
+"""The pipeline against real servers: versions, stale writes, tombstones, dead letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bson.timestamp import Timestamp
+from elasticsearch import Elasticsearch
+
+from esrec.settings import Settings
+from indexer.layout import DELETED, VECTOR, VERSION, model_of
+from indexer.source import Change
+from indexer.versioning import external_version
+from tests.indexer.helpers import services
+
+T = Timestamp(1_795_000_000, 1)
+
+
+def _v(inc: int) -> int:
+    return external_version(Timestamp(T.time, inc), 1)
+
+
+def test_writes_settle_to_the_newest_version(settings: Settings, es: Elasticsearch,
+                                             artifact_dir: Path) -> None:
+    svc = services(settings, es, artifact_dir)
+    target = svc.new_generation("test-model@1", point_alias=True)
+    pipeline = svc.pipeline([target])
+    doc = {"_id": "a", "title": "new", "tags": ["x"], "category": "c"}
+    pipeline.process([Change("upsert", "a", _v(5), T, doc)])
+    pipeline.process([Change("upsert", "a", _v(3), T, {**doc, "title": "old"}),  # a replay
+                      Change("upsert", "b", _v(4), T, {**doc, "_id": "b"}),
+                      Change("delete", "b", _v(6), T)])
+    pipeline.process([Change("upsert", "b", _v(5), T, {**doc, "_id": "b"})])  # late, older
+    es.indices.refresh(index=target.index)
+    a = es.get(index=target.index, id="a")["_source"]
+    b = es.get(index=target.index, id="b")["_source"]
+    assert (a["title"], a[VERSION], len(a[VECTOR])) == ("new", _v(5), 32)
+    assert b[DELETED] is True and VECTOR not in b  # the tombstone outlived the older write
+    assert svc.metrics.stale._value.get() == 2
+    assert model_of(es, target.index)["model"] == "test-model@1"
+
+
+def test_bad_documents_are_parked_and_the_batch_goes_on(settings: Settings, es: Elasticsearch,
+                                                        artifact_dir: Path) -> None:
+    svc = services(settings, es, artifact_dir)
+    target = svc.new_generation("test-model@1", point_alias=True)
+    # an index whose mapping disagrees with a document: Elasticsearch rejects that item
+    es.indices.put_mapping(index=target.index, properties={"brand": {"type": "long"}})
+    pipeline = svc.pipeline([target])
+    pipeline.settings = pipeline.settings.model_copy(update={"projection": {
+        **pipeline.settings.projection, "brand": "keyword"}})
+    pipeline.process([
+        Change("upsert", "ok", _v(1), T, {"_id": "ok", "title": "fine", "brand": "7"}),
+        Change("upsert", "nan", _v(2), T, {"_id": "nan", "title": "x", "price": float("nan")}),
+        Change("upsert", "es", _v(3), T, {"_id": "es", "title": "x", "brand": "acme"}),
+    ])
+    es.indices.refresh(index=target.index)
+    assert es.exists(index=target.index, id="ok")
+    assert not es.exists(index=target.index, id="nan") and not es.exists(index=target.index,
+                                                                          id="es")
+    parked = {d["doc_id"]: d for d in svc.db[settings.mongo.collections.dead_letters].find()}
+    assert parked["nan"]["stage"] == "validate"
+    assert "price: expected a finite number" in parked["nan"]["error"]
+    assert parked["es"]["stage"] == "elasticsearch"
+    assert parked["es"]["error"].startswith("400 ")
+    assert parked["es"]["index"] == target.index and "acme" in parked["es"]["document"]
