@@ -40,7 +40,7 @@ class DeadLetters:
 
     def record(self, events: int, failed: int) -> None:
         """Account a batch; raises ErrorBudgetExceeded when the window is over budget."""
-        self.recent.extend([True] * failed + [False] * (events - failed))
+        self.recent.extend([False] * (events - failed) + [True] * failed)
         failures = sum(self.recent)
         if len(self.recent) == self.recent.maxlen and failures > self.ratio * len(self.recent):
             raise ErrorBudgetExceeded(

@@ -10,11 +10,12 @@ import time
 
 import click
 from elastic_transport import TransportError
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from esrec.cli.context import UserError, mongo_database, settings_from
 from esrec.clients import elasticsearch_client
 from esrec.logs import configure
+from esrec.retry import Backoff, retry
 from indexer.backfill import backfill
 from indexer.checkpoint import lag_seconds
 from indexer.daemon import MissingCheckpoint, install_signal_handlers, serve_http
@@ -102,14 +103,18 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
     configure()
     services = _services(ctx)
     settings = services.settings.indexer
-    try:
-        targets = [services.target(r) for r in refs] or services.active_targets()
+    install_signal_handlers(services.stop, settings.shutdown_timeout_s)
+    try:  # a server that is not up yet is waited for, like one that goes away later
+        targets = retry(lambda: [services.target(r) for r in refs] or services.active_targets(),
+                        what="resolve targets", backoff=Backoff(max_s=settings.retry_max_delay_s),
+                        stop=services.stop, retry_on=(TransportError, ConnectionFailure))
     except (RegistryError, ArtifactError, MissingIndex) as error:
         raise UserError(str(error)) from None
+    except (TransportError, ConnectionFailure):
+        return  # stopped while waiting
     if not targets:
         raise UserError("no model version has an index yet; run "
                         "`esrec indexer backfill NAME@VERSION` first")
-    install_signal_handlers(services.stop, settings.shutdown_timeout_s)
     port = settings.metrics_port if metrics_port is None else metrics_port
     daemon = services.indexer(targets)
     if port:

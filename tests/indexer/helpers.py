@@ -52,3 +52,17 @@ def mismatches(es: Elasticsearch, index: str, items: Collection,
             elif np.abs(np.asarray(source[VECTOR]) - expected[row]).max() > VECTOR_TOLERANCE:
                 problems.append(f"{doc_id}: stale vector")
     return problems
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for an `esrec` subprocess aimed at the same servers and names."""
+    import os
+
+    return {**os.environ,
+            "ESREC_ES__HOSTS": ",".join(settings.es.hosts),
+            "ESREC_MONGO__URI": settings.mongo.uri.get_secret_value(),
+            "ESREC_MONGO__DATABASE": settings.mongo.database,
+            "ESREC_INDEX__PREFIX": settings.index.prefix,
+            "ESREC_INDEX__SERVING_ALIAS": settings.index.serving_alias,
+            "ESREC_INDEXER__METRICS_PORT": "0",
+            **extra}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
+import pytest
 from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
+from indexer.dead_letters import ErrorBudgetExceeded
 from indexer.layout import DELETED, VECTOR, VERSION, model_of
 from indexer.source import Change
 from indexer.versioning import external_version
@@ -64,3 +67,16 @@ def test_bad_documents_are_parked_and_the_batch_goes_on(settings: Settings, es: 
     assert parked["es"]["stage"] == "elasticsearch"
     assert parked["es"]["error"].startswith("400 ")
     assert parked["es"]["index"] == target.index and "acme" in parked["es"]["document"]
+
+
+def test_error_budget_stops_a_stream_that_mostly_fails(settings: Settings, es: Elasticsearch,
+                                                       artifact_dir: Path) -> None:
+    svc = services(settings, es, artifact_dir)
+    target = svc.new_generation("test-model@1", point_alias=True)
+    pipeline = svc.pipeline([target])
+    pipeline.dead_letters.recent = deque(maxlen=20)  # a 20-event window, 5% budget
+    good = [Change("upsert", f"g{i}", _v(i + 1), T, {"_id": f"g{i}", "title": "ok"})
+            for i in range(19)]
+    pipeline.process([*good, Change("upsert", "bad", _v(30), T, {"_id": "bad", "price": "x"})])
+    with pytest.raises(ErrorBudgetExceeded, match=r"2 of the last 20 events .* \(budget 5%\)"):
+        pipeline.process([Change("upsert", "bad2", _v(31), T, {"_id": "bad2", "price": "y"})])

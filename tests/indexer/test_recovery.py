@@ -1,0 +1,184 @@
+"""Crash and outage recovery of the real daemon process, checked document by document.
+
+Each test streams many catalog changes (inserts, updates, replaces, deletes, and
+transactions that touch one document twice) while the daemon is SIGKILLed at random
+moments or Elasticsearch disappears for 20 s, then waits for the daemon to catch up and
+requires the index to equal the catalog: every live item with the vector of its latest
+version, no deleted item live, no stale version.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+from esrec.settings import Settings
+from indexer.service import Services
+from tests.indexer.helpers import cli_env, mismatches, services
+from tests.servers import ServerPool
+from towers.artifact import ModelArtifact
+from towers.dataset import Collections, write_mongo
+from towers.synth import SynthConfig, generate
+
+pytestmark = pytest.mark.slow
+CATALOG = SynthConfig(items=2000, users=10, topics=10, mean_interactions=1, seed=11)
+CATCH_UP_S = 180.0
+
+
+def _write_changes(items: Collection, count: int, seed: int, pace_s: float = 0.0) -> int:
+    """Random catalog changes; returns how many were made (a transaction counts its ops)."""
+    rng = random.Random(seed)
+    client: MongoClient = items.database.client
+    made, fresh = 0, 0
+    while made < count:
+        roll = rng.random()
+        doc_id = f"i{rng.randrange(CATALOG.items)}"
+        if roll < 0.40:
+            items.update_one({"_id": doc_id}, {"$set": {"title": f"t{made}",
+                                                        "tags": [f"t{made % 9}-tag1"]}})
+            made += 1
+        elif roll < 0.55:
+            items.replace_one({"_id": doc_id}, {"title": f"r{made}", "category": "cat3"},
+                              upsert=True)
+            made += 1
+        elif roll < 0.70:
+            items.insert_one({"_id": f"n{seed}-{fresh}", "title": f"n{made}", "tags": ["x"]})
+            fresh += 1
+            made += 1
+        elif roll < 0.85:
+            items.delete_one({"_id": doc_id})
+            made += 1
+        else:
+            with client.start_session() as session, session.start_transaction():
+                items.update_one({"_id": doc_id}, {"$set": {"title": f"a{made}"}},
+                                 upsert=True, session=session)
+                items.update_one({"_id": doc_id}, {"$set": {"title": f"b{made}"}},
+                                 session=session)
+                items.delete_one({"_id": f"i{rng.randrange(CATALOG.items)}"}, session=session)
+            made += 3
+        if pace_s:
+            time.sleep(pace_s)
+    return made
+
+
+class Daemon:
+    """`esrec indexer run` as a real process, restartable."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "esrec", "indexer", "run"], env=self.env,
+                stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            assert self.process.wait(60) == 0, self.log.read_text()[-2000:]
+
+    def wait_for(self, line: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while line not in self.log.read_text():
+            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
+            time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture
+def prepared(settings: Settings, es: Elasticsearch, artifact_dir: Path,
+             tmp_path: Path) -> Iterator[tuple[Services, Daemon]]:
+    svc = services(settings, es, artifact_dir)
+    write_mongo(generate(CATALOG), svc.db, Collections())
+    env = cli_env(settings, ESREC_INDEXER__RETRY_MAX_DELAY_S="2")
+    backfill = subprocess.run([sys.executable, "-m", "esrec", "indexer", "backfill",
+                               "test-model@1"], env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert backfill.returncode == 0, backfill.stderr[-2000:]
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    yield svc, daemon
+    if daemon.alive():
+        daemon.kill()
+
+
+def _caught_up(svc: Services, index: str, after: float, daemon: Daemon) -> None:
+    deadline = time.monotonic() + CATCH_UP_S
+    while time.monotonic() < deadline:
+        assert daemon.alive(), daemon.log.read_text()[-3000:]
+        checkpoint = svc.checkpoints.describe(index) or {}
+        if checkpoint.get("caught_up_at") and checkpoint["caught_up_at"].timestamp() > after:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"not caught up after {CATCH_UP_S}s:\n{daemon.log.read_text()[-3000:]}")
+
+
+def _index(svc: Services) -> str:
+    return svc.active_targets()[0].index
+
+
+def test_sigkill_at_random_moments_loses_nothing(prepared: tuple[Services, Daemon],
+                                                 es: Elasticsearch, artifact_dir: Path) -> None:
+    svc, daemon = prepared
+    index = _index(svc)
+    made: list[int] = []
+    writer = threading.Thread(target=lambda: made.append(_write_changes(svc.items, 20_000, 1)))
+    daemon.start()
+    writer.start()
+    rng, kills = random.Random(7), 0
+    while kills < 6 or writer.is_alive():
+        time.sleep(rng.uniform(1.0, 3.0))
+        if kills < 6:
+            daemon.kill()
+            kills += 1
+            daemon.start()
+    writer.join()
+    finished = time.time()
+    _caught_up(svc, index, finished + 1, daemon)
+    daemon.stop()
+    assert made[0] >= 20_000 and kills >= 5
+    assert mismatches(es, index, svc.items, ModelArtifact.load(artifact_dir)) == []
+
+
+def test_elasticsearch_gone_for_20s_then_back(prepared: tuple[Services, Daemon],
+                                              es: Elasticsearch, artifact_dir: Path,
+                                              servers: ServerPool) -> None:
+    stack = servers.local_stack()
+    record = stack.running("elasticsearch")
+    if record is None:
+        pytest.skip("Elasticsearch is not a local stand-in this run; cannot stop it")
+    svc, daemon = prepared
+    index = _index(svc)
+    daemon.start()
+    writer = threading.Thread(target=_write_changes, args=(svc.items, 6000, 2, 0.002))
+    writer.start()
+    daemon.wait_for("indexer starting")
+    time.sleep(2)
+    stack.down(["elasticsearch"])
+    time.sleep(20)
+    assert daemon.alive(), daemon.log.read_text()[-3000:]  # waiting and retrying, not dead
+    stack.up(["elasticsearch"], ports={"elasticsearch": record.port})
+    writer.join()
+    finished = time.time()
+    _caught_up(svc, index, finished + 1, daemon)
+    daemon.stop()
+    assert "retrying bulk" in daemon.log.read_text()
+    assert mismatches(es, index, svc.items, ModelArtifact.load(artifact_dir)) == []
