@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from elasticsearch import Elasticsearch
+from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 from pymongo import MongoClient
 
 from esrec.settings import ElasticsearchSettings, KafkaSettings, MongoSettings
 
 
+class OrjsonNdjsonSerializer(NdjsonSerializer):
+    """_bulk and _msearch bodies through orjson: ~4x faster than json for float vectors,
+    and numpy arrays go in as they are. (orjson writes NaN as null; esrec rejects NaN
+    before it gets here.)"""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def json_loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
 def elasticsearch_client(settings: ElasticsearchSettings, **overrides: Any) -> Elasticsearch:
     """An Elasticsearch client; ``overrides`` are passed through (e.g. ``max_retries=0``)."""
     options: dict[str, Any] = {
+        "serializers": {"application/json": OrjsonSerializer(),
+                        "application/x-ndjson": OrjsonNdjsonSerializer()},
         "hosts": list(settings.hosts),
         "request_timeout": settings.request_timeout_s,
         "verify_certs": settings.verify_certs,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -33,11 +34,12 @@ from esrec.retry import Backoff, retry
 from esrec.settings import IndexerSettings
 from indexer.checkpoint import Checkpoints, earliest
 from indexer.metrics import IndexerMetrics
-from indexer.pipeline import Pipeline
+from indexer.pipeline import Pipeline, Prepared
 from indexer.source import HISTORY_LOST_CODES, ChangeStreamSource, Position
 
 log = logging.getLogger("esrec.indexer")
 HEALTHY_WITHIN_S = 30.0  # a loop that has not turned for this long is reported unhealthy
+WRITE_AHEAD = 2  # batches read and embedded ahead of the one being written
 
 
 class MissingCheckpoint(RuntimeError):
@@ -57,6 +59,7 @@ class Indexer:
         self.backoff = Backoff(max_s=settings.retry_max_delay_s)
         self.last_turn = time.monotonic()
         self.last_cluster_time: Timestamp | None = None
+        self.saved = Position()  # the last position saved after its writes (set by run)
 
     @property
     def indices(self) -> list[str]:
@@ -75,12 +78,12 @@ class Indexer:
 
     def run(self) -> None:
         """Index until ``stop`` is set. Raises HistoryLost / StreamInvalidated / budget errors."""
-        saved = self.start_position()
+        self.saved = self.start_position()
         log.info("indexer starting", extra={"targets": ",".join(self.indices),
-                                            "from": saved.cluster_time})
+                                            "from": self.saved.cluster_time})
         while not self.stop.is_set():
             try:
-                source = retry(lambda p=saved: ChangeStreamSource(self.items, p),
+                source = retry(lambda: ChangeStreamSource(self.items, self.saved),
                                what="open stream", backoff=self.backoff, stop=self.stop,
                                retry_on=(ConnectionFailure,),
                                on_retry=lambda _: self.metrics.retries.labels("mongo").inc())
@@ -89,7 +92,7 @@ class Indexer:
                     break
                 raise
             try:
-                saved = self._stream(source, saved)
+                self._stream(source)
             except (ConnectionFailure, OperationFailure) as error:
                 if isinstance(error, OperationFailure) and (
                         error.code in HISTORY_LOST_CODES or not _resumable(error)):
@@ -100,26 +103,37 @@ class Indexer:
                 self.stop.wait(self.backoff.delay(2))
             finally:
                 source.close()
-        log.info("indexer stopped", extra={"at": saved.cluster_time})
+        log.info("indexer stopped", extra={"at": self.saved.cluster_time})
 
-    def _stream(self, source: ChangeStreamSource, saved: Position) -> Position:
+    def _stream(self, source: ChangeStreamSource) -> None:
+        """Read and embed here; write and checkpoint on the writer thread, in order."""
         settings = self.settings
-        while not self.stop.is_set():
-            self.last_turn = time.monotonic()
-            batch = source.poll(settings.batch_max_docs, settings.batch_max_bytes,
-                                settings.batch_max_wait_ms / 1000)
-            self.pipeline.process(batch.changes)
-            if batch.position is None:
-                continue
-            idle = not batch.changes
-            self._save(batch.position, idle)
-            saved = batch.position
-            if idle:
-                self.metrics.lag.set(0.0)
-            else:
-                self.last_cluster_time = batch.changes[-1].cluster_time
-                self.metrics.lag.set(max(0.0, time.time() - self.last_cluster_time.time))
-        return saved
+        writer = _Writer(self._commit)
+        writer.start()
+        try:
+            while not self.stop.is_set():
+                self.last_turn = time.monotonic()
+                batch = source.poll(settings.batch_max_docs, settings.batch_max_bytes,
+                                    settings.batch_max_wait_ms / 1000)
+                if batch.position is None:
+                    continue
+                prepared = self.pipeline.prepare(batch.changes) if batch.changes else None
+                writer.submit((prepared, batch.position, batch.changes[-1].cluster_time
+                               if batch.changes else None))
+        finally:
+            writer.close()  # drains what was read: its writes, then its checkpoints
+
+    def _commit(self, prepared: Prepared | None, position: Position,
+                cluster_time: Timestamp | None) -> None:
+        if prepared is not None:
+            self.pipeline.commit(prepared)
+        self._save(position, caught_up=cluster_time is None)
+        self.saved = position
+        if cluster_time is None:
+            self.metrics.lag.set(0.0)
+        else:
+            self.last_cluster_time = cluster_time
+            self.metrics.lag.set(max(0.0, time.time() - cluster_time.time))
 
     def _save(self, position: Position, caught_up: bool) -> None:
         retry(lambda: self.checkpoints.save_all(self.indices, position, caught_up),
@@ -136,6 +150,44 @@ class Indexer:
             "last_cluster_time": self.last_cluster_time.time if self.last_cluster_time else None,
             "targets": self.indices,
         }
+
+
+class _Writer(threading.Thread):
+    """Writes batches and saves their positions in arrival order, one batch behind the reader.
+
+    The queue holds at most WRITE_AHEAD batches (each bounded by count and bytes): when
+    Elasticsearch is slow, the reader blocks here, which is the backpressure.
+    """
+
+    def __init__(self, commit: Callable[..., None]) -> None:
+        super().__init__(daemon=True, name="esrec-writer")
+        self.commit = commit
+        self.queue: queue.Queue[tuple | None] = queue.Queue(maxsize=WRITE_AHEAD)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.commit(*item)
+                except BaseException as error:  # handed to the reader thread, re-raised there
+                    self.error = error
+
+    def submit(self, item: tuple) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _resumable(error: OperationFailure) -> bool:

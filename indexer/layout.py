@@ -14,7 +14,7 @@ and an older backfill write must never resurrect a deleted item.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,7 +101,8 @@ def model_of(es: Elasticsearch, index: str) -> dict[str, Any]:
     return es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
 
 
-def item_document(vector: list[float], projected: Mapping[str, Any], version: int) -> dict:
+def item_document(vector: Sequence[float], projected: Mapping[str, Any], version: int) -> dict:
+    """The indexed form of an item (a numpy vector is fine: the client serializes it)."""
     return {**projected, VECTOR: vector, DELETED: False, VERSION: version,
             "indexed_at": datetime.now(UTC).isoformat()}
 

@@ -29,6 +29,16 @@ class Target:
     artifact: ModelArtifact
 
 
+@dataclass
+class Prepared:
+    """A batch ready to write: its actions, and which of its changes already failed."""
+
+    events: int
+    batch: list[Change]
+    actions: list[Action]
+    failed: set[int]
+
+
 def coalesce(changes: list[Change]) -> list[Change]:
     """The newest change per document: older ones in the same batch would only lose (409)."""
     newest: dict[object, Change] = {}
@@ -51,8 +61,11 @@ class Pipeline:
 
     def process(self, changes: list[Change]) -> None:
         """Index a batch; returns once every write has a verdict (the checkpoint may move)."""
-        if not changes:
-            return
+        if changes:
+            self.commit(self.prepare(changes))
+
+    def prepare(self, changes: list[Change]) -> Prepared:
+        """Check, embed and build the bulk actions of a batch (no write yet)."""
         failed: set[int] = set()
         batch = coalesce(changes)
         projected: dict[int, dict] = {}
@@ -78,15 +91,19 @@ class Pipeline:
                     failed.add(position)
                     continue
                 actions.append(Action(batch[position], target.index, item_document(
-                    vector.tolist(), projected[position], batch[position].version)))
+                    vector, projected[position], batch[position].version)))
             actions.extend(Action(change, target.index, tombstone(change.version))
                            for change in batch if change.op == "delete")
-        outcome = self.sink.write(actions)
+        return Prepared(len(changes), batch, actions, failed)
+
+    def commit(self, prepared: Prepared) -> None:
+        """Write a prepared batch; returns once every write has a verdict."""
+        outcome = self.sink.write(prepared.actions)
         for action, reason in outcome.rejected:
             self._park(action.change, "elasticsearch", reason, action.index)
-            failed.add(batch.index(action.change))
-        self.metrics.batch_size.observe(len(changes))
-        self.dead_letters.record(len(changes), len(failed))
+            prepared.failed.add(prepared.batch.index(action.change))
+        self.metrics.batch_size.observe(prepared.events)
+        self.dead_letters.record(prepared.events, len(prepared.failed))
 
     def _park(self, change: Change, stage: str, error: str, index: str | None = None) -> None:
         self.dead_letters.park(change, stage, error, index)

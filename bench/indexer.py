@@ -1,0 +1,216 @@
+"""The indexer against its parts and against a naive loop, measured side by side.
+
+    python -m bench.indexer [--docs 20000] [--configured]
+
+Starts a private local stack (or uses the configured servers with --configured), trains
+a small model, then measures on the same machine in one run:
+
+    tower        featurize + item tower, batches of the indexer's size   (items/s)
+    bulk         _bulk of ready-made vectors, external versions          (docs/s)
+    stream       reading the change stream alone                          (events/s)
+    indexer      change stream -> pipeline -> _bulk -> checkpoint         (changes/s)
+    naive        per document: embed one, index one                       (docs/s)
+    latency      MongoDB write -> visible to search, at a steady rate     (p50/p99 ms)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from elasticsearch import Elasticsearch, helpers
+from pymongo import MongoClient
+
+from esrec.clients import elasticsearch_client
+from esrec.settings import Settings, load_settings
+from esrec.stack import LocalStack
+from indexer.backfill import operation_time
+from indexer.layout import item_document
+from indexer.metrics import IndexerMetrics
+from indexer.service import Services
+from indexer.source import ChangeStreamSource, Position
+from towers.artifact import export_artifact
+from towers.registry import ModelRegistry
+from towers.synth import SynthConfig, generate
+from towers.train import TrainConfig, train
+
+REF = "bench@1"
+
+
+def _settings(configured: bool,
+              stack_dir: Path) -> tuple[Settings, dict[str, int], LocalStack | None]:
+    if configured:
+        return load_settings(), {}, None
+    stack = LocalStack(stack_dir)
+    records = stack.up(pick_free_ports=True)
+    urls = {name: record.url for name, record in records.items()}
+    pids = {name: records[name].pid for name in ("elasticsearch", "mongodb")}
+    return Settings(es={"hosts": [urls["elasticsearch"]]}, mongo={"uri": urls["mongodb"],
+                    "database": "bench"}, kafka={"bootstrap_servers": [urls["kafka"]]},
+                    index={"prefix": "bench"}), pids, stack
+
+
+def _catalog(count: int, offset: int) -> list[dict[str, Any]]:
+    items = generate(SynthConfig(items=max(count, 20), users=5, mean_interactions=1)).items
+    return [{**item, "_id": f"d{offset + i}"} for i, item in enumerate(items[:count])]
+
+
+def _wait_caught_up(svc: Services, index: str, after: float, timeout_s: float = 600) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        checkpoint = svc.checkpoints.describe(index) or {}
+        if checkpoint.get("caught_up_at") and checkpoint["caught_up_at"].timestamp() > after:
+            return checkpoint["caught_up_at"].timestamp()
+        time.sleep(0.02)
+    raise TimeoutError("the indexer did not catch up")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(settings: Settings, docs: int, model_dir: Path,
+            servers: dict[str, int]) -> dict[str, Any]:
+    es = elasticsearch_client(settings.es)
+    db = MongoClient(settings.mongo.uri.get_secret_value(), tz_aware=True)[
+        settings.mongo.database]
+    for name in db.list_collection_names():
+        db.drop_collection(name)
+    registry = ModelRegistry(db, settings.mongo.collections.models)
+    registry.publish(model_dir)
+    svc = Services(settings, es, db, registry, IndexerMetrics(), threading.Event())
+    batch = settings.indexer.batch_max_docs
+    documents = _catalog(docs, 0)
+    artifact = registry.pull(REF)
+
+    started = time.perf_counter()
+    vectors = np.concatenate([artifact.embed_items(documents[s:s + batch])
+                              for s in range(0, docs, batch)])
+    tower = docs / (time.perf_counter() - started)
+
+    scratch = svc.new_generation(REF, point_alias=False).index
+    started = time.perf_counter()
+    helpers.bulk(es, ({"_index": scratch, "_id": d["_id"], "version": 1,
+                       "version_type": "external",
+                       **item_document(v.tolist(), {"title": d["title"]}, 1)}
+                      for d, v in zip(documents, vectors, strict=True)), chunk_size=batch)
+    bulk = docs / (time.perf_counter() - started)
+    es.indices.delete(index=scratch)  # the indexer phase starts with the same empty cluster
+
+    target = svc.new_generation(REF, point_alias=True)
+    items = svc.items
+    items.insert_one({"_id": "seed", "title": "seed"})
+    start = Position(None, operation_time(items), 0)
+    svc.checkpoints.save(target.index, start)
+    items.insert_many(documents)  # the backlog the indexer will chew through
+
+    source = ChangeStreamSource(items, start, await_ms=20)
+    started, read = time.perf_counter(), 0
+    while read < docs:
+        read += len(source.poll(batch, 1 << 30, 0.05).changes)
+    stream = read / (time.perf_counter() - started)
+    source.close()
+
+    daemon = svc.indexer([target])
+    thread = threading.Thread(target=daemon.run)
+    pids = {"indexer": os.getpid(), **servers}
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    started, wall = time.perf_counter(), time.time()
+    thread.start()
+    _wait_caught_up(svc, target.index, wall)
+    elapsed = time.perf_counter() - started
+    indexer = docs / elapsed
+    cpu_share = {name: round((_cpu_seconds(pid) - cpu_before[name]) / elapsed, 2)
+                 for name, pid in pids.items()}
+
+    latencies = _latency(svc, es, target.index, count=200, rate_per_s=50)
+    svc.stop.set()
+    thread.join(60)
+
+    naive_docs = documents[: min(300, docs)]
+    naive_index = svc.new_generation(REF, point_alias=False).index
+    started = time.perf_counter()
+    for document in naive_docs:
+        vector = artifact.embed_items([document])[0]
+        es.index(index=naive_index, id=document["_id"],
+                 document=item_document(vector.tolist(), {"title": document["title"]}, 1))
+    naive = len(naive_docs) / (time.perf_counter() - started)
+
+    ceiling = min(tower, bulk)
+    return {
+        "benchmark": "indexer", "docs": docs, "batch_max_docs": batch,
+        "tower_items_per_s": round(tower), "bulk_docs_per_s": round(bulk),
+        "stream_events_per_s": round(stream), "indexer_changes_per_s": round(indexer),
+        "naive_docs_per_s": round(naive, 1),
+        "indexer_vs_min_tower_bulk": round(indexer / ceiling, 3),
+        "indexer_vs_min_tower_bulk_stream": round(indexer / min(ceiling, stream), 3),
+        "indexer_vs_naive": round(indexer / naive, 1),
+        "write_to_searchable_ms": latencies,
+        # cores busy per process during the indexer phase (this machine: os.cpu_count())
+        "indexer_phase_cpu_cores": cpu_share, "cpus": os.cpu_count(),
+        "dead_letters": svc.db[settings.mongo.collections.dead_letters].count_documents({}),
+    }
+
+
+def _latency(svc: Services, es: Elasticsearch, index: str, count: int,
+             rate_per_s: float) -> dict[str, float]:
+    """Insert at a steady rate; poll search until each document is visible."""
+    written: dict[str, float] = {}
+    seen: dict[str, float] = {}
+
+    def write() -> None:
+        for i in range(count):
+            doc_id = f"lat{i}"
+            written[doc_id] = time.perf_counter()
+            svc.items.insert_one({"_id": doc_id, "title": f"latency {i}", "tags": ["x"]})
+            time.sleep(1 / rate_per_s)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    deadline = time.monotonic() + count / rate_per_s + 60
+    while len(seen) < count and time.monotonic() < deadline:
+        pending = [d for d in list(written) if d not in seen]
+        if pending:
+            hits = es.search(index=index, query={"ids": {"values": pending}},
+                             size=len(pending), source=False)["hits"]["hits"]
+            now = time.perf_counter()
+            for hit in hits:
+                seen.setdefault(hit["_id"], now)
+        time.sleep(0.005)
+    writer.join()
+    delays = np.array([seen[d] - written[d] for d in seen]) * 1000
+    return {"p50": round(float(np.percentile(delays, 50)), 1),
+            "p99": round(float(np.percentile(delays, 99)), 1), "samples": len(delays),
+            "rate_per_s": rate_per_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=20000)  # steady state: start-up amortised
+    parser.add_argument("--configured", action="store_true",
+                        help="use the servers in ESREC_* settings instead of a private stack")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = generate(SynthConfig(items=2000, users=1000))
+        result = train(dataset, TrainConfig(epochs=1), progress=False)
+        model_dir = Path(tmp) / "model"
+        export_artifact(result.model, result.featurizer, model_dir, "bench", "1", {})
+        settings, pids, stack = _settings(args.configured, Path(tmp) / "stack")
+        try:
+            print(json.dumps(measure(settings, args.docs, model_dir, pids), indent=2))
+        finally:
+            if stack is not None:
+                stack.down()
+
+
+if __name__ == "__main__":
+    main()
