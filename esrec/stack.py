@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -88,6 +88,14 @@ def _tcp_ready(address: str) -> bool:
     return port_open(host, int(port))
 
 
+def _noida(service: str) -> Callable[[Path, str, int], list[str]]:
+    """One noida-db process serving just ``service`` (ES and Kafka run as two processes)."""
+    return lambda data, host, port: [
+        _noida_binary(), "start", "--data-dir", str(data), "--host", host,
+        "--only", service, f"--{service}-port", str(port),
+    ]
+
+
 @dataclass(frozen=True)
 class Service:
     """How to start one stand-in and how to tell it is ready."""
@@ -108,10 +116,7 @@ SERVICES: dict[str, Service] = {
         default_port=9200,
         env_var=f"{ENV_PREFIX}ES__HOSTS",
         url=lambda host, port: f"http://{host}:{port}",
-        command=lambda data, host, port: [
-            _noida_binary(), "start", "--data-dir", str(data), "--host", host,
-            "--only", "elasticsearch", "--elasticsearch-port", str(port),
-        ],
+        command=_noida("elasticsearch"),
         ready=_es_ready,
     ),
     "mongodb": Service(
@@ -133,30 +138,19 @@ SERVICES: dict[str, Service] = {
         default_port=9092,
         env_var=f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS",
         url=lambda host, port: f"{host}:{port}",
-        command=lambda data, host, port: [
-            _noida_binary(), "start", "--data-dir", str(data), "--host", host,
-            "--only", "kafka", "--kafka-port", str(port),
-        ],
+        command=_noida("kafka"),
         ready=_tcp_ready,
     ),
 }
 
 # tansu survives a killed consumer's rebalance (noida Kafka never expires a dead member);
 # crash tests ask for it. Its end_offsets is wrong: never compute lag on it.
-TANSU_KAFKA = Service(
-    name="kafka",
-    flag="kafka",
-    default_port=9092,
-    env_var=f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS",
-    url=lambda host, port: f"{host}:{port}",
-    command=lambda data, host, port: [
-        _tansu_binary(), "broker",
-        "--listener-url", f"tcp://{host}:{port}",
-        "--advertised-listener-url", f"tcp://{host}:{port}",
-        "--storage-engine", "memory://tansu/",
-    ],
-    ready=_tcp_ready,
-)
+TANSU_KAFKA = replace(SERVICES["kafka"], command=lambda data, host, port: [
+    _tansu_binary(), "broker",
+    "--listener-url", f"tcp://{host}:{port}",
+    "--advertised-listener-url", f"tcp://{host}:{port}",
+    "--storage-engine", "memory://tansu/",
+])
 
 
 def _pid_alive(pid: int) -> bool:
