@@ -26,7 +26,7 @@ from esrec.settings import ENV_PREFIX
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 30.0  # SecantusDB opens WiredTiger in ~2 s; noida starts in < 1 s
-STOP_TIMEOUT_S = 10.0  # then SIGKILL
+STOP_TIMEOUT_S = 30.0  # then SIGKILL; noida flushes its data on SIGTERM, which takes a while
 
 
 class StackError(RuntimeError):

@@ -73,11 +73,12 @@ def mongo_db(mongo_client: MongoClient, unique: Callable[[str], str]) -> Iterato
 
 
 @pytest.fixture
-def settings(es_url: str, mongo_url: str, kafka_bootstrap: str,
-             unique: Callable[[str], str]) -> Settings:
-    """Settings aimed at the test servers, with this test's own database, prefix and alias."""
+def settings(es: Elasticsearch, es_url: str, mongo_client: MongoClient, mongo_url: str,
+             kafka_bootstrap: str, unique: Callable[[str], str]) -> Iterator[Settings]:
+    """Settings aimed at the test servers, with this test's own database, prefix and alias;
+    what the test created there is removed afterwards."""
     stem = unique("s")
-    return Settings(
+    yield Settings(
         es={"hosts": [es_url]},
         mongo={"uri": mongo_url, "database": stem.replace("-", "_")},
         kafka={"bootstrap_servers": [kafka_bootstrap],
@@ -85,6 +86,8 @@ def settings(es_url: str, mongo_url: str, kafka_bootstrap: str,
                           "dead_letters": f"{stem}.dead"}},
         index={"prefix": stem, "serving_alias": f"{stem}-serving"},
     )
+    es.indices.delete(index=f"{stem}-*", allow_no_indices=True, expand_wildcards="all")
+    mongo_client.drop_database(stem.replace("-", "_"))
 
 
 # -- one small trained model per session: training is the slow part --------------------

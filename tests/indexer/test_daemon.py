@@ -97,3 +97,49 @@ def test_history_lost_is_loud(settings: Settings, es: Elasticsearch, artifact_di
         svc.indexer([target]).run()
     with pytest.raises(HistoryLost):
         ChangeStreamSource(svc.items, Position(None, None, 0))
+
+
+def test_resync_rebuilds_into_a_fresh_index_and_moves_the_aliases(
+    settings: Settings, es: Elasticsearch, artifact_dir: Path
+) -> None:
+    from esrec.cli.indexer import _resync
+    from indexer.layout import resolve_alias, switch_alias, version_alias
+    from tests.indexer.helpers import mismatches
+    from towers.artifact import ModelArtifact
+
+    svc, old = _ready(settings, es, artifact_dir)
+    switch_alias(es, settings.index.serving_alias, old.index)
+    svc.items.insert_many([{"_id": f"x{i}", "title": f"x{i}"} for i in range(50)])
+    (fresh,) = _resync(svc, [old])
+    assert fresh.index != old.index and fresh.index.endswith("-g2")
+    assert resolve_alias(es, version_alias(settings.index.prefix, "test-model", "1")) == \
+        fresh.index
+    assert resolve_alias(es, settings.index.serving_alias) == fresh.index
+    assert mismatches(es, fresh.index, svc.items, ModelArtifact.load(artifact_dir)) == []
+
+
+def test_health_and_metrics_endpoints(settings: Settings, es: Elasticsearch,
+                                      artifact_dir: Path) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from esrec.stack import free_port
+    from indexer.daemon import serve_http
+
+    svc, target = _ready(settings, es, artifact_dir)
+    indexer = svc.indexer([target])
+    port = free_port()
+    server = serve_http(port, svc.metrics, indexer.health)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
+            assert json.load(response)["status"] == "ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+            text = response.read().decode()
+        assert "esrec_indexer_events_total" in text and "esrec_indexer_lag_seconds" in text
+        indexer.last_turn -= 60  # a loop that stopped turning
+        with pytest.raises(urllib.error.HTTPError) as stalled:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz")
+        assert stalled.value.code == 503
+    finally:
+        server.shutdown()

@@ -1,0 +1,48 @@
+"""`esrec indexer backfill` and `status` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from elasticsearch import Elasticsearch
+
+from esrec.settings import Settings
+from tests.indexer.helpers import cli_env, services
+from towers.dataset import Collections, write_mongo
+from towers.synth import SynthConfig, generate
+
+
+def _esrec(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "esrec", *args], env=cli_env(settings),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_backfill_then_status(settings: Settings, es: Elasticsearch, artifact_dir: Path) -> None:
+    svc = services(settings, es, artifact_dir)
+    write_mongo(generate(SynthConfig(items=300, users=5, topics=5, mean_interactions=1)),
+                svc.db, Collections())
+    svc.items.insert_one({"_id": "poison", "title": "p", "price": "not a number"})
+
+    not_yet = _esrec(settings, "indexer", "run")
+    assert not_yet.returncode == 1
+    assert "esrec indexer backfill NAME@VERSION" in not_yet.stderr
+
+    filled = _esrec(settings, "indexer", "backfill", "test-model@1")
+    assert filled.returncode == 0, filled.stderr[-2000:]
+    report = json.loads(filled.stdout)
+    assert (report["documents"], report["done"]) == (301, True)
+    again = json.loads(_esrec(settings, "indexer", "backfill", "test-model@1").stdout)
+    assert again["done"] and again["documents"] == 301  # already done: nothing redone
+
+    status = json.loads(_esrec(settings, "indexer", "status").stdout)
+    (version,) = status["versions"]
+    assert (status["mongo_items"], version["indexed"]) == (301, 300)
+    assert version["model"] == "test-model@1" and version["index"].endswith("-g1")
+    assert status["dead_letters"] == 1
+    assert status["latest_dead_letters"][0]["error"].startswith("price: expected a finite")
+
+    unknown = _esrec(settings, "indexer", "backfill", "nope@3")
+    assert unknown.returncode == 1 and "nope@3 is not in the registry" in unknown.stderr
