@@ -86,7 +86,9 @@ def settings(es: Elasticsearch, es_url: str, mongo_client: MongoClient, mongo_ur
                           "dead_letters": f"{stem}.dead"}},
         index={"prefix": stem, "serving_alias": f"{stem}-serving"},
     )
-    es.indices.delete(index=f"{stem}-*", allow_no_indices=True, expand_wildcards="all")
+    created = list(es.indices.get(index=f"{stem}-*", allow_no_indices=True))
+    if created:  # by name: ES 8 refuses wildcard deletes (action.destructive_requires_name)
+        es.indices.delete(index=",".join(created))
     mongo_client.drop_database(stem.replace("-", "_"))
 
 
