@@ -39,7 +39,8 @@ from indexer.source import HISTORY_LOST_CODES, ChangeStreamSource, Position
 
 log = logging.getLogger("esrec.indexer")
 HEALTHY_WITHIN_S = 30.0  # a loop that has not turned for this long is reported unhealthy
-WRITE_AHEAD = 2  # batches read and embedded ahead of the one being written
+WRITE_AHEAD = 2  # batches read and embedded ahead of those being written
+WRITERS = 2  # concurrent _bulk requests: lets Elasticsearch work while the next is encoded
 
 
 class MissingCheckpoint(RuntimeError):
@@ -106,10 +107,9 @@ class Indexer:
         log.info("indexer stopped", extra={"at": self.saved.cluster_time})
 
     def _stream(self, source: ChangeStreamSource) -> None:
-        """Read and embed here; write and checkpoint on the writer thread, in order."""
+        """Read and embed here; write and checkpoint on the writer threads."""
         settings = self.settings
-        writer = _Writer(self._commit)
-        writer.start()
+        writers = _Writers(self._write, self._checkpoint)
         try:
             while not self.stop.is_set():
                 self.last_turn = time.monotonic()
@@ -118,15 +118,16 @@ class Indexer:
                 if batch.position is None:
                     continue
                 prepared = self.pipeline.prepare(batch.changes) if batch.changes else None
-                writer.submit((prepared, batch.position, batch.changes[-1].cluster_time
-                               if batch.changes else None))
+                writers.submit(prepared, batch.position,
+                               batch.changes[-1].cluster_time if batch.changes else None)
         finally:
-            writer.close()  # drains what was read: its writes, then its checkpoints
+            writers.close()  # drains what was read: its writes, then its checkpoints
 
-    def _commit(self, prepared: Prepared | None, position: Position,
-                cluster_time: Timestamp | None) -> None:
+    def _write(self, prepared: Prepared | None) -> None:
         if prepared is not None:
             self.pipeline.commit(prepared)
+
+    def _checkpoint(self, position: Position, cluster_time: Timestamp | None) -> None:
         self._save(position, caught_up=cluster_time is None)
         self.saved = position
         if cluster_time is None:
@@ -152,40 +153,63 @@ class Indexer:
         }
 
 
-class _Writer(threading.Thread):
-    """Writes batches and saves their positions in arrival order, one batch behind the reader.
+class _Writers:
+    """WRITERS threads write batches concurrently; positions are saved strictly in order.
 
-    The queue holds at most WRITE_AHEAD batches (each bounded by count and bytes): when
-    Elasticsearch is slow, the reader blocks here, which is the backpressure.
+    Batches may land out of order (every write is version-guarded, so that is harmless),
+    but a batch's position is saved only once it and every batch before it are written.
+    The queue holds at most WRITE_AHEAD batches, each bounded by count and bytes: when
+    Elasticsearch is slow the reader blocks in ``submit``, which is the backpressure.
     """
 
-    def __init__(self, commit: Callable[..., None]) -> None:
-        super().__init__(daemon=True, name="esrec-writer")
-        self.commit = commit
+    def __init__(self, write: Callable[[Prepared | None], None],
+                 checkpoint: Callable[[Position, Timestamp | None], None]) -> None:
+        self.write = write
+        self.checkpoint = checkpoint
         self.queue: queue.Queue[tuple | None] = queue.Queue(maxsize=WRITE_AHEAD)
         self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.finished: dict[int, tuple[Position, Timestamp | None]] = {}
+        self.submitted = self.saved = 0
+        self.threads = [threading.Thread(target=self._work, daemon=True, name=f"esrec-writer-{i}")
+                        for i in range(WRITERS)]
+        for thread in self.threads:
+            thread.start()
 
-    def run(self) -> None:
+    def _work(self) -> None:
         while (item := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.commit(*item)
-                except BaseException as error:  # handed to the reader thread, re-raised there
-                    self.error = error
+            sequence, prepared, position, cluster_time = item
+            if self.error is not None:
+                continue
+            try:
+                self.write(prepared)
+                with self.lock:
+                    self.finished[sequence] = (position, cluster_time)
+                    while self.saved in self.finished:
+                        self.checkpoint(*self.finished.pop(self.saved))
+                        self.saved += 1
+            except BaseException as error:  # handed to the reader thread, re-raised there
+                self.error = error
 
-    def submit(self, item: tuple) -> None:
+    def submit(self, prepared: Prepared | None, position: Position,
+               cluster_time: Timestamp | None) -> None:
+        item = (self.submitted, prepared, position, cluster_time)
         while True:
             if self.error is not None:
                 raise self.error
             try:
                 self.queue.put(item, timeout=0.1)
+                self.submitted += 1
                 return
             except queue.Full:
                 continue
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.join()
+        """Finish what was submitted (drain), then stop the threads."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
         if self.error is not None:
             raise self.error
 

@@ -7,6 +7,7 @@ emptying the index into a collection nobody reads.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ class DeadLetters:
         self.collection = collection
         self.ratio = ratio
         self.recent: deque[bool] = deque(maxlen=window)
+        self.lock = threading.Lock()  # batches are accounted from several writer threads
 
     def park(self, change: Change, stage: str, error: str, index: str | None = None) -> None:
         document = repr(change.document)
@@ -40,11 +42,12 @@ class DeadLetters:
 
     def record(self, events: int, failed: int) -> None:
         """Account a batch; raises ErrorBudgetExceeded when the window is over budget."""
-        self.recent.extend([False] * (events - failed) + [True] * failed)
-        failures = sum(self.recent)
-        if len(self.recent) == self.recent.maxlen and failures > self.ratio * len(self.recent):
+        with self.lock:
+            self.recent.extend([False] * (events - failed) + [True] * failed)
+            failures, seen = sum(self.recent), len(self.recent)
+        if seen == self.recent.maxlen and failures > self.ratio * seen:
             raise ErrorBudgetExceeded(
-                f"{failures} of the last {len(self.recent)} events went to dead letters "
+                f"{failures} of the last {seen} events went to dead letters "
                 f"(budget {self.ratio:.0%}); see the {self.collection.name} collection")
 
     def count(self) -> int:
