@@ -68,3 +68,11 @@ def test_dockerfile_installs_the_project_and_runs_esrec() -> None:
     dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
     assert "pip install /app" in dockerfile
     assert 'ENTRYPOINT ["esrec"]' in dockerfile
+
+
+def test_indexer_service_exposes_its_health_port(compose: dict[str, Any]) -> None:
+    indexer = compose["services"]["esrec-indexer"]
+    assert indexer["command"] == ["indexer", "run"]
+    port = load_settings().indexer.metrics_port
+    assert f"{port}:{port}" in indexer["ports"]
+    assert f"localhost:{port}/healthz" in " ".join(indexer["healthcheck"]["test"])
