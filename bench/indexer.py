@@ -6,7 +6,7 @@ Starts a private local stack (or uses the configured servers with --configured),
 a small model, then measures on the same machine in one run:
 
     tower        featurize + item tower, batches of the indexer's size   (items/s)
-    bulk         _bulk of ready-made vectors, external versions          (docs/s)
+    bulk         _bulk of ready-made vectors, same requests, one at a time (docs/s)
     stream       reading the change stream alone                          (events/s)
     indexer      change stream -> pipeline -> _bulk -> checkpoint         (changes/s)
     naive        per document: embed one, index one                       (docs/s)
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from elasticsearch import Elasticsearch, helpers
+from elasticsearch import Elasticsearch
 from pymongo import MongoClient
 
 from esrec.clients import elasticsearch_client
@@ -35,6 +35,7 @@ from indexer.backfill import operation_time
 from indexer.layout import item_document
 from indexer.metrics import IndexerMetrics
 from indexer.service import Services
+from indexer.sink import BULK_RESPONSE_FIELDS
 from indexer.source import ChangeStreamSource, Position
 from towers.artifact import export_artifact
 from towers.registry import ModelRegistry
@@ -99,10 +100,14 @@ def measure(settings: Settings, docs: int, model_dir: Path,
 
     scratch = svc.new_generation(REF, point_alias=False).index
     started = time.perf_counter()
-    helpers.bulk(es, ({"_index": scratch, "_id": d["_id"], "version": 1,
-                       "version_type": "external",
-                       **item_document(v.tolist(), {"title": d["title"]}, 1)}
-                      for d, v in zip(documents, vectors, strict=True)), chunk_size=batch)
+    for start in range(0, docs, batch):  # the same request shape the indexer sends
+        operations: list[dict[str, Any]] = []
+        for document, vector in zip(documents[start:start + batch],
+                                    vectors[start:start + batch], strict=True):
+            operations.append({"index": {"_index": scratch, "_id": document["_id"],
+                                         "version": 1, "version_type": "external"}})
+            operations.append(item_document(vector, {"title": document["title"]}, 1))
+        es.bulk(operations=operations, filter_path=BULK_RESPONSE_FIELDS)
     bulk = docs / (time.perf_counter() - started)
     es.indices.delete(index=scratch)  # the indexer phase starts with the same empty cluster
 
