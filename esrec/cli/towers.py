@@ -47,8 +47,8 @@ def towers() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write JSONL files here.")
 @click.option("--to-mongo", is_flag=True, help="Load into the configured MongoDB collections.")
-@click.option("--items", default=3000, show_default=True)
-@click.option("--users", default=2000, show_default=True)
+@click.option("--items", default=3000, show_default=True, type=click.IntRange(min=20))
+@click.option("--users", default=2000, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def synth(ctx: click.Context, out: Path | None, to_mongo: bool, items: int, users: int,
@@ -74,9 +74,10 @@ def synth(ctx: click.Context, out: Path | None, to_mongo: bool, items: int, user
               help="Empty directory for the artifact, metrics.json and training.png.")
 @click.option("--name", default="two-tower", show_default=True)
 @click.option("--version", "version", required=True, help="Model version, e.g. 1.")
-@click.option("--epochs", default=6, show_default=True)
-@click.option("--dims", default=64, show_default=True, help="Output vector size.")
-@click.option("--batch-size", default=512, show_default=True)
+@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
+@click.option("--dims", default=64, show_default=True, type=click.IntRange(min=2),
+              help="Output vector size.")
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=2))
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, version: str,

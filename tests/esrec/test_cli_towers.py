@@ -62,3 +62,10 @@ def test_missing_data_explains_how_to_make_some(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "esrec towers synth --out" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_out_of_range_sizes_are_usage_errors(tmp_path: Path) -> None:
+    result = _run("towers", "synth", "--out", str(tmp_path), "--items", "5")
+    assert result.returncode == 2
+    assert "--items" in result.stderr and ">=20" in result.stderr
+    assert "Traceback" not in result.stderr
