@@ -39,7 +39,7 @@ def generation_index(prefix: str, model_name: str, version: str, generation: int
 
 
 def mapping(manifest: Manifest, sha256: str, projection: Mapping[str, str],
-            index_options: str) -> dict[str, Any]:
+            index_options: str, measured: Mapping[str, Any] | None = None) -> dict[str, Any]:
     properties: dict[str, Any] = {
         name: {"type": es_type} for name, es_type in projection.items()
     }
@@ -56,13 +56,15 @@ def mapping(manifest: Manifest, sha256: str, projection: Mapping[str, str],
         "dynamic": False,
         "_meta": {"model_name": manifest.name, "model_version": manifest.version,
                   "model": manifest.ref, "dims": manifest.dims,
-                  "similarity": manifest.similarity, "artifact_sha256": sha256},
+                  "similarity": manifest.similarity, "artifact_sha256": sha256,
+                  "index_options": index_options, **(measured or {})},
         "properties": properties,
     }
 
 
 def create_generation(es: Elasticsearch, prefix: str, manifest: Manifest, sha256: str,
-                      projection: Mapping[str, str], index_options: str) -> str:
+                      projection: Mapping[str, str], index_options: str,
+                      measured: Mapping[str, Any] | None = None) -> str:
     """Create the next concrete index of a version; the version alias is not moved here."""
     alias = version_alias(prefix, manifest.name, manifest.version)
     existing = es.indices.get(index=f"{alias}-g*", allow_no_indices=True,
@@ -70,7 +72,7 @@ def create_generation(es: Elasticsearch, prefix: str, manifest: Manifest, sha256
     generation = 1 + max((int(name.rsplit("-g", 1)[1]) for name in existing), default=0)
     index = generation_index(prefix, manifest.name, manifest.version, generation)
     es.indices.create(index=index, mappings=mapping(manifest, sha256, projection,
-                                                     index_options))
+                                                     index_options, measured))
     return index
 
 

@@ -17,6 +17,7 @@ from indexer.dead_letters import DeadLetters
 from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target
+from indexer.quantization import SAMPLE_ITEMS, choose_index_options
 from indexer.sink import ElasticsearchSink
 from towers.registry import ModelRegistry
 
@@ -59,8 +60,14 @@ class Services:
         """A fresh concrete index for a version; ``point_alias`` makes it the version's."""
         artifact = self.registry.pull(ref)
         indexer = self.settings.indexer
+        options, measured = indexer.index_options, {}
+        if options == "auto":
+            sample = list(self.items.find().limit(SAMPLE_ITEMS))
+            choice = choose_index_options(self.es, artifact, sample, indexer.int8_min_recall)
+            options = choice.index_options
+            measured = {"int8_recall_at_10": choice.int8_recall, "recall_sample": choice.sample}
         index = create_generation(self.es, self.settings.index.prefix, artifact.manifest,
-                                  artifact.sha256, indexer.projection, indexer.index_options)
+                                  artifact.sha256, indexer.projection, options, measured)
         if point_alias:
             switch_alias(self.es, version_alias(self.settings.index.prefix,
                                                 artifact.manifest.name,
