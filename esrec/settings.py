@@ -198,6 +198,9 @@ class IndexerSettings(_Section):
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no HTTP endpoint
     on_history_lost: Literal["fail", "resync"] = "fail"
+    # delete tombstones older than this (and only when no backfill writes to the index):
+    # long enough for any replay from a checkpoint to have happened
+    tombstone_retention_hours: float = Field(default=72.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -76,3 +76,9 @@ def backfill(items: Collection, pipeline: Pipeline, checkpoints: Checkpoints, in
         checkpoints.collection.update_one({"_id": state_id}, {"$set": {
             "done": True, "finished_at": datetime.now(UTC)}})
     return BackfillReport(index, t, documents, resumed_from, done)
+
+
+def in_progress(checkpoints: Checkpoints, index: str) -> bool:
+    """A started, unfinished backfill into ``index`` (its older writes must meet tombstones)."""
+    state = checkpoints.collection.find_one({"_id": f"backfill|{index}"})
+    return state is not None and not state.get("done")

@@ -111,3 +111,12 @@ def item_document(vector: Sequence[float], projected: Mapping[str, Any], version
 
 def tombstone(version: int) -> dict[str, Any]:
     return {DELETED: True, VERSION: version, "indexed_at": datetime.now(UTC).isoformat()}
+
+
+def purge_tombstones(es: Elasticsearch, index: str, older_than: datetime) -> int:
+    """Delete tombstones indexed before ``older_than``; returns how many went."""
+    es.indices.refresh(index=index)  # delete_by_query only sees what search sees
+    response = es.delete_by_query(index=index, refresh=True, conflicts="proceed", query={
+        "bool": {"filter": [{"term": {DELETED: True}},
+                            {"range": {"indexed_at": {"lt": older_than.isoformat()}}}]}})
+    return int(response["deleted"])

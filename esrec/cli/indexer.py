@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import click
 from elastic_transport import TransportError
@@ -16,11 +17,11 @@ from esrec.cli.context import UserError, mongo_database, settings_from
 from esrec.clients import elasticsearch_client
 from esrec.logs import configure
 from esrec.retry import Backoff, retry
-from indexer.backfill import backfill
+from indexer.backfill import backfill, in_progress
 from indexer.checkpoint import lag_seconds
 from indexer.daemon import MissingCheckpoint, install_signal_handlers, serve_http
 from indexer.dead_letters import ErrorBudgetExceeded
-from indexer.layout import LIVE, resolve_alias, switch_alias, version_alias
+from indexer.layout import LIVE, purge_tombstones, resolve_alias, switch_alias, version_alias
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Target
 from indexer.service import MissingIndex, Services
@@ -164,3 +165,22 @@ def status_command(ctx: click.Context) -> None:
                                  "error": d["error"]}
                                 for d in dead.find().sort("at", -1).limit(3)],
     }, indent=2))
+
+
+@indexer.command("purge-tombstones")
+@click.option("--older-than-hours", type=click.FloatRange(min=0),
+              help="Default: indexer.tombstone_retention_hours (72).")
+@click.pass_context
+def purge_command(ctx: click.Context, older_than_hours: float | None) -> None:
+    """Delete old delete-tombstones from every active index (skips one being backfilled)."""
+    services = _services(ctx)
+    hours = (services.settings.indexer.tombstone_retention_hours if older_than_hours is None
+             else older_than_hours)
+    cutoff = datetime.now(UTC) - timedelta(hours=hours)
+    report = {}
+    for target in services.active_targets():
+        if in_progress(services.checkpoints, target.index):
+            report[target.index] = "skipped: a backfill is writing to it"
+            continue
+        report[target.index] = purge_tombstones(services.es, target.index, cutoff)
+    click.echo(json.dumps({"older_than": cutoff.isoformat(), "deleted": report}))

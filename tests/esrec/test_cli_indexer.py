@@ -44,5 +44,8 @@ def test_backfill_then_status(settings: Settings, es: Elasticsearch, artifact_di
     assert status["dead_letters"] == 1
     assert status["latest_dead_letters"][0]["error"].startswith("price: expected a finite")
 
+    purged = json.loads(_esrec(settings, "indexer", "purge-tombstones").stdout)
+    assert purged["deleted"] == {version["index"]: 0}
+
     unknown = _esrec(settings, "indexer", "backfill", "nope@3")
     assert unknown.returncode == 1 and "nope@3 is not in the registry" in unknown.stderr

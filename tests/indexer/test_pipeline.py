@@ -80,3 +80,24 @@ def test_error_budget_stops_a_stream_that_mostly_fails(settings: Settings, es: E
     pipeline.process([*good, Change("upsert", "bad", _v(30), T, {"_id": "bad", "price": "x"})])
     with pytest.raises(ErrorBudgetExceeded, match=r"2 of the last 20 events .* \(budget 5%\)"):
         pipeline.process([Change("upsert", "bad2", _v(31), T, {"_id": "bad2", "price": "y"})])
+
+
+def test_purge_removes_only_old_tombstones(settings: Settings, es: Elasticsearch,
+                                           artifact_dir: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from indexer.backfill import in_progress
+    from indexer.layout import purge_tombstones
+
+    svc = services(settings, es, artifact_dir)
+    target = svc.new_generation("test-model@1", point_alias=True)
+    pipeline = svc.pipeline([target])
+    pipeline.process([Change("upsert", "live", _v(1), T, {"_id": "live", "title": "x"}),
+                      Change("delete", "gone", _v(2), T)])
+    assert purge_tombstones(es, target.index, datetime.now(UTC) - timedelta(hours=1)) == 0
+    assert purge_tombstones(es, target.index, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert es.exists(index=target.index, id="live")
+    assert not es.exists(index=target.index, id="gone")
+    assert not in_progress(svc.checkpoints, target.index)
+    svc.checkpoints.collection.insert_one({"_id": f"backfill|{target.index}", "done": False})
+    assert in_progress(svc.checkpoints, target.index)
