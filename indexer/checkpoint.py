@@ -47,9 +47,6 @@ class Checkpoints:
     def describe(self, index: str) -> dict[str, Any] | None:
         return self.collection.find_one({"_id": self._id(index)}, {"_id": 0, "token": 0})
 
-    def delete(self, index: str) -> None:
-        self.collection.delete_one({"_id": self._id(index)})
-
 
 def earliest(positions: list[Position]) -> Position:
     """Where one stream must start to serve every target: the oldest position.
@@ -67,7 +64,9 @@ def earliest(positions: list[Position]) -> Position:
 
 def lag_seconds(checkpoint: dict[str, Any], now: float) -> float | None:
     """How far behind the catalog an index is: 0-ish when the stream was last seen idle."""
-    times = [checkpoint[k].timestamp() for k in ("caught_up_at",) if checkpoint.get(k)]
+    times = []
+    if checkpoint.get("caught_up_at"):
+        times.append(checkpoint["caught_up_at"].timestamp())
     if checkpoint.get("cluster_time"):
         times.append(checkpoint["cluster_time"].time)
     return round(now - max(times), 1) if times else None

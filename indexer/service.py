@@ -86,13 +86,17 @@ class Services:
                 continue
         return targets
 
+    @property
+    def dead_letters(self) -> DeadLetters:
+        indexer = self.settings.indexer
+        return DeadLetters(self.db[self.settings.mongo.collections.dead_letters],
+                           indexer.error_budget_ratio, indexer.error_budget_window)
+
     def pipeline(self, targets: list[Target]) -> Pipeline:
         indexer = self.settings.indexer
-        dead_letters = DeadLetters(self.db[self.settings.mongo.collections.dead_letters],
-                                   indexer.error_budget_ratio, indexer.error_budget_window)
         sink = ElasticsearchSink(self.es, self.metrics, self.stop,
                                  Backoff(max_s=indexer.retry_max_delay_s))
-        return Pipeline(targets, sink, dead_letters, indexer, self.metrics)
+        return Pipeline(targets, sink, self.dead_letters, indexer, self.metrics)
 
     def indexer(self, targets: list[Target]) -> Indexer:
         return Indexer(self.items, self.pipeline(targets), self.checkpoints,

@@ -41,8 +41,8 @@ class Action:
 
 @dataclass
 class BulkOutcome:
-    written: int = 0
-    stale: int = 0
+    """What a batch's writes left to handle: the items Elasticsearch refused for good."""
+
     rejected: list[tuple[Action, str]] = field(default_factory=list)
 
 
@@ -99,9 +99,8 @@ class ElasticsearchSink:
             result = item["index"]
             status = result["status"]
             if status < 300:
-                outcome.written += 1
-            elif status == 409:
-                outcome.stale += 1
+                continue
+            if status == 409:
                 self.metrics.stale.inc()
             elif status in TRANSIENT_STATUSES:
                 transient.append(action)

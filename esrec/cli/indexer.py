@@ -157,13 +157,12 @@ def status_command(ctx: click.Context) -> None:
             "lag_s": lag_seconds(checkpoint, time.time()),
             "indexed": services.es.count(index=target.index, query=LIVE)["count"],
         })
-    dead = services.db[services.settings.mongo.collections.dead_letters]
+    dead_letters = services.dead_letters
     click.echo(json.dumps({
         "mongo_items": items, "versions": versions,
-        "dead_letters": dead.estimated_document_count(),
+        "dead_letters": dead_letters.count(),
         "latest_dead_letters": [{"doc_id": str(d["doc_id"]), "stage": d["stage"],
-                                 "error": d["error"]}
-                                for d in dead.find().sort("at", -1).limit(3)],
+                                 "error": d["error"]} for d in dead_letters.latest(3)],
     }, indent=2))
 
 
