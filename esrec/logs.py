@@ -32,5 +32,7 @@ def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    for chatty in ("elastic_transport", "kafka", "pymongo"):  # a line per request otherwise
+    for chatty in ("kafka", "pymongo"):  # a line per request otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # each failed attempt is logged once, by esrec.retry, with what happens next
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)

@@ -2,8 +2,8 @@
 
 Each test streams many catalog changes (inserts, updates, replaces, deletes, and
 transactions that touch one document twice) while the daemon is SIGKILLed at random
-moments or Elasticsearch disappears for 20 s, then waits for the daemon to catch up and
-requires the index to equal the catalog: every live item with the vector of its latest
+moments or the network to Elasticsearch is cut for 20 s, then waits for the daemon to catch
+up and requires the index to equal the catalog: every live item with the vector of its latest
 version, no deleted item live, no stale version.
 """
 
@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from elasticsearch import Elasticsearch
@@ -25,7 +26,7 @@ from pymongo.collection import Collection
 from esrec.settings import Settings
 from indexer.service import Services
 from tests.indexer.helpers import cli_env, mismatches, services
-from tests.servers import ServerPool
+from tests.proxy import TcpProxy
 from towers.artifact import ModelArtifact
 from towers.dataset import Collections, write_mongo
 from towers.synth import SynthConfig, generate
@@ -159,26 +160,26 @@ def test_sigkill_at_random_moments_loses_nothing(prepared: tuple[Services, Daemo
 
 
 def test_elasticsearch_gone_for_20s_then_back(prepared: tuple[Services, Daemon],
-                                              es: Elasticsearch, artifact_dir: Path,
-                                              servers: ServerPool) -> None:
-    stack = servers.local_stack()
-    record = stack.running("elasticsearch")
-    if record is None:
-        pytest.skip("Elasticsearch is not a local stand-in this run; cannot stop it")
+                                              es: Elasticsearch, es_url: str,
+                                              artifact_dir: Path) -> None:
     svc, daemon = prepared
     index = _index(svc)
+    target = urlsplit(es_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    daemon.env["ESREC_ES__HOSTS"] = proxy.url
     daemon.start()
     writer = threading.Thread(target=_write_changes, args=(svc.items, 6000, 2, 0.002))
     writer.start()
     daemon.wait_for("indexer starting")
     time.sleep(2)
-    stack.down(["elasticsearch"])
+    proxy.cut()
     time.sleep(20)
     assert daemon.alive(), daemon.log.read_text()[-3000:]  # waiting and retrying, not dead
-    stack.up(["elasticsearch"], ports={"elasticsearch": record.port})
+    proxy.restore()
     writer.join()
     finished = time.time()
     _caught_up(svc, index, finished + 1, daemon)
     daemon.stop()
+    proxy.cut()
     assert "retrying bulk" in daemon.log.read_text()
     assert mismatches(es, index, svc.items, ModelArtifact.load(artifact_dir)) == []
