@@ -203,6 +203,61 @@ class IndexerSettings(_Section):
     tombstone_retention_hours: float = Field(default=72.0, gt=0)
 
 
+class RolloutSettings(_Section):
+    """Model-version rollouts: how the daemon follows the registry, and the promote gates."""
+
+    follow_interval_s: float = Field(default=2.0, gt=0)  # daemon re-reads version states
+    # a retired version's index is deleted after this: longer than follow_interval_s (the
+    # daemon stops writing) plus the recall alias cache and the slowest in-flight query
+    retire_grace_s: float = Field(default=60.0, ge=0)
+    min_coverage: float = Field(default=0.999, gt=0, le=1)  # live items indexed / in MongoDB
+    max_lag_s: float = Field(default=30.0, gt=0)  # checkpoint behind the catalog
+    vector_sample: int = Field(default=50, gt=0)  # items re-embedded and compared
+    vector_tolerance: float = Field(default=1e-4, gt=0)  # max abs difference per dimension
+    ann_queries: int = Field(default=20, gt=0)
+    ann_k: int = Field(default=10, gt=0)
+    min_ann_overlap: float = Field(default=0.9, ge=0, le=1)  # kNN top-k vs exact top-k
+    max_p99_ms: float = Field(default=250.0, gt=0)  # kNN latency probe on the new index
+
+
+class ChannelSettings(_Section):
+    enabled: bool = True
+    weight: float = Field(default=1.0, ge=0)
+    size: int = Field(default=100, gt=0, le=1000)  # candidates this channel asks for
+    timeout_ms: int = Field(default=200, gt=0)  # Elasticsearch's per-search time budget
+
+
+def _default_channels() -> dict[str, ChannelSettings]:
+    # kNN leads; the content and popularity channels fill in, and carry cold-start users
+    return {"knn": ChannelSettings(weight=1.0), "i2i": ChannelSettings(weight=0.8, size=50),
+            "tags": ChannelSettings(weight=0.5, size=50), "hot": ChannelSettings(weight=0.3,
+                                                                               size=50),
+            "fresh": ChannelSettings(weight=0.2, size=30)}
+
+
+class RecallSettings(_Section):
+    """Recall for the feed service: user state, channels, fusion, the HTTP API."""
+
+    consumer_group: str = "esrec-user-state"
+    history_len: int = Field(default=50, gt=0)  # recent items kept per user
+    seen_event_ids: int = Field(default=500, gt=0)  # per user, for idempotent event replays
+    alias_ttl_s: float = Field(default=1.0, ge=0)  # how long a resolved serving alias is reused
+    channels: dict[str, ChannelSettings] = Field(default_factory=_default_channels)
+    fusion: Literal["rrf", "quota"] = "rrf"
+    rrf_k: int = Field(default=60, gt=0)  # the constant of Cormack et al. 2009
+    default_k: int = Field(default=100, gt=0)
+    max_k: int = Field(default=500, gt=0)
+    i2i_items: int = Field(default=3, gt=0)  # the user's newest items used as i2i seeds
+    i2i_min_similarity: float = Field(default=0.3, ge=-1, le=1)
+    hot_window_days: float = Field(default=30.0, gt=0)
+    fresh_half_life_days: float = Field(default=14.0, gt=0)  # i2i re-weighting by age
+    # the only fields a request may filter on (no query injection): field -> "term" | "range"
+    filter_fields: dict[str, Literal["term", "range"]] = {
+        "category": "term", "tags": "term", "price": "range", "created_at": "range"}
+    api_token: SecretStr | None = None  # when set, POST /v1/recall needs "Bearer <token>"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """Everything an esrec process needs to reach its servers and name its data."""
 
@@ -218,6 +273,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     index: IndexSettings = IndexSettings()
     indexer: IndexerSettings = IndexerSettings()
+    rollout: RolloutSettings = RolloutSettings()
+    recall: RecallSettings = RecallSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -20,7 +20,7 @@ from bson.timestamp import Timestamp
 from pymongo.collection import Collection
 from tqdm import tqdm
 
-from indexer.checkpoint import Checkpoints
+from indexer.checkpoint import Checkpoints, backfill_state_id
 from indexer.pipeline import Pipeline
 from indexer.source import Change, Position
 from indexer.versioning import external_version
@@ -44,7 +44,7 @@ def operation_time(items: Collection) -> Timestamp:
 def backfill(items: Collection, pipeline: Pipeline, checkpoints: Checkpoints, index: str,
              stop: threading.Event, batch_size: int = 500,
              progress: bool = True) -> BackfillReport:
-    state_id = f"backfill|{index}"
+    state_id = backfill_state_id(index)
     state = checkpoints.collection.find_one({"_id": state_id})
     if state is not None and state.get("done"):
         return BackfillReport(index, state["operation_time"], state["documents"], None, True)
@@ -73,6 +73,7 @@ def backfill(items: Collection, pipeline: Pipeline, checkpoints: Checkpoints, in
             bar.update(len(page))
     done = not stop.is_set()
     if done:
+        pipeline.sink.es.indices.refresh(index=index)  # searchable now, not at the next tick
         checkpoints.collection.update_one({"_id": state_id}, {"$set": {
             "done": True, "finished_at": datetime.now(UTC)}})
     return BackfillReport(index, t, documents, resumed_from, done)
@@ -80,5 +81,11 @@ def backfill(items: Collection, pipeline: Pipeline, checkpoints: Checkpoints, in
 
 def in_progress(checkpoints: Checkpoints, index: str) -> bool:
     """A started, unfinished backfill into ``index`` (its older writes must meet tombstones)."""
-    state = checkpoints.collection.find_one({"_id": f"backfill|{index}"})
+    state = checkpoints.collection.find_one({"_id": backfill_state_id(index)})
     return state is not None and not state.get("done")
+
+
+def finished(checkpoints: Checkpoints, index: str) -> bool:
+    """A backfill into ``index`` ran to the end."""
+    state = checkpoints.collection.find_one({"_id": backfill_state_id(index)})
+    return bool(state and state.get("done"))

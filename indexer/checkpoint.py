@@ -16,6 +16,11 @@ from pymongo.collection import Collection
 from indexer.source import Position
 
 
+def backfill_state_id(index: str) -> str:
+    """The document of a backfill's progress into ``index`` (same collection)."""
+    return f"backfill|{index}"
+
+
 class Checkpoints:
     def __init__(self, collection: Collection, source: str) -> None:
         self.collection = collection
@@ -43,6 +48,10 @@ class Checkpoints:
     def save_all(self, indices: list[str], position: Position, caught_up: bool = False) -> None:
         for index in indices:
             self.save(index, position, caught_up)
+
+    def forget(self, index: str) -> None:
+        """Drop an index's position and its backfill state: the index was deleted."""
+        self.collection.delete_many({"_id": {"$in": [self._id(index), backfill_state_id(index)]}})
 
     def describe(self, index: str) -> dict[str, Any] | None:
         return self.collection.find_one({"_id": self._id(index)}, {"_id": 0, "token": 0})

@@ -4,6 +4,10 @@
            every write acknowledged)  ->  save the position for every target
     idle:  save the stream's post-batch resume token, so a quiet collection never falls
            off the oplog
+    follow: every few seconds, re-read which model versions are active; when one starts
+           building (or is retired), drain, then restart the stream from the oldest
+           checkpoint of the new set, so a new index gets every change after its backfill's
+           operation time while the others drop the replay as stale (409)
     stop:  SIGTERM/SIGINT set a flag; the batch in hand finishes (or, if its writes cannot
            finish, is left for the next run to replay); the position saved last is the
            final checkpoint; a watchdog ends the process after shutdown_timeout_s.
@@ -26,6 +30,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bson.timestamp import Timestamp
+from elastic_transport import TransportError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
@@ -34,13 +39,17 @@ from esrec.retry import Backoff, retry
 from esrec.settings import IndexerSettings
 from indexer.checkpoint import Checkpoints, earliest
 from indexer.metrics import IndexerMetrics
-from indexer.pipeline import Pipeline, Prepared
+from indexer.pipeline import Pipeline, Prepared, Target
 from indexer.source import HISTORY_LOST_CODES, ChangeStreamSource, Position
 
 log = logging.getLogger("esrec.indexer")
 HEALTHY_WITHIN_S = 30.0  # a loop that has not turned for this long is reported unhealthy
 WRITE_AHEAD = 2  # batches read and embedded ahead of those being written
 WRITERS = 2  # concurrent _bulk requests: lets Elasticsearch work while the next is encoded
+
+
+# given the current targets, the new ones if the active model versions changed, else None
+Follow = Callable[[list[Target]], list[Target] | None]
 
 
 class MissingCheckpoint(RuntimeError):
@@ -50,7 +59,7 @@ class MissingCheckpoint(RuntimeError):
 class Indexer:
     def __init__(self, items: Collection, pipeline: Pipeline, checkpoints: Checkpoints,
                  settings: IndexerSettings, metrics: IndexerMetrics,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, follow: tuple[Follow, float] | None = None) -> None:
         self.items = items
         self.pipeline = pipeline
         self.checkpoints = checkpoints
@@ -61,6 +70,9 @@ class Indexer:
         self.last_turn = time.monotonic()
         self.last_cluster_time: Timestamp | None = None
         self.saved = Position()  # the last position saved after its writes (set by run)
+        self.follow = follow
+        self.next_follow = 0.0
+        self.new_targets: list[Target] | None = None  # set when the active versions changed
 
     @property
     def indices(self) -> list[str]:
@@ -83,6 +95,13 @@ class Indexer:
         log.info("indexer starting", extra={"targets": ",".join(self.indices),
                                             "from": self.saved.cluster_time})
         while not self.stop.is_set():
+            if self.new_targets is not None:
+                self._switch_targets(self.new_targets)
+            if not self.pipeline.targets:  # every version retired: wait for a new one
+                self.last_turn = time.monotonic()
+                self.stop.wait(self.follow[1] if self.follow else 1.0)
+                self._check_follow()
+                continue
             try:
                 source = retry(lambda: ChangeStreamSource(self.items, self.saved),
                                what="open stream", backoff=self.backoff, stop=self.stop,
@@ -106,12 +125,33 @@ class Indexer:
                 source.close()
         log.info("indexer stopped", extra={"at": self.saved.cluster_time})
 
+    def _check_follow(self) -> bool:
+        """Poll the active versions when due; True if they changed (the stream must restart)."""
+        if self.follow is None or time.monotonic() < self.next_follow:
+            return False
+        follow, interval = self.follow
+        self.next_follow = time.monotonic() + interval
+        try:
+            self.new_targets = follow(self.pipeline.targets)
+        except (TransportError, PyMongoError) as error:  # keep indexing; poll again later
+            log.warning("cannot read the model versions", extra={"error": str(error)})
+        return self.new_targets is not None
+
+    def _switch_targets(self, targets: list[Target]) -> None:
+        before, after = set(self.indices), {target.index for target in targets}
+        self.pipeline.targets, self.new_targets = targets, None
+        log.info("model versions changed", extra={
+            "added": ",".join(sorted(after - before)) or "-",
+            "removed": ",".join(sorted(before - after)) or "-"})
+        if targets:
+            self.saved = self.start_position()
+
     def _stream(self, source: ChangeStreamSource) -> None:
         """Read and embed here; write and checkpoint on the writer threads."""
         settings = self.settings
         writers = _Writers(self._write, self._checkpoint)
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not self._check_follow():
                 self.last_turn = time.monotonic()
                 batch = source.poll(settings.batch_max_docs, settings.batch_max_bytes,
                                     settings.batch_max_wait_ms / 1000)

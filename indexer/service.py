@@ -46,14 +46,14 @@ class Services:
     def items(self) -> Collection:
         return self.db[self.settings.mongo.collections.items]
 
-    def target(self, ref: str) -> Target:
+    def target(self, ref: str, index: str | None = None) -> Target:
         """The existing index of a model version (pulled and verified from the registry)."""
         artifact = self.registry.pull(ref)
-        alias = version_alias(self.settings.index.prefix, artifact.manifest.name,
-                              artifact.manifest.version)
-        index = resolve_alias(self.es, alias)
         if index is None:
-            raise MissingIndex(f"{ref} has no index yet: run `esrec indexer backfill {ref}`")
+            index = resolve_alias(self.es, version_alias(
+                self.settings.index.prefix, artifact.manifest.name, artifact.manifest.version))
+        if index is None:
+            raise MissingIndex(f"{ref} has no index yet: run `esrec models build {ref}`")
         return Target(index, artifact)
 
     def new_generation(self, ref: str, point_alias: bool) -> Target:
@@ -74,17 +74,31 @@ class Services:
                                                 artifact.manifest.version), index)
         return Target(index, artifact)
 
-    def active_targets(self) -> list[Target]:
-        """Every registered version that has an index and is not retired or failed."""
-        targets = []
+    def active_indices(self) -> dict[str, str]:
+        """ref -> index of every version the daemon writes: registered, not retired or
+        failed, with an index whose stream position was set (a backfill started). Cheap:
+        no artifact is loaded, so the daemon can poll it."""
+        active = {}
         for record in self.registry.list():
             if record.state in INACTIVE_STATES:
                 continue
-            try:
-                targets.append(self.target(record.ref))
-            except MissingIndex:
-                continue
-        return targets
+            index = resolve_alias(self.es, version_alias(self.settings.index.prefix,
+                                                         record.name, record.version))
+            if index is not None and self.checkpoints.load(index) is not None:
+                active[record.ref] = index
+        return active
+
+    def active_targets(self) -> list[Target]:
+        return [self.target(ref, index) for ref, index in self.active_indices().items()]
+
+    def follow(self, current: list[Target]) -> list[Target] | None:
+        """The daemon's new targets if the active versions changed, else None."""
+        wanted = self.active_indices()
+        have = {target.artifact.manifest.ref: target for target in current}
+        if wanted == {ref: target.index for ref, target in have.items()}:
+            return None
+        return [have[ref] if ref in have and have[ref].index == index
+                else self.target(ref, index) for ref, index in wanted.items()]
 
     @property
     def dead_letters(self) -> DeadLetters:
@@ -98,6 +112,9 @@ class Services:
                                  Backoff(max_s=indexer.retry_max_delay_s))
         return Pipeline(targets, sink, self.dead_letters, indexer, self.metrics)
 
-    def indexer(self, targets: list[Target]) -> Indexer:
+    def indexer(self, targets: list[Target], follow: bool = False) -> Indexer:
+        """The daemon; ``follow``: pick up versions that start or stop building, live."""
         return Indexer(self.items, self.pipeline(targets), self.checkpoints,
-                       self.settings.indexer, self.metrics, self.stop)
+                       self.settings.indexer, self.metrics, self.stop,
+                       follow=(self.follow, self.settings.rollout.follow_interval_s)
+                       if follow else None)

@@ -13,8 +13,9 @@ import click
 from esrec.cli.context import settings_from
 from esrec.cli.doctor import doctor
 from esrec.cli.indexer import indexer
+from esrec.cli.rollout import models  # the registry commands plus the rollout ones
 from esrec.cli.stack import stack
-from esrec.cli.towers import models, towers
+from esrec.cli.towers import towers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

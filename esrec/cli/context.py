@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import click
 from pymongo.database import Database
 
-from esrec.clients import mongo_client
+from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings, SettingsError, load_settings
+from indexer.metrics import IndexerMetrics
+from indexer.service import Services
+from towers.registry import ModelRegistry
 
 
 class UserError(click.ClickException):
@@ -30,3 +35,12 @@ def mongo_database(ctx: click.Context) -> Database:
         settings = settings_from(ctx)
         ctx.obj["mongo"] = mongo_client(settings.mongo)[settings.mongo.database]
     return ctx.obj["mongo"]
+
+
+def services_from(ctx: click.Context) -> Services:
+    """Servers, registry and names wired for the indexer and the rollout commands."""
+    settings = settings_from(ctx)
+    db = mongo_database(ctx)
+    return Services(settings, elasticsearch_client(settings.es), db,
+                    ModelRegistry(db, settings.mongo.collections.models), IndexerMetrics(),
+                    threading.Event())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -13,8 +12,7 @@ import click
 from elastic_transport import TransportError
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from esrec.cli.context import UserError, mongo_database, settings_from
-from esrec.clients import elasticsearch_client
+from esrec.cli.context import UserError, services_from
 from esrec.logs import configure
 from esrec.retry import Backoff, retry
 from indexer.backfill import backfill, in_progress
@@ -22,23 +20,14 @@ from indexer.checkpoint import lag_seconds
 from indexer.daemon import MissingCheckpoint, install_signal_handlers, serve_http
 from indexer.dead_letters import ErrorBudgetExceeded
 from indexer.layout import LIVE, purge_tombstones, resolve_alias, switch_alias, version_alias
-from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Target
 from indexer.service import MissingIndex, Services
 from indexer.sink import TransientBulkError
 from indexer.source import HistoryLost, StreamInvalidated
 from towers.artifact import ArtifactError
-from towers.registry import ModelRegistry, RegistryError
+from towers.registry import RegistryError
 
 log = logging.getLogger("esrec.indexer")
-
-
-def _services(ctx: click.Context) -> Services:
-    settings = settings_from(ctx)
-    db = mongo_database(ctx)
-    return Services(settings, elasticsearch_client(settings.es), db,
-                    ModelRegistry(db, settings.mongo.collections.models), IndexerMetrics(),
-                    threading.Event())
 
 
 @click.group()
@@ -52,7 +41,7 @@ def indexer() -> None:
 def backfill_command(ctx: click.Context, ref: str) -> None:
     """Fill REF's index (NAME@VERSION) from a scan of the items; resumable after a crash."""
     configure()
-    services = _services(ctx)
+    services = services_from(ctx)
     install_signal_handlers(services.stop, services.settings.indexer.shutdown_timeout_s)
     try:
         try:
@@ -93,7 +82,8 @@ def _resync(services: Services, targets: list[Target]) -> list[Target]:
 
 @indexer.command("run")
 @click.option("--model", "refs", multiple=True,
-              help="NAME@VERSION to index (repeatable); default: every active version.")
+              help="NAME@VERSION to index (repeatable); default: every active version, "
+              "following the registry live as versions are built and retired.")
 @click.option("--on-history-lost", type=click.Choice(["fail", "resync"]),
               help="If the resume point fell off the oplog: stop (default) or rebuild.")
 @click.option("--metrics-port", type=int, help="Port for /healthz and /metrics (0: none).")
@@ -102,7 +92,7 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
                 metrics_port: int | None) -> None:
     """Run the daemon until SIGTERM/SIGINT (drains, then saves a final checkpoint)."""
     configure()
-    services = _services(ctx)
+    services = services_from(ctx)
     settings = services.settings.indexer
     install_signal_handlers(services.stop, settings.shutdown_timeout_s)
     try:  # a server that is not up yet is waited for, like one that goes away later
@@ -117,7 +107,7 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
         raise UserError("no model version has an index yet; run "
                         "`esrec indexer backfill NAME@VERSION` first")
     port = settings.metrics_port if metrics_port is None else metrics_port
-    daemon = services.indexer(targets)
+    daemon = services.indexer(targets, follow=not refs)
     if port:
         serve_http(port, services.metrics, daemon.health)
     while True:
@@ -128,7 +118,8 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
             if (on_history_lost or settings.on_history_lost) != "resync":
                 raise UserError(str(error)) from None
             log.error("history lost; resyncing into fresh indices", extra={"error": str(error)})
-            daemon = services.indexer(_resync(services, daemon.pipeline.targets))
+            daemon = services.indexer(_resync(services, daemon.pipeline.targets),
+                                      follow=not refs)
         except (StreamInvalidated, ErrorBudgetExceeded, MissingCheckpoint) as error:
             raise UserError(str(error)) from None
         except (TransientBulkError, TransportError, PyMongoError):
@@ -142,7 +133,7 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
 @click.pass_context
 def status_command(ctx: click.Context) -> None:
     """Per active version: checkpoint, lag, MongoDB vs Elasticsearch counts; dead letters."""
-    services = _services(ctx)
+    services = services_from(ctx)
     items = services.items.count_documents({})
     versions = []
     for target in services.active_targets():
@@ -172,7 +163,7 @@ def status_command(ctx: click.Context) -> None:
 @click.pass_context
 def purge_command(ctx: click.Context, older_than_hours: float | None) -> None:
     """Delete old delete-tombstones from every active index (skips one being backfilled)."""
-    services = _services(ctx)
+    services = services_from(ctx)
     hours = (services.settings.indexer.tombstone_retention_hours if older_than_hours is None
              else older_than_hours)
     cutoff = datetime.now(UTC) - timedelta(hours=hours)

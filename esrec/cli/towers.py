@@ -118,7 +118,8 @@ def eval_command(ctx: click.Context, artifact_dir: Path, data: Path | None) -> N
 
 @click.group()
 def models() -> None:
-    """The model registry in MongoDB: publish, list, show, pull."""
+    """Model versions: the registry (publish, list, show, pull) and rollouts (build,
+    validate, promote, roll, rollback, retire, status)."""
 
 
 def _registry(ctx: click.Context) -> ModelRegistry:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from elasticsearch import Elasticsearch, helpers
+from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from esrec.settings import Settings
@@ -15,14 +20,14 @@ from indexer.metrics import IndexerMetrics
 from indexer.service import Services
 from towers.artifact import ModelArtifact
 from towers.registry import ModelRegistry
+from towers.synth import SynthConfig
 
 VECTOR_TOLERANCE = 1e-5  # the same exported tower on the same document, float32
+CATALOG = SynthConfig(items=2000, users=10, topics=10, mean_interactions=1, seed=11)
 
 
 def services(settings: Settings, es: Elasticsearch, artifact_dir: Path,
              stop: threading.Event | None = None) -> Services:
-    from pymongo import MongoClient
-
     db = MongoClient(settings.mongo.uri.get_secret_value(), tz_aware=True)[
         settings.mongo.database]
     registry = ModelRegistry(db, settings.mongo.collections.models)
@@ -66,3 +71,53 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
             "ESREC_INDEX__SERVING_ALIAS": settings.index.serving_alias,
             "ESREC_INDEXER__METRICS_PORT": "0",
             **extra}
+
+
+def write_changes(items: Collection, count: int, seed: int, pace_s: float = 0.0) -> int:
+    """Random catalog changes; returns how many were made (a transaction counts its ops)."""
+    rng = random.Random(seed)
+    client: MongoClient = items.database.client
+    made, fresh = 0, 0
+    while made < count:
+        roll = rng.random()
+        doc_id = f"i{rng.randrange(CATALOG.items)}"
+        if roll < 0.40:
+            items.update_one({"_id": doc_id}, {"$set": {"title": f"t{made}",
+                                                        "tags": [f"t{made % 9}-tag1"]}})
+            made += 1
+        elif roll < 0.55:
+            items.replace_one({"_id": doc_id}, {"title": f"r{made}", "category": "cat3"},
+                              upsert=True)
+            made += 1
+        elif roll < 0.70:
+            items.insert_one({"_id": f"n{seed}-{fresh}", "title": f"n{made}", "tags": ["x"]})
+            fresh += 1
+            made += 1
+        elif roll < 0.85:
+            items.delete_one({"_id": doc_id})
+            made += 1
+        else:
+            with client.start_session() as session, session.start_transaction():
+                items.update_one({"_id": doc_id}, {"$set": {"title": f"a{made}"}},
+                                 upsert=True, session=session)
+                items.update_one({"_id": doc_id}, {"$set": {"title": f"b{made}"}},
+                                 session=session)
+                items.delete_one({"_id": f"i{rng.randrange(CATALOG.items)}"}, session=session)
+            made += 3
+        if pace_s:
+            time.sleep(pace_s)
+    return made
+
+
+def wait_caught_up(svc: Services, index: str, after: float, timeout_s: float,
+                   alive: Callable[[], tuple[bool, str]]) -> None:
+    """Until the daemon saw the stream idle after ``after`` (epoch s) with ``index`` in step."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ok, log = alive()
+        assert ok, log
+        checkpoint = svc.checkpoints.describe(index) or {}
+        if checkpoint.get("caught_up_at") and checkpoint["caught_up_at"].timestamp() > after:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{index} not caught up after {timeout_s}s:\n{alive()[1]}")

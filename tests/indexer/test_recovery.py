@@ -20,56 +20,24 @@ from urllib.parse import urlsplit
 
 import pytest
 from elasticsearch import Elasticsearch
-from pymongo import MongoClient
-from pymongo.collection import Collection
 
 from esrec.settings import Settings
 from indexer.service import Services
-from tests.indexer.helpers import cli_env, mismatches, services
+from tests.indexer.helpers import (
+    CATALOG,
+    cli_env,
+    mismatches,
+    services,
+    wait_caught_up,
+    write_changes,
+)
 from tests.proxy import TcpProxy
 from towers.artifact import ModelArtifact
 from towers.dataset import Collections, write_mongo
-from towers.synth import SynthConfig, generate
+from towers.synth import generate
 
 pytestmark = pytest.mark.slow
-CATALOG = SynthConfig(items=2000, users=10, topics=10, mean_interactions=1, seed=11)
 CATCH_UP_S = 180.0
-
-
-def _write_changes(items: Collection, count: int, seed: int, pace_s: float = 0.0) -> int:
-    """Random catalog changes; returns how many were made (a transaction counts its ops)."""
-    rng = random.Random(seed)
-    client: MongoClient = items.database.client
-    made, fresh = 0, 0
-    while made < count:
-        roll = rng.random()
-        doc_id = f"i{rng.randrange(CATALOG.items)}"
-        if roll < 0.40:
-            items.update_one({"_id": doc_id}, {"$set": {"title": f"t{made}",
-                                                        "tags": [f"t{made % 9}-tag1"]}})
-            made += 1
-        elif roll < 0.55:
-            items.replace_one({"_id": doc_id}, {"title": f"r{made}", "category": "cat3"},
-                              upsert=True)
-            made += 1
-        elif roll < 0.70:
-            items.insert_one({"_id": f"n{seed}-{fresh}", "title": f"n{made}", "tags": ["x"]})
-            fresh += 1
-            made += 1
-        elif roll < 0.85:
-            items.delete_one({"_id": doc_id})
-            made += 1
-        else:
-            with client.start_session() as session, session.start_transaction():
-                items.update_one({"_id": doc_id}, {"$set": {"title": f"a{made}"}},
-                                 upsert=True, session=session)
-                items.update_one({"_id": doc_id}, {"$set": {"title": f"b{made}"}},
-                                 session=session)
-                items.delete_one({"_id": f"i{rng.randrange(CATALOG.items)}"}, session=session)
-            made += 3
-        if pace_s:
-            time.sleep(pace_s)
-    return made
 
 
 class Daemon:
@@ -122,14 +90,8 @@ def prepared(settings: Settings, es: Elasticsearch, artifact_dir: Path,
 
 
 def _caught_up(svc: Services, index: str, after: float, daemon: Daemon) -> None:
-    deadline = time.monotonic() + CATCH_UP_S
-    while time.monotonic() < deadline:
-        assert daemon.alive(), daemon.log.read_text()[-3000:]
-        checkpoint = svc.checkpoints.describe(index) or {}
-        if checkpoint.get("caught_up_at") and checkpoint["caught_up_at"].timestamp() > after:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"not caught up after {CATCH_UP_S}s:\n{daemon.log.read_text()[-3000:]}")
+    wait_caught_up(svc, index, after, CATCH_UP_S,
+                   lambda: (daemon.alive(), daemon.log.read_text()[-3000:]))
 
 
 def _index(svc: Services) -> str:
@@ -141,7 +103,7 @@ def test_sigkill_at_random_moments_loses_nothing(prepared: tuple[Services, Daemo
     svc, daemon = prepared
     index = _index(svc)
     made: list[int] = []
-    writer = threading.Thread(target=lambda: made.append(_write_changes(svc.items, 20_000, 1)))
+    writer = threading.Thread(target=lambda: made.append(write_changes(svc.items, 20_000, 1)))
     daemon.start()
     writer.start()
     rng, kills = random.Random(7), 0
@@ -168,7 +130,7 @@ def test_elasticsearch_gone_for_20s_then_back(prepared: tuple[Services, Daemon],
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
     daemon.env["ESREC_ES__HOSTS"] = proxy.url
     daemon.start()
-    writer = threading.Thread(target=_write_changes, args=(svc.items, 6000, 2, 0.002))
+    writer = threading.Thread(target=write_changes, args=(svc.items, 6000, 2, 0.002))
     writer.start()
     daemon.wait_for("indexer starting")
     time.sleep(2)

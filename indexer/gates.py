@@ -1,0 +1,156 @@
+"""The gates a model version's index must pass before it serves.
+
+    coverage    the index holds every live catalog item (and no deleted one)
+    freshness   the backfill finished and the stream checkpoint is within max_lag_s
+    vectors     a sample re-embedded now with the version's item tower equals what is stored
+    ann         kNN top-k from Elasticsearch overlaps the exact top-k over the same vectors
+    latency     p99 of those kNN queries within max_p99_ms
+    probe       (after a promote) the alias resolves to the version, user kNN answers
+
+The ANN queries are re-embedded catalog items, the query distribution of the i2i channel;
+the exact top-k is a brute-force dot product over every live vector of the index.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from elasticsearch import Elasticsearch, helpers
+
+from esrec.settings import RolloutSettings
+from indexer.backfill import finished
+from indexer.checkpoint import lag_seconds
+from indexer.layout import DELETED, LIVE, VECTOR, model_of, resolve_alias
+from indexer.pipeline import Target
+from indexer.service import Services
+from indexer.source import es_id
+
+RECHECK_AFTER_S = 1.0  # a sampled item that changed while we compared gets one more look
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    detail: str
+
+
+def validate(services: Services, target: Target) -> list[GateResult]:
+    """Every gate for ``target``; the version may serve only if all passed."""
+    settings = services.settings.rollout
+    services.es.indices.refresh(index=target.index)
+    sample = list(services.items.aggregate([{"$sample": {"size": settings.vector_sample}}]))
+    return [coverage(services, target, settings), freshness(services, target, settings),
+            vectors(services, target, sample, settings),
+            *ann_and_latency(services.es, target, sample, settings)]
+
+
+def coverage(services: Services, target: Target, settings: RolloutSettings) -> GateResult:
+    catalog = services.items.count_documents({})
+    indexed = services.es.count(index=target.index, query=LIVE)["count"]
+    allowed = (1 - settings.min_coverage) * catalog
+    return GateResult("coverage", abs(catalog - indexed) <= allowed,
+                      f"{indexed} live documents indexed for {catalog} catalog items "
+                      f"(allowed difference {allowed:.0f})")
+
+
+def freshness(services: Services, target: Target, settings: RolloutSettings) -> GateResult:
+    if not finished(services.checkpoints, target.index):
+        return GateResult("freshness", False, "the backfill has not finished")
+    checkpoint = services.checkpoints.describe(target.index) or {}
+    lag = lag_seconds(checkpoint, time.time())
+    if lag is None or lag > settings.max_lag_s:
+        return GateResult("freshness", False, f"checkpoint lag {lag}s > {settings.max_lag_s:g}s:"
+                          " is `esrec indexer run` following this version?")
+    return GateResult("freshness", True, f"checkpoint lag {lag}s <= {settings.max_lag_s:g}s")
+
+
+def vectors(services: Services, target: Target, sample: list[dict[str, Any]],
+            settings: RolloutSettings) -> GateResult:
+    es, tolerance = services.es, settings.vector_tolerance
+    wrong = _vector_mismatches(es, target, sample, tolerance)
+    if wrong:  # maybe changed under us: the stream writes the new vector within moments
+        time.sleep(RECHECK_AFTER_S)
+        es.indices.refresh(index=target.index)
+        wrong = _vector_mismatches(es, target, list(services.items.find({"_id": {"$in": wrong}})),
+                                   tolerance)
+    return GateResult("vectors", not wrong,
+                      f"{len(sample) - len(wrong)}/{len(sample)} sampled items match the "
+                      f"stored vector within {tolerance:g}"
+                      + (f"; differ: {', '.join(map(str, wrong[:5]))}" if wrong else ""))
+
+
+def _vector_mismatches(es: Elasticsearch, target: Target, sample: list[dict[str, Any]],
+                       tolerance: float) -> list[Any]:
+    if not sample:
+        return []
+    expected = target.artifact.embed_items(sample)
+    stored = es.mget(index=target.index, ids=[es_id(d["_id"]) for d in sample],
+                     source_includes=[VECTOR, DELETED])["docs"]
+    wrong = []
+    for document, row, hit in zip(sample, expected, stored, strict=True):
+        source = hit.get("_source") or {}
+        if (not hit.get("found") or source.get(DELETED)
+                or np.abs(np.asarray(source[VECTOR]) - row).max() > tolerance):
+            wrong.append(document["_id"])
+    return wrong
+
+
+def ann_and_latency(es: Elasticsearch, target: Target, sample: list[dict[str, Any]],
+                    settings: RolloutSettings) -> list[GateResult]:
+    ids, matrix = _live_vectors(es, target.index)
+    queries = target.artifact.embed_items(sample[:settings.ann_queries])
+    k = min(settings.ann_k, len(ids))
+    if k == 0 or len(queries) == 0:
+        return [GateResult("ann", False, "no vectors to query"),
+                GateResult("latency", False, "no vectors to query")]
+    overlaps, latencies = [], []
+    for query in queries:
+        exact = {ids[i] for i in np.argsort(-(matrix @ query))[:k]}
+        started = time.perf_counter()
+        response = es.search(index=target.index, size=k, source=False, knn={
+            "field": VECTOR, "query_vector": query.tolist(), "k": k,
+            "num_candidates": max(100, 4 * k), "filter": LIVE})
+        latencies.append((time.perf_counter() - started) * 1000)
+        overlaps.append(len(exact & {hit["_id"] for hit in response["hits"]["hits"]}) / k)
+    overlap, p99 = float(np.mean(overlaps)), float(np.percentile(latencies, 99))
+    return [GateResult("ann", overlap >= settings.min_ann_overlap,
+                       f"kNN top-{k} overlaps exact top-{k} by {overlap:.3f} over "
+                       f"{len(queries)} queries (min {settings.min_ann_overlap:g})"),
+            GateResult("latency", p99 <= settings.max_p99_ms,
+                       f"kNN p99 {p99:.1f} ms (max {settings.max_p99_ms:g} ms)")]
+
+
+def _live_vectors(es: Elasticsearch, index: str) -> tuple[list[str], np.ndarray]:
+    ids, rows = [], []
+    for hit in helpers.scan(es, index=index, query={"query": LIVE}, _source=[VECTOR]):
+        ids.append(hit["_id"])
+        rows.append(hit["_source"][VECTOR])
+    return ids, np.asarray(rows, np.float32).reshape(len(rows), -1)
+
+
+def probe_serving(services: Services, expected: str, queries: int = 5) -> GateResult:
+    """After a promote: the alias resolves to ``expected``'s index and answers kNN in time."""
+    es, settings = services.es, services.settings.rollout
+    index = resolve_alias(es, services.settings.index.serving_alias)
+    model = model_of(es, index).get("model") if index else None
+    if model != expected:
+        return GateResult("probe", False, f"the serving alias resolves to {index} ({model}), "
+                                          f"not {expected}")
+    artifact = services.registry.pull(expected)
+    users = list(services.db[services.settings.mongo.collections.users].find().limit(queries))
+    latencies, empty = [], 0
+    for vector in artifact.embed_users(users or [{}]):
+        started = time.perf_counter()
+        hits = es.search(index=index, size=10, source=False, knn={
+            "field": VECTOR, "query_vector": vector.tolist(), "k": 10, "num_candidates": 100,
+            "filter": LIVE})["hits"]["hits"]
+        latencies.append((time.perf_counter() - started) * 1000)
+        empty += not hits
+    p99 = float(np.percentile(latencies, 99))
+    passed = empty == 0 and p99 <= settings.max_p99_ms
+    return GateResult("probe", passed, f"{len(latencies)} user kNN queries on {index}: "
+                      f"{empty} empty, p99 {p99:.1f} ms (max {settings.max_p99_ms:g} ms)")

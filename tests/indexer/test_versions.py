@@ -1,0 +1,206 @@
+"""Model versions: dual-write during a v2 build, gates, promote / rollback, retire.
+
+The daemon runs in a thread and follows the registry live; v2 has other dims than v1
+(16 vs 32), so a query that mixed a user vector of one version with the index of the
+other would fail outright, not just rank badly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from esrec.settings import Settings
+from indexer.layout import LIVE, VECTOR, model_of, resolve_alias
+from indexer.service import Services
+from indexer.versions import VersionError, Versions
+from recall.serving import ServingResolver
+from tests.conftest import QUICK, SMALL
+from tests.indexer.helpers import (
+    CATALOG,
+    cli_env,
+    mismatches,
+    services,
+    wait_caught_up,
+    write_changes,
+)
+from towers.artifact import ModelArtifact, export_artifact
+from towers.dataset import Collections, write_mongo
+from towers.synth import generate
+from towers.train import train
+
+pytestmark = pytest.mark.slow
+V1, V2 = "test-model@1", "test-model@2"
+
+
+@pytest.fixture(scope="module")
+def v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    result = train(generate(SMALL), replace(QUICK, dims=16, epochs=2),
+                   progress=False)
+    directory = tmp_path_factory.mktemp("v2") / "model"
+    export_artifact(result.model, result.featurizer, directory, "test-model", "2", {})
+    return directory
+
+
+class DaemonThread:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.daemon = svc.indexer(svc.active_targets(), follow=True)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as error:
+            self.error = error
+
+    def alive(self) -> tuple[bool, str]:
+        return self.thread.is_alive(), repr(self.error)
+
+    def stop(self) -> None:
+        self.svc.stop.set()
+        self.thread.join(60)
+        assert self.error is None, self.error
+
+
+@pytest.fixture
+def rollout(settings: Settings, es: Elasticsearch, artifact_dir: Path,
+            v2_dir: Path) -> Iterator[tuple[Services, Versions, DaemonThread]]:
+    """v1 built and serving with a following daemon; v2 published, not built."""
+    fast = settings.model_copy(update={"rollout": settings.rollout.model_copy(
+        update={"follow_interval_s": 0.2})})
+    svc = services(fast, es, artifact_dir)
+    svc.registry.publish(v2_dir)
+    write_mongo(generate(CATALOG), svc.db, Collections())
+    versions = Versions(svc)
+    assert versions.build(V1, progress=False).done
+    versions.promote(V1)
+    daemon = DaemonThread(svc)
+    yield svc, versions, daemon
+    if daemon.thread.is_alive():
+        daemon.stop()
+
+
+def _run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "esrec", "models", *args], text=True,
+                          capture_output=True, env=cli_env(settings), timeout=300)
+
+
+def _wait_for_target(daemon: DaemonThread, index: str, present: bool) -> None:
+    deadline = time.monotonic() + 30
+    while (index in daemon.daemon.indices) != present:
+        assert time.monotonic() < deadline, f"daemon targets: {daemon.daemon.indices}"
+        time.sleep(0.1)
+
+
+def test_change_during_v2_backfill_lands_in_both_indexes(rollout, es, artifact_dir, v2_dir):
+    svc, versions, daemon = rollout
+    made: list[int] = []
+    writer = threading.Thread(target=lambda: made.append(
+        write_changes(svc.items, 3000, seed=5, pace_s=0.002)))
+    writer.start()
+    time.sleep(0.5)
+    report = versions.build(V2, progress=False)
+    assert writer.is_alive(), "the writes must overlap the whole v2 backfill"
+    writer.join()
+    finished = time.time()
+    v1_index, v2_index = versions.index_of(V1), report.index
+    _wait_for_target(daemon, v2_index, present=True)
+    for index in (v1_index, v2_index):
+        wait_caught_up(svc, index, finished + 1, 120, daemon.alive)
+    assert made[0] >= 3000 and report.done
+    assert svc.registry.get(V2).state == "ready"
+    assert mismatches(es, v1_index, svc.items, ModelArtifact.load(artifact_dir)) == []
+    assert mismatches(es, v2_index, svc.items, ModelArtifact.load(v2_dir)) == []
+
+    rolled = _run_cli(svc.settings, "roll", V2)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert "PASS  ann" in rolled.stdout and f"serving {V2} (was {V1})" in rolled.stdout
+    assert versions.serving() == V2
+    status = _run_cli(svc.settings, "status")
+    serving_line = next(line for line in status.stdout.splitlines() if line.endswith("*"))
+    assert serving_line.startswith(V2) and "serving" in serving_line
+
+    with pytest.raises(VersionError, match="is serving"):
+        versions.retire(V2, grace_s=0)
+    back = _run_cli(svc.settings, "rollback")
+    assert back.returncode == 0 and f"serving {V1}" in back.stdout, back.stderr
+    retired = _run_cli(svc.settings, "retire", V2, "--grace-s", "0")
+    assert retired.returncode == 0, retired.stderr
+    _wait_for_target(daemon, v2_index, present=False)
+    assert not es.indices.exists(index=v2_index)
+    assert [entry["state"] for entry in svc.registry.get(V2).history] == [
+        "published", "building", "ready", "serving", "ready", "retired"]
+    daemon.stop()
+
+
+def test_gate_failure_blocks_roll_and_v1_keeps_serving(rollout, es):
+    svc, versions, daemon = rollout
+    v2_index = versions.build(V2, progress=False).index
+    _wait_for_target(daemon, v2_index, present=True)
+    es.indices.refresh(index=v2_index)
+    holes = [hit["_id"] for hit in es.search(index=v2_index, size=50, query=LIVE,
+                                             source=False)["hits"]["hits"]]
+    for doc_id in holes:  # an artificially incomplete index
+        es.delete(index=v2_index, id=doc_id, refresh=True)
+
+    refused = _run_cli(svc.settings, "roll", V2)
+    assert refused.returncode == 1
+    assert "FAIL  coverage" in refused.stdout
+    assert f"not promoting {V2}: a gate failed" in refused.stderr
+    assert f"{V1} keeps serving" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert versions.serving() == V1 and svc.registry.get(V2).state == "ready"
+
+
+def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
+    svc, versions, daemon = rollout
+    v2_index = versions.build(V2, progress=False).index
+    _wait_for_target(daemon, v2_index, present=True)
+    resolver = ServingResolver(es, svc.registry, svc.settings.index.serving_alias, ttl_s=0.02)
+    users = list(svc.db["users"].find())
+    meta = {index: model_of(es, index) for index in (versions.index_of(V1), v2_index)}
+    stop, failures, answered = threading.Event(), [], {V1: 0, V2: 0}
+
+    def recall_load() -> None:
+        while not stop.is_set():
+            try:
+                serving = resolver.current()
+                vector = serving.artifact.embed_users(users[:1])[0]
+                hits = es.search(index=serving.index, size=10, source=False, knn={
+                    "field": VECTOR, "query_vector": vector.tolist(), "k": 10,
+                    "num_candidates": 50, "filter": LIVE})["hits"]["hits"]
+                if not hits or any(hit["_index"] != serving.index for hit in hits):
+                    failures.append(f"bad hits from {serving.index}: {hits[:2]}")
+                elif meta[serving.index]["model"] != serving.model or \
+                        meta[serving.index]["dims"] != len(vector):
+                    failures.append(f"{serving.model} vector on {serving.index}")
+                else:
+                    answered[serving.model] += 1
+            except Exception as error:
+                failures.append(repr(error))
+
+    loaders = [threading.Thread(target=recall_load) for _ in range(3)]
+    for loader in loaders:
+        loader.start()
+    for _ in range(4):
+        versions.promote(V2)
+        time.sleep(0.3)
+        assert versions.rollback() == (V2, V1)
+        time.sleep(0.3)
+    stop.set()
+    for loader in loaders:
+        loader.join()
+    assert failures == []
+    assert answered[V1] > 10 and answered[V2] > 10
+    assert resolve_alias(es, svc.settings.index.serving_alias) == versions.index_of(V1)
