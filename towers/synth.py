@@ -9,6 +9,7 @@ and a popularity baseline is still a fair opponent.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -93,4 +94,7 @@ def generate(config: SynthConfig = SynthConfig()) -> Dataset:
             seen.add(item)
             topic = int(item_topic[item])
             interactions.append(Interaction(f"u{u}", f"i{item}", round(float(ts), 3)))  # BSON: ms
+    counts = Counter(interaction.item_id for interaction in interactions)
+    for item in items:  # the counter a feed keeps for its "hot" channel
+        item["popularity"] = float(counts[item["_id"]])
     return Dataset(items=items, users=users, interactions=interactions)

@@ -13,6 +13,7 @@ import click
 from esrec.cli.context import settings_from
 from esrec.cli.doctor import doctor
 from esrec.cli.indexer import indexer
+from esrec.cli.recall import recall
 from esrec.cli.rollout import models  # the registry commands plus the rollout ones
 from esrec.cli.stack import stack
 from esrec.cli.towers import towers
@@ -44,5 +45,5 @@ def config_show(ctx: click.Context) -> None:
     click.echo(settings_from(ctx).model_dump_json(indent=2))
 
 
-for command in (stack, doctor, towers, models, indexer):
+for command in (stack, doctor, towers, models, indexer, recall):
     main.add_command(command)

@@ -1,0 +1,102 @@
+"""`esrec recall events|serve|query`: user state from Kafka, the HTTP service, a lookup."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import click
+from pydantic import ValidationError
+
+from esrec.cli.context import UserError, mongo_database, settings_from
+from esrec.clients import elasticsearch_client
+from esrec.logs import configure
+from indexer.daemon import install_signal_handlers
+from recall.events import EventConsumer
+from recall.recaller import Recaller
+from recall.request import RecallResponse, RecallSetupError
+from recall.serving import NoServingVersion
+from recall.state import UserStates
+from towers.registry import ModelRegistry
+
+# the recall path answers in milliseconds; a stuck Elasticsearch must not hold a request
+RECALL_REQUEST_TIMEOUT_S = 2.0
+
+
+@click.group()
+def recall() -> None:
+    """Recall for the feed service: user events, the HTTP API, one-off queries."""
+
+
+def recaller_from(ctx: click.Context) -> Recaller:
+    settings = settings_from(ctx)
+    db = mongo_database(ctx)
+    es = elasticsearch_client(settings.es, request_timeout=RECALL_REQUEST_TIMEOUT_S)
+    try:
+        return Recaller(es, db, ModelRegistry(db, settings.mongo.collections.models), settings)
+    except RecallSetupError as error:
+        raise UserError(str(error)) from None
+
+
+@recall.command("events")
+@click.pass_context
+def events(ctx: click.Context) -> None:
+    """Consume the user-events topic into MongoDB user state until SIGTERM/SIGINT."""
+    configure()
+    settings = settings_from(ctx)
+    stop = threading.Event()
+    install_signal_handlers(stop, settings.indexer.shutdown_timeout_s)
+    consumer = EventConsumer(settings, UserStates(mongo_database(ctx), settings), stop)
+    consumer.run()
+    click.echo(json.dumps(consumer.counts.__dict__))
+
+
+@recall.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), help="Default: recall.port (8080).")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int | None) -> None:
+    """Serve POST /v1/recall, /healthz, /metrics and /docs."""
+    import uvicorn
+
+    from recall.api import create_app
+
+    configure()
+    recaller = recaller_from(ctx)
+    uvicorn.run(create_app(recaller), host=host,
+                port=recaller.settings.recall.port if port is None else port,
+                log_config=None, access_log=False)
+
+
+def print_table(response: RecallResponse, limit: int) -> None:
+    """Candidates with provenance, readable in a terminal."""
+    click.echo(f"user {response.user_id}  model {response.model}  index {response.index}  "
+               f"{response.took_ms:.1f} ms" + ("  cold start" if response.cold_start else "")
+               + (f"  DEGRADED {response.reasons}" if response.degraded else ""))
+    click.echo(f"{'#':>3} {'ITEM':<10} {'SCORE':>8}  SOURCES (channel rank)")
+    for position, candidate in enumerate(response.candidates[:limit], 1):
+        sources = ", ".join(f"{s.channel} {s.rank}" for s in candidate.sources)
+        click.echo(f"{position:>3} {candidate.item_id:<10} {candidate.score:>8.4f}  {sources}")
+
+
+@recall.command("query")
+@click.argument("user_id")
+@click.option("--k", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--recent", multiple=True, help="A session item id, newest first (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="The full response as JSON.")
+@click.pass_context
+def query(ctx: click.Context, user_id: str, k: int, recent: tuple[str, ...],
+          as_json: bool) -> None:
+    """Recall for USER_ID once, printed as a table with provenance."""
+    recaller = recaller_from(ctx)
+    try:
+        response = recaller.recall({"user_id": user_id, "k": k, "recent_items": list(recent)})
+    except ValidationError as error:
+        raise UserError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                  for e in error.errors())) from None
+    except NoServingVersion as error:
+        raise UserError(str(error)) from None
+    if as_json:
+        click.echo(response.model_dump_json(indent=2))
+    else:
+        print_table(response, k)

@@ -1,0 +1,175 @@
+"""Recall channels: each one a small class that builds Elasticsearch searches for a user.
+
+A channel turns the request context into zero or more search bodies (all of them go into
+one ``_msearch``) and turns their responses into ranked (item id, score) pairs. Every
+search is filtered to live items, the request's filters and not-seen items, and carries
+the channel's own size and time budget. Add a channel by subclassing ``Channel`` and
+listing it in ``CHANNELS``; settings pick which run and with what weight.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import numpy as np
+
+from esrec.settings import ChannelSettings, RecallSettings
+from indexer.layout import LIVE, VECTOR
+from towers.dataset import TAG_COUNTS
+
+TOP_TAGS = 5
+
+
+@dataclass
+class Context:
+    """What the channels know about this request."""
+
+    user: dict[str, Any]  # profile + behaviour ({} for a cold start)
+    user_vector: np.ndarray | None  # None: cold start, no kNN
+    seen: list[str]  # excluded everywhere
+    seeds: dict[str, np.ndarray]  # i2i: the user's newest items' stored vectors
+    filters: list[dict[str, Any]]  # Elasticsearch filter clauses from the request
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def filter(self) -> dict[str, Any]:
+        clauses: dict[str, Any] = {"filter": [LIVE, *self.filters]}
+        if self.seen:
+            clauses["must_not"] = [{"ids": {"values": self.seen}}]
+        return {"bool": clauses}
+
+
+class Channel(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, settings: ChannelSettings, recall: RecallSettings) -> None:
+        self.settings = settings
+        self.recall = recall
+
+    @abstractmethod
+    def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        """Search bodies for this request; none when the channel has nothing to go on."""
+
+    def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
+        """Ranked (item id, score), best first. Default: the order Elasticsearch returned."""
+        return [(hit["_id"], float(hit["_score"] or 0.0))
+                for response in responses for hit in response["hits"]["hits"]]
+
+    def _body(self, **parts: Any) -> dict[str, Any]:
+        return {"size": self.settings.size, "timeout": f"{self.settings.timeout_ms}ms",
+                "_source": False, **parts}
+
+
+def _knn(vector: np.ndarray, size: int, query_filter: dict[str, Any]) -> dict[str, Any]:
+    return {"field": VECTOR, "query_vector": vector.tolist(), "k": size,
+            "num_candidates": max(2 * size, 100), "filter": query_filter}
+
+
+class KnnChannel(Channel):
+    """u2i: the user tower's vector against the item vectors of the same model version."""
+
+    name = "knn"
+
+    def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        if ctx.user_vector is None:
+            return []
+        return [self._body(knn=_knn(ctx.user_vector, self.settings.size, ctx.filter()))]
+
+
+class ItemToItemChannel(Channel):
+    """i2i: neighbours of the user's newest items, cut at a similarity, re-weighted lightly
+    towards popular and fresh items."""
+
+    name = "i2i"
+
+    def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        return [self._body(knn=_knn(vector, self.settings.size, ctx.filter()),
+                           _source=["popularity", "created_at"])
+                for vector in ctx.seeds.values()]
+
+    def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
+        best: dict[str, float] = {}
+        half_life_s = self.recall.fresh_half_life_days * 86400
+        for response in responses:
+            for hit in response["hits"]["hits"]:
+                similarity = 2 * float(hit["_score"]) - 1  # dot_product score is (1 + dot) / 2
+                if similarity < self.recall.i2i_min_similarity:
+                    continue
+                source = hit.get("_source") or {}
+                popularity = float(source.get("popularity") or 0.0)
+                age_s = _age_s(source.get("created_at"), ctx.now)
+                freshness = 0.5 ** (age_s / half_life_s) if age_s is not None else 0.5
+                score = similarity * (1 + 0.1 * math.log1p(max(popularity, 0.0))) * \
+                    (0.8 + 0.2 * freshness)
+                best[hit["_id"]] = max(score, best.get(hit["_id"], -math.inf))
+        return sorted(best.items(), key=lambda pair: -pair[1])
+
+
+class TagsChannel(Channel):
+    """Content: items carrying the user's most frequent tags (boosted by frequency)."""
+
+    name = "tags"
+
+    def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        counts = ctx.user.get(TAG_COUNTS) or {}
+        top = sorted(counts.items(), key=lambda pair: -pair[1])[:TOP_TAGS]
+        if not top:
+            return []
+        query = ctx.filter()
+        query["bool"]["should"] = [{"term": {"tags": {"value": tag, "boost": float(count)}}}
+                                   for tag, count in top]
+        query["bool"]["minimum_should_match"] = 1
+        return [self._body(query=query)]
+
+
+class HotChannel(Channel):
+    """Popularity within a freshness window."""
+
+    name = "hot"
+
+    def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        query = ctx.filter()
+        query["bool"]["filter"].append({"range": {"created_at": {
+            "gte": f"now-{int(self.recall.hot_window_days * 24)}h"}}})
+        return [self._body(query=query, sort=[{"popularity": {"order": "desc",
+                                                              "unmapped_type": "float"}}])]
+
+    def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
+        return _by_sort_value(responses)
+
+
+class FreshChannel(Channel):
+    """The newest items."""
+
+    name = "fresh"
+
+    def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        return [self._body(query=ctx.filter(), sort=[{"created_at": {"order": "desc"}}])]
+
+    def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
+        return _by_sort_value(responses)
+
+
+def _by_sort_value(responses: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    return [(hit["_id"], float((hit.get("sort") or [0])[0] or 0))
+            for response in responses for hit in response["hits"]["hits"]]
+
+
+def _age_s(value: Any, now: datetime) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        created = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return max(0.0, (now - created).total_seconds())
+
+
+CHANNELS: dict[str, type[Channel]] = {
+    channel.name: channel
+    for channel in (KnnChannel, ItemToItemChannel, TagsChannel, HotChannel, FreshChannel)}

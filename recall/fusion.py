@@ -1,0 +1,75 @@
+"""Fusion: the channels' ranked lists -> one deduplicated list, each candidate with its
+provenance (channel, rank, score) for the ranking stage.
+
+    rrf    score = sum over channels of weight / (rrf_k + rank)   (Cormack et al. 2009)
+    quota  each channel gets slots in proportion to its weight, filled in rank order;
+           slots a channel cannot fill go to the others
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Source:
+    channel: str
+    rank: int  # 1-based, within the channel
+    score: float  # the channel's own score
+
+
+@dataclass
+class Candidate:
+    item_id: str
+    score: float
+    sources: list[Source] = field(default_factory=list)
+
+
+Ranked = Mapping[str, Sequence[tuple[str, float]]]  # channel -> [(item id, score)] best first
+
+
+def _provenance(ranked: Ranked, exclude: Collection[str]) -> dict[str, list[Source]]:
+    found: dict[str, list[Source]] = {}
+    for channel, pairs in ranked.items():
+        rank = 0
+        for item_id, score in pairs:
+            if item_id in exclude or any(s.channel == channel for s in found.get(item_id, [])):
+                continue
+            rank += 1
+            found.setdefault(item_id, []).append(Source(channel, rank, score))
+    return found
+
+
+def rrf(ranked: Ranked, weights: Mapping[str, float], k: int, rrf_k: int,
+        exclude: Collection[str] = ()) -> list[Candidate]:
+    candidates = [Candidate(item_id, sum(weights[s.channel] / (rrf_k + s.rank) for s in sources),
+                            sources)
+                  for item_id, sources in _provenance(ranked, exclude).items()]
+    candidates.sort(key=lambda candidate: (-candidate.score, candidate.item_id))
+    return candidates[:k]
+
+
+def quota(ranked: Ranked, weights: Mapping[str, float], k: int,
+          exclude: Collection[str] = ()) -> list[Candidate]:
+    provenance = _provenance(ranked, exclude)
+    total = sum(weights[channel] for channel in ranked) or 1.0
+    queues = {channel: [item for item, _ in pairs if item in provenance]
+              for channel, pairs in ranked.items()}
+    slots = {channel: math.ceil(k * weights[channel] / total) for channel in ranked}
+    chosen: dict[str, Candidate] = {}
+    order = sorted(ranked, key=lambda channel: -weights[channel])
+    for budgeted in (True, False):  # first within each quota, then whatever is left
+        for channel in order:
+            taken = 0
+            for item_id in queues[channel]:
+                if len(chosen) >= k or (budgeted and taken >= slots[channel]):
+                    break
+                if item_id not in chosen:
+                    chosen[item_id] = Candidate(item_id, 0.0, provenance[item_id])
+                    taken += 1
+    result = list(chosen.values())
+    for position, candidate in enumerate(result):  # a score that keeps the quota order
+        candidate.score = float(len(result) - position)
+    return result

@@ -1,0 +1,146 @@
+"""The Recaller: one request -> user state (one MongoDB read) -> serving version -> user
+vector -> every channel's searches in one ``_msearch`` on the concrete index -> fusion.
+
+A cold-start user (no profile, no history) gets no kNN and a quota mix of the channels
+that need no history, rather than whatever one popularity channel would fill alone.
+A channel that errors or times out is left out (or kept partial) and named in
+``reasons`` with ``degraded: true``; only a failure of the whole round trip is an error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from elasticsearch import Elasticsearch
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import BaseModel
+from pymongo.database import Database
+
+from esrec.settings import Settings
+from indexer.layout import DELETED, VECTOR
+from recall.channels import CHANNELS, Channel, Context
+from recall.fusion import Candidate, quota, rrf
+from recall.request import CandidateOut, RecallResponse, filter_clauses, request_model
+from recall.serving import ServingResolver, ServingVersion
+from recall.state import UserStates
+from towers.dataset import RECENT_ITEMS
+from towers.registry import ModelRegistry
+
+LATENCY_BUCKETS = (.001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1)
+
+
+class RecallMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("esrec_recall_seconds", "Full recall latency", ["outcome"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.channel_took = Histogram("esrec_recall_channel_seconds",
+                                      "Elasticsearch time per channel search ('took')",
+                                      ["channel"], buckets=LATENCY_BUCKETS,
+                                      registry=self.registry)
+        self.degraded = Counter("esrec_recall_degraded_total",
+                                "Responses missing a channel (error) or with a partial one",
+                                ["channel", "why"], registry=self.registry)
+
+
+class Recaller:
+    def __init__(self, es: Elasticsearch, db: Database, registry: ModelRegistry,
+                 settings: Settings, metrics: RecallMetrics | None = None) -> None:
+        self.es = es
+        self.settings = settings
+        self.recall_settings = settings.recall
+        self.request_model = request_model(settings)  # validates the channel/filter config
+        self.states = UserStates(db, settings)
+        self.resolver = ServingResolver(es, registry, settings.index.serving_alias,
+                                        settings.recall.alias_ttl_s)
+        self.channels: dict[str, Channel] = {
+            name: CHANNELS[name](config, settings.recall)
+            for name, config in settings.recall.channels.items() if config.enabled}
+        self.metrics = metrics or RecallMetrics()
+
+    def recall(self, request: BaseModel | dict[str, Any]) -> RecallResponse:
+        """Recall for one user; ``request`` is a RecallRequest (or a dict validated as one)."""
+        started = time.perf_counter()
+        if not isinstance(request, self.request_model):
+            request = self.request_model.model_validate(request)
+        try:
+            response = self._recall(request, started)
+        except Exception:
+            self.metrics.latency.labels("error").observe(time.perf_counter() - started)
+            raise
+        self.metrics.latency.labels("degraded" if response.degraded else "ok").observe(
+            time.perf_counter() - started)
+        return response
+
+    def _recall(self, request: Any, started: float) -> RecallResponse:
+        serving = self.resolver.current()
+        user = self.states.user_document(request.user_id, request.recent_items)
+        weights = request.channels or {name: channel.settings.weight
+                                       for name, channel in self.channels.items()}
+        recent = user.get(RECENT_ITEMS, [])
+        ctx = Context(
+            user=user,
+            user_vector=serving.artifact.embed_users([user])[0] if user else None,
+            seen=list(recent),
+            seeds=self._seeds(serving, recent) if "i2i" in weights else {},
+            filters=filter_clauses(request.filters))
+        plan: list[tuple[str, int]] = []  # (channel, how many searches)
+        searches: list[dict[str, Any]] = []
+        for name in weights:
+            bodies = self.channels[name].searches(ctx)
+            plan.append((name, len(bodies)))
+            for body in bodies:
+                searches += [{"index": serving.index}, body]
+        responses = self.es.msearch(searches=searches)["responses"] if searches else []
+        ranked, reasons = self._rank(plan, responses, ctx)
+        fuse_weights = {name: weights[name] for name in ranked}
+        if self.recall_settings.fusion == "quota" or not user:  # a cold start gets a mix
+            fused = quota(ranked, fuse_weights, request.k, exclude=set(recent))
+        else:
+            fused = rrf(ranked, fuse_weights, request.k, self.recall_settings.rrf_k,
+                        exclude=set(recent))
+        return RecallResponse(
+            user_id=request.user_id, model=serving.model, index=serving.index,
+            cold_start=not user, degraded=bool(reasons), reasons=reasons,
+            took_ms=round((time.perf_counter() - started) * 1000, 3),
+            candidates=[_out(candidate) for candidate in fused])
+
+    def _seeds(self, serving: ServingVersion, recent: list[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of the user's newest items (same index, same version)."""
+        ids = recent[:self.recall_settings.i2i_items]
+        if not ids:
+            return {}
+        docs = self.es.mget(index=serving.index, ids=ids,
+                            source_includes=[VECTOR, DELETED])["docs"]
+        return {doc["_id"]: np.asarray(doc["_source"][VECTOR], np.float32) for doc in docs
+                if doc.get("found") and VECTOR in (doc.get("_source") or {})}
+
+    def _rank(self, plan: list[tuple[str, int]], responses: list[dict[str, Any]],
+              ctx: Context) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
+        ranked: dict[str, list[tuple[str, float]]] = {}
+        reasons: dict[str, str] = {}
+        position = 0
+        for name, count in plan:
+            mine, position = responses[position:position + count], position + count
+            errors = [r["error"] for r in mine if "error" in r]
+            if errors:
+                error = errors[0]
+                reasons[name] = f"{error.get('type', 'error')}: {error.get('reason', error)}" \
+                    if isinstance(error, dict) else str(error)
+                self.metrics.degraded.labels(name, "error").inc()
+                continue
+            for response in mine:
+                self.metrics.channel_took.labels(name).observe(response.get("took", 0) / 1000)
+            if any(response.get("timed_out") for response in mine):
+                reasons[name] = "timed out: partial results"
+                self.metrics.degraded.labels(name, "timeout").inc()
+            ranked[name] = self.channels[name].rank(mine, ctx)
+        return ranked, reasons
+
+
+def _out(candidate: Candidate) -> CandidateOut:
+    return CandidateOut(item_id=candidate.item_id, score=round(candidate.score, 6),
+                        sources=[{"channel": s.channel, "rank": s.rank,
+                                  "score": round(s.score, 6)} for s in candidate.sources])
