@@ -45,7 +45,7 @@ from towers.train import TrainConfig, train
 REF = "bench@1"
 
 
-def _settings(configured: bool,
+def stack_settings(configured: bool,
               stack_dir: Path) -> tuple[Settings, dict[str, int], LocalStack | None]:
     if configured:
         return load_settings(), {}, None
@@ -209,7 +209,7 @@ def main() -> None:
         result = train(dataset, TrainConfig(epochs=1), progress=False)
         model_dir = Path(tmp) / "model"
         export_artifact(result.model, result.featurizer, model_dir, "bench", "1", {})
-        settings, pids, stack = _settings(args.configured, Path(tmp) / "stack")
+        settings, pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
         try:
             print(json.dumps(measure(settings, args.docs, model_dir, pids), indent=2))
         finally:

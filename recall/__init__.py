@@ -1,5 +1,8 @@
 """Recall: what the feed service calls.
 
-    serving.ServingResolver: serving alias -> concrete index + the model version that
-        built it (its _meta) -> that version's towers, cached per version
+    events.EventConsumer: Kafka user events -> state.UserStates (MongoDB, idempotent)
+    recaller.Recaller: state.user_document (one read) -> serving.ServingResolver (alias ->
+        concrete index + model version + towers) -> user vector -> channels (one _msearch
+        on the concrete index) -> fusion (RRF / quota, provenance) -> request.RecallResponse
+    api.create_app: the FastAPI service around a Recaller
 """

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from esrec.cli.context import settings_from
+from esrec.cli.demo import demo
 from esrec.cli.doctor import doctor
 from esrec.cli.indexer import indexer
 from esrec.cli.recall import recall
@@ -45,5 +46,5 @@ def config_show(ctx: click.Context) -> None:
     click.echo(settings_from(ctx).model_dump_json(indent=2))
 
 
-for command in (stack, doctor, towers, models, indexer, recall):
+for command in (stack, doctor, towers, models, indexer, recall, demo):
     main.add_command(command)

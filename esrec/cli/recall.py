@@ -13,7 +13,7 @@ from esrec.clients import elasticsearch_client
 from esrec.logs import configure
 from indexer.daemon import install_signal_handlers
 from recall.events import EventConsumer
-from recall.recaller import Recaller
+from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.request import RecallResponse, RecallSetupError
 from recall.serving import NoServingVersion
 from recall.state import UserStates
@@ -62,6 +62,7 @@ def serve(ctx: click.Context, host: str, port: int | None) -> None:
     from recall.api import create_app
 
     configure()
+    serve_with_one_torch_thread()
     recaller = recaller_from(ctx)
     uvicorn.run(create_app(recaller), host=host,
                 port=recaller.settings.recall.port if port is None else port,

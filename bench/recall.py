@@ -1,0 +1,161 @@
+"""Recall latency against the raw Elasticsearch round trip of the same queries, one run.
+
+    python -m bench.recall [--items 3000] [--requests 400] [--configured]
+
+Starts a private local stack (or uses the configured servers), trains a small model,
+indexes a synthetic catalog, seeds user state, then measures for the same users:
+
+    raw        the exact _msearch bodies the Recaller sends, replayed alone
+    full       Recaller.recall: MongoDB read + user tower + i2i mget + _msearch + fusion
+    overhead   full minus raw, per percentile: what esrec adds to Elasticsearch's time
+    outside    per request, full time minus that request's own _msearch time: the same
+               quantity measured without the noise of two separate latency distributions
+
+each at 1 and at 8 concurrent clients. Target: p99 overhead <= 3 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymongo import MongoClient
+
+from bench.indexer import stack_settings
+from esrec.clients import elasticsearch_client
+from esrec.settings import Settings
+from indexer.metrics import IndexerMetrics
+from indexer.service import Services
+from indexer.versions import Versions
+from recall.recaller import Recaller, serve_with_one_torch_thread
+from recall.state import UserEvent, UserStates
+from towers.artifact import export_artifact
+from towers.dataset import Collections, write_mongo
+from towers.registry import ModelRegistry
+from towers.synth import SynthConfig, generate
+from towers.train import TrainConfig, train
+
+REF = "bench@1"
+CLIENTS = (1, 8)
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {"p50": round(float(np.percentile(ms, 50)), 2),
+            "p99": round(float(np.percentile(ms, 99)), 2)}
+
+
+def _timed(call: Callable[[Any], Any], inputs: list[Any], clients: int) -> list[float]:
+    def one(item: Any) -> float:
+        started = time.perf_counter()
+        call(item)
+        return time.perf_counter() - started
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, inputs))
+
+
+def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller, list[str]]:
+    dataset = generate(SynthConfig(items=items, users=500, seed=4))
+    db = MongoClient(settings.mongo.uri.get_secret_value(), tz_aware=True)[
+        settings.mongo.database]
+    es = elasticsearch_client(settings.es)
+    write_mongo(dataset, db, Collections())
+    registry = ModelRegistry(db, settings.mongo.collections.models)
+    registry.publish(model_dir)
+    versions = Versions(Services(settings, es, db, registry, IndexerMetrics(), threading.Event()))
+    versions.build(REF, progress=False)
+    versions.promote(REF)
+    states = UserStates(db, settings)
+    now = datetime.now(UTC)
+    events = [UserEvent(event_id=f"e{n}", user_id=i.user_id, item_id=i.item_id, type="click",
+                        ts=now - timedelta(seconds=len(dataset.interactions) - n))
+              for n, i in enumerate(dataset.interactions)]
+    for start in range(0, len(events), 1000):
+        states.apply(events[start:start + 1000])
+    users = [str(user["_id"]) for user in dataset.users]
+    return Recaller(es, db, registry, settings), users
+
+
+def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> dict[str, Any]:
+    recaller, users = _prepare(settings, items, model_dir)
+    serve_with_one_torch_thread()  # as `esrec recall serve` runs
+    bodies: dict[str, list[dict[str, Any]]] = {}
+    msearch = recaller.es.msearch
+
+    def recording(user: str) -> None:  # capture the exact _msearch each user causes
+        def capture(**kwargs: Any) -> Any:
+            bodies[user] = kwargs["searches"]
+            return msearch(**kwargs)
+        recaller.es.msearch = capture  # type: ignore[method-assign]
+        recaller.recall({"user_id": user})
+
+    sample = [users[n % len(users)] for n in range(requests)]
+    for user in dict.fromkeys(sample):
+        recording(user)
+    recaller.es.msearch = msearch  # type: ignore[method-assign]
+    for user in sample[:50]:  # warm caches on both paths alike
+        msearch(searches=bodies[user])
+        recaller.recall({"user_id": user})
+    figures: dict[str, Any] = {"items": items, "requests": requests,
+                               "channels": list(recaller.channels)}
+    local = threading.local()
+
+    def timed_msearch(**kwargs: Any) -> Any:  # the _msearch share of each full request
+        started = time.perf_counter()
+        try:
+            return msearch(**kwargs)
+        finally:
+            local.msearch_s = time.perf_counter() - started
+
+    def full_request(user: str) -> float:
+        started = time.perf_counter()
+        recaller.recall({"user_id": user})
+        return time.perf_counter() - started - local.msearch_s
+
+    for clients in CLIENTS:
+        raw = _percentiles(_timed(lambda u: msearch(searches=bodies[u]), sample, clients))
+        full = _percentiles(_timed(lambda u: recaller.recall({"user_id": u}), sample, clients))
+        recaller.es.msearch = timed_msearch  # type: ignore[method-assign]
+        with ThreadPoolExecutor(clients) as pool:
+            outside = _percentiles(list(pool.map(full_request, sample)))
+        recaller.es.msearch = msearch  # type: ignore[method-assign]
+        figures[f"clients_{clients}"] = {
+            "raw_msearch_ms": raw, "full_recall_ms": full,
+            "overhead_ms": {p: round(full[p] - raw[p], 2) for p in raw},
+            "outside_msearch_ms": outside}
+    figures["target_p99_overhead_ms"] = 3.0
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--configured", action="store_true",
+                        help="use the servers in ESREC_* settings instead of a private stack")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(generate(SynthConfig(items=args.items, users=500, seed=4)),
+                       TrainConfig(epochs=1), progress=False)
+        model_dir = Path(tmp) / "model"
+        export_artifact(result.model, result.featurizer, model_dir, "bench", "1", {})
+        settings, _pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
+        try:
+            print(json.dumps(measure(settings, args.items, args.requests, model_dir), indent=2))
+        finally:
+            if stack is not None:
+                stack.down()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The demo's long-running parts as real `esrec` processes, and where they find servers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from esrec.settings import Settings
+
+STOP_TIMEOUT_S = 60.0
+
+
+def environment(settings: Settings, metrics_port: int) -> dict[str, str]:
+    """This process's environment (credentials included) aimed at ``settings``' servers
+    and names, for `esrec` subprocesses."""
+    kafka, recall = settings.kafka, settings.recall
+    return {
+        **os.environ,
+        "ESREC_ES__HOSTS": ",".join(settings.es.hosts),
+        "ESREC_MONGO__URI": settings.mongo.uri.get_secret_value(),
+        "ESREC_MONGO__DATABASE": settings.mongo.database,
+        "ESREC_KAFKA__BOOTSTRAP_SERVERS": ",".join(kafka.bootstrap_servers),
+        "ESREC_KAFKA__TOPICS__USER_EVENTS": kafka.topics.user_events,
+        "ESREC_KAFKA__TOPICS__DEAD_LETTERS": kafka.topics.dead_letters,
+        "ESREC_INDEX__PREFIX": settings.index.prefix,
+        "ESREC_INDEX__SERVING_ALIAS": settings.index.serving_alias,
+        "ESREC_RECALL__CONSUMER_GROUP": recall.consumer_group,
+        "ESREC_RECALL__HOT_WINDOW_DAYS": str(recall.hot_window_days),
+        "ESREC_ROLLOUT__FOLLOW_INTERVAL_S": str(settings.rollout.follow_interval_s),
+        "ESREC_INDEXER__METRICS_PORT": str(metrics_port),
+    }
+
+
+def esrec(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """Run one `esrec` command to completion, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "esrec", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout_s)
+
+
+class Background:
+    """An `esrec` command running until stopped (SIGTERM, then it must exit 0)."""
+
+    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+        self.args = args
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "esrec", *args], env=env,
+                                            stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_for(self, line: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while line not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"`esrec {' '.join(self.args)}` did not log {line!r}; "
+                                   f"see {self.log}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def scrape_counter(port: int, name: str) -> float:
+    """Sum of a Prometheus counter over its labels, from an /metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
