@@ -26,12 +26,14 @@ from elasticsearch import Elasticsearch
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from pymongo import UpdateOne
 
 from esrec.clients import elasticsearch_client, kafka_options, mongo_client
 from esrec.demo.processes import Background, environment, esrec, scrape_counter
 from esrec.demo.report import Record, write
 from esrec.settings import Settings
 from esrec.stack import free_port
+from indexer.checkpoint import backfill_state_id
 from indexer.metrics import IndexerMetrics
 from indexer.service import Services
 from indexer.versions import Versions
@@ -151,12 +153,13 @@ class Demo:
             done = threading.Event()
             started = time.monotonic()
 
-            def sample() -> None:
-                while not done.wait(0.2):
+            def sample() -> None:  # acknowledged progress, as the backfill records it
+                while not done.wait(0.1):
                     index = self.versions.index_of("demo-two-tower@1")
-                    if index:
-                        count = self.es.count(index=index)["count"]
-                        samples.append((time.monotonic() - started, count))
+                    state = index and self.services.checkpoints.collection.find_one(
+                        {"_id": backfill_state_id(index)})
+                    if state:
+                        samples.append((time.monotonic() - started, state["documents"]))
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
@@ -276,9 +279,10 @@ class Demo:
         ids = [str(item["_id"]) for item in self.db.items.find({}, {"_id": 1}).limit(count)]
         count = len(ids)
         started = time.monotonic()
-        writer = threading.Thread(target=lambda: [
-            self.db.items.update_one({"_id": item}, {"$set": {"title": f"updated {n}"}})
-            for n, item in enumerate(ids)])
+        writer = threading.Thread(target=lambda: [self.db.items.bulk_write(
+            [UpdateOne({"_id": item}, {"$set": {"title": f"updated {start + n}"}})
+             for n, item in enumerate(ids[start:start + 100])])
+            for start in range(0, len(ids), 100)])
         writer.start()
         while True:
             done = scrape_counter(self.metrics_port, "esrec_indexer_events_total") - base
