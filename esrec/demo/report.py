@@ -20,6 +20,15 @@ class Record:
     tables: list[tuple[str, str]] = field(default_factory=list)  # (title, preformatted text)
 
 
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def _plots(record: Record, directory: Path) -> list[Path]:
     import matplotlib
 
@@ -39,10 +48,7 @@ def _plots(record: Record, directory: Path) -> list[Path]:
     hr_axis.set(title="held-out HR@100 (dashed: most popular)", xlabel="epoch", ylim=(0, 1))
     for axis in (loss_axis, hr_axis):
         axis.legend()
-    figure.tight_layout()
-    paths.append(directory / "training.png")
-    figure.savefig(paths[-1], dpi=100)
-    plt.close(figure)
+    paths.append(_save(figure, directory / "training.png"))
 
     figure, axis = plt.subplots(figsize=(7, 4))
     for label, samples in record.throughput.items():
@@ -53,10 +59,7 @@ def _plots(record: Record, directory: Path) -> list[Path]:
     axis.set(title="indexing throughput", xlabel="seconds into the phase",
              ylabel="documents / s")
     axis.legend()
-    figure.tight_layout()
-    paths.append(directory / "indexing.png")
-    figure.savefig(paths[-1], dpi=100)
-    plt.close(figure)
+    paths.append(_save(figure, directory / "indexing.png"))
 
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.hist(record.latencies_ms, bins=40)
@@ -65,10 +68,7 @@ def _plots(record: Record, directory: Path) -> list[Path]:
         axis.axvline(value, linestyle="--", color="black", alpha=0.6)
         axis.annotate(f"p{q} {value:.1f} ms", (value, 0), rotation=90, va="bottom")
     axis.set(title="recall latency (full request, in-process)", xlabel="ms", ylabel="requests")
-    figure.tight_layout()
-    paths.append(directory / "recall_latency.png")
-    figure.savefig(paths[-1], dpi=100)
-    plt.close(figure)
+    paths.append(_save(figure, directory / "recall_latency.png"))
     return paths
 
 
