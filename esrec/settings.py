@@ -239,6 +239,7 @@ class RecallSettings(_Section):
     """Recall for the feed service: user state, channels, fusion, the HTTP API."""
 
     consumer_group: str = "esrec-user-state"
+    events_metrics_port: int = Field(default=9465, ge=0, le=65535)  # `recall events`; 0: none
     history_len: int = Field(default=50, gt=0)  # recent items kept per user
     seen_event_ids: int = Field(default=500, gt=0)  # per user, for idempotent event replays
     alias_ttl_s: float = Field(default=1.0, ge=0)  # how long a resolved serving alias is reused

@@ -14,10 +14,11 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from esrec.cli.context import UserError, services_from
 from esrec.logs import configure
+from esrec.process import install_signal_handlers, serve_http
 from esrec.retry import Backoff, retry
 from indexer.backfill import backfill, in_progress
 from indexer.checkpoint import lag_seconds
-from indexer.daemon import MissingCheckpoint, install_signal_handlers, serve_http
+from indexer.daemon import MissingCheckpoint
 from indexer.dead_letters import ErrorBudgetExceeded
 from indexer.layout import LIVE, purge_tombstones, resolve_alias, switch_alias, version_alias
 from indexer.pipeline import Target
@@ -109,7 +110,7 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
     port = settings.metrics_port if metrics_port is None else metrics_port
     daemon = services.indexer(targets, follow=not refs)
     if port:
-        serve_http(port, services.metrics, daemon.health)
+        serve_http(port, services.metrics.registry, daemon.health)
     while True:
         try:
             daemon.run()

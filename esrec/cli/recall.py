@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from esrec.cli.context import UserError, mongo_database, settings_from
 from esrec.clients import elasticsearch_client
 from esrec.logs import configure
-from indexer.daemon import install_signal_handlers
+from esrec.process import install_signal_handlers, serve_http
 from recall.events import EventConsumer
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.request import RecallResponse, RecallSetupError
@@ -39,14 +39,20 @@ def recaller_from(ctx: click.Context) -> Recaller:
 
 
 @recall.command("events")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Port for /healthz and /metrics (default: recall.events_metrics_port; "
+                   "0: none).")
 @click.pass_context
-def events(ctx: click.Context) -> None:
+def events(ctx: click.Context, metrics_port: int | None) -> None:
     """Consume the user-events topic into MongoDB user state until SIGTERM/SIGINT."""
     configure()
     settings = settings_from(ctx)
     stop = threading.Event()
     install_signal_handlers(stop, settings.indexer.shutdown_timeout_s)
     consumer = EventConsumer(settings, UserStates(mongo_database(ctx), settings), stop)
+    port = settings.recall.events_metrics_port if metrics_port is None else metrics_port
+    if port:
+        serve_http(port, consumer.metrics.registry, consumer.health)
     consumer.run()
     click.echo(json.dumps(consumer.counts.__dict__))
 

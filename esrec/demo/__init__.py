@@ -74,7 +74,7 @@ class Demo:
                                  threading.Event())
         self.versions = Versions(self.services)
         self.metrics_port = free_port()
-        self.env = environment(settings, self.metrics_port)
+        self.env = environment(settings, self.metrics_port, free_port())
         self.processes: list[Background] = []
 
     @contextmanager

@@ -16,7 +16,7 @@ from esrec.settings import Settings
 STOP_TIMEOUT_S = 60.0
 
 
-def environment(settings: Settings, metrics_port: int) -> dict[str, str]:
+def environment(settings: Settings, metrics_port: int, events_port: int) -> dict[str, str]:
     """This process's environment (credentials included) aimed at ``settings``' servers
     and names, for `esrec` subprocesses."""
     kafka, recall = settings.kafka, settings.recall
@@ -34,6 +34,7 @@ def environment(settings: Settings, metrics_port: int) -> dict[str, str]:
         "ESREC_RECALL__HOT_WINDOW_DAYS": str(recall.hot_window_days),
         "ESREC_ROLLOUT__FOLLOW_INTERVAL_S": str(settings.rollout.follow_interval_s),
         "ESREC_INDEXER__METRICS_PORT": str(metrics_port),
+        "ESREC_RECALL__EVENTS_METRICS_PORT": str(events_port),
     }
 
 

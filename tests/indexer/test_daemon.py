@@ -124,13 +124,13 @@ def test_health_and_metrics_endpoints(settings: Settings, es: Elasticsearch,
     import urllib.error
     import urllib.request
 
+    from esrec.process import serve_http
     from esrec.stack import free_port
-    from indexer.daemon import serve_http
 
     svc, target = _ready(settings, es, artifact_dir)
     indexer = svc.indexer([target])
     port = free_port()
-    server = serve_http(port, svc.metrics, indexer.health)
+    server = serve_http(port, svc.metrics.registry, indexer.health)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
             assert json.load(response)["status"] == "ok"

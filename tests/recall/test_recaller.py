@@ -156,6 +156,9 @@ def test_events_through_kafka_reach_recall_within_seconds(recaller: Recaller,
         assert time.monotonic() < deadline, consumer.counts
         time.sleep(0.1)
     assert consumer.counts.applied == 4
+    healthy, detail = consumer.health()
+    assert healthy and detail["rejected"] == 1
+    assert consumer.metrics.events.labels("applied")._value.get() == 4
     dead = KafkaConsumer(settings.kafka.topics.dead_letters,
                          bootstrap_servers=settings.kafka.bootstrap_servers,
                          auto_offset_reset="earliest", consumer_timeout_ms=10_000)
