@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
@@ -204,3 +205,27 @@ def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
     assert failures == []
     assert answered[V1] > 10 and answered[V2] > 10
     assert resolve_alias(es, svc.settings.index.serving_alias) == versions.index_of(V1)
+
+
+def test_failed_post_promote_probe_rolls_back_by_itself(rollout, monkeypatch):
+    import esrec.cli.rollout as rollout_cli
+    from esrec.cli import main
+    from indexer.gates import GateResult
+
+    svc, versions, daemon = rollout
+    versions.build(V2, progress=False)
+    _wait_for_target(daemon, versions.index_of(V2), present=True)
+    for name, value in cli_env(svc.settings).items():
+        if name.startswith("ESREC_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(rollout_cli, "probe_serving", lambda services, ref: GateResult(
+        "probe", False, "5 user kNN queries: 5 empty"))  # what a broken index would give
+
+    result = CliRunner().invoke(main, ["models", "roll", V2])
+    assert result.exit_code == 1, result.output
+    assert f"the post-promote probe failed; rolled back to {V1}" in result.output
+    assert versions.serving() == V1
+    assert [entry["state"] for entry in svc.registry.get(V2).history][-2:] == [
+        "serving", "ready"]
+    assert "automatic rollback" in svc.registry.get(V1).history[-1]["reason"]
+    daemon.stop()
