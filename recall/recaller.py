@@ -24,7 +24,13 @@ from esrec.settings import Settings
 from indexer.layout import DELETED, VECTOR
 from recall.channels import CHANNELS, Channel, Context
 from recall.fusion import Candidate, quota, rrf
-from recall.request import CandidateOut, RecallResponse, filter_clauses, request_model
+from recall.request import (
+    CandidateOut,
+    RecallResponse,
+    SourceOut,
+    filter_clauses,
+    request_model,
+)
 from recall.serving import ServingResolver, ServingVersion
 from recall.state import UserStates
 from towers.dataset import RECENT_ITEMS
@@ -157,6 +163,9 @@ class Recaller:
 
 
 def _out(candidate: Candidate) -> CandidateOut:
-    return CandidateOut(item_id=candidate.item_id, score=round(candidate.score, 6),
-                        sources=[{"channel": s.channel, "rank": s.rank,
-                                  "score": round(s.score, 6)} for s in candidate.sources])
+    """Built from values esrec computed itself: no validation needed (~0.7 ms a request)."""
+    return CandidateOut.model_construct(
+        item_id=candidate.item_id, score=round(candidate.score, 6),
+        sources=[SourceOut.model_construct(channel=s.channel, rank=s.rank,
+                                           score=round(s.score, 6))
+                 for s in candidate.sources])
