@@ -27,6 +27,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from pymongo import UpdateOne
+from pymongo.collection import Collection
 
 from esrec.clients import elasticsearch_client, kafka_options, mongo_client
 from esrec.demo.processes import Background, environment, esrec, scrape_counter
@@ -219,8 +220,8 @@ class Demo:
         return users
 
     @staticmethod
-    def _has_recent(states: object, user: str, items: list[str]) -> bool:
-        state = states.find_one({"_id": user}) or {}  # type: ignore[attr-defined]
+    def _has_recent(states: Collection, user: str, items: list[str]) -> bool:
+        state = states.find_one({"_id": user}) or {}
         return set(items) <= {entry["item_id"] for entry in state.get("recent", [])}
 
     def _recaller(self) -> Recaller:
