@@ -25,7 +25,7 @@ from pymongo.errors import PyMongoError
 from esrec.clients import kafka_options
 from esrec.retry import Backoff, retry
 from esrec.settings import Settings
-from recall.state import UserEvent, UserStates
+from recall.state import UserEvent, UserStates, problems
 
 log = logging.getLogger("esrec.recall.events")
 POLL_MS = 200
@@ -59,9 +59,7 @@ def parse(value: bytes | None) -> UserEvent:
     try:
         return UserEvent.model_validate_json(value)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}"
-                             for e in error.errors())
-        raise ValueError(problems) from None
+        raise ValueError(problems(error, whole="event")) from None
 
 
 class EventConsumer:

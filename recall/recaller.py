@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pymongo.database import Database
 
 from esrec.settings import Settings
-from indexer.layout import DELETED, VECTOR
+from indexer.layout import VECTOR
 from recall.channels import CHANNELS, Channel, Context
 from recall.fusion import Candidate, quota, rrf
 from recall.request import (
@@ -69,7 +69,6 @@ class Recaller:
                  settings: Settings, metrics: RecallMetrics | None = None) -> None:
         self.es = es
         self.settings = settings
-        self.recall_settings = settings.recall
         self.request_model = request_model(settings)  # validates the channel/filter config
         self.states = UserStates(db, settings)
         self.resolver = ServingResolver(es, registry, settings.index.serving_alias,
@@ -118,10 +117,10 @@ class Recaller:
         responses = self.es.msearch(searches=searches)["responses"] if searches else []
         ranked, reasons = self._rank(plan, responses, ctx)
         fuse_weights = {name: weights[name] for name in ranked}
-        if self.recall_settings.fusion == "quota" or not user:  # a cold start gets a mix
+        if self.settings.recall.fusion == "quota" or not user:  # a cold start gets a mix
             fused = quota(ranked, fuse_weights, request.k, exclude=set(recent))
         else:
-            fused = rrf(ranked, fuse_weights, request.k, self.recall_settings.rrf_k,
+            fused = rrf(ranked, fuse_weights, request.k, self.settings.recall.rrf_k,
                         exclude=set(recent))
         return RecallResponse(
             user_id=request.user_id, model=serving.model, index=serving.index,
@@ -131,13 +130,12 @@ class Recaller:
 
     def _seeds(self, serving: ServingVersion, recent: list[str]) -> dict[str, np.ndarray]:
         """The stored vectors of the user's newest items (same index, same version)."""
-        ids = recent[:self.recall_settings.i2i_items]
+        ids = recent[:self.settings.recall.i2i_items]
         if not ids:
             return {}
-        docs = self.es.mget(index=serving.index, ids=ids,
-                            source_includes=[VECTOR, DELETED])["docs"]
+        docs = self.es.mget(index=serving.index, ids=ids, source_includes=[VECTOR])["docs"]
         return {doc["_id"]: np.asarray(doc["_source"][VECTOR], np.float32) for doc in docs
-                if doc.get("found") and VECTOR in (doc.get("_source") or {})}
+                if doc.get("found") and VECTOR in (doc.get("_source") or {})}  # no tombstone
 
     def _rank(self, plan: list[tuple[str, int]], responses: list[dict[str, Any]],
               ctx: Context) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:

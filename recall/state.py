@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
@@ -25,6 +25,12 @@ from towers.dataset import ITEM_TAGS_FIELD, RECENT_ITEMS, TAG_COUNTS
 DUPLICATE_KEY = 11000
 ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
 EventType = Literal["view", "click", "like", "add_to_cart", "purchase", "share"]
+
+
+def problems(error: ValidationError, whole: str = "request") -> str:
+    """A validation error as one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}"
+                     for e in error.errors())
 
 
 class UserEvent(BaseModel):

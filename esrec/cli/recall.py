@@ -16,7 +16,7 @@ from recall.events import EventConsumer
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.request import RecallResponse, RecallSetupError
 from recall.serving import NoServingVersion
-from recall.state import UserStates
+from recall.state import UserStates, problems
 from towers.registry import ModelRegistry
 
 # the recall path answers in milliseconds; a stuck Elasticsearch must not hold a request
@@ -99,8 +99,7 @@ def query(ctx: click.Context, user_id: str, k: int, recent: tuple[str, ...],
     try:
         response = recaller.recall({"user_id": user_id, "k": k, "recent_items": list(recent)})
     except ValidationError as error:
-        raise UserError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                  for e in error.errors())) from None
+        raise UserError(problems(error)) from None
     except NoServingVersion as error:
         raise UserError(str(error)) from None
     if as_json:

@@ -86,7 +86,7 @@ class BrokenChannel(Channel):
 
 def test_a_failing_channel_degrades_instead_of_failing(recaller: Recaller) -> None:
     recaller.channels["hot"] = BrokenChannel(recaller.channels["hot"].settings,
-                                             recaller.recall_settings)
+                                             recaller.settings.recall)
     response = recaller.recall({"user_id": "nobody", "k": 20})
     assert response.degraded and set(response.reasons) == {"hot"}
     assert "exception" in response.reasons["hot"]
