@@ -63,8 +63,10 @@ def test_idle_stream_keeps_its_token_fresh(settings: Settings, es: Elasticsearch
     indexer = svc.indexer([target])
     thread = threading.Thread(target=indexer.run)
     thread.start()
-    time.sleep(1.0)
-    first = svc.checkpoints.load(target.index)
+    deadline = time.monotonic() + 15  # the daemon's first idle save, however slow its start
+    while (first := svc.checkpoints.load(target.index)) is None or first.token is None:
+        assert time.monotonic() < deadline, "the idle daemon saved no resume token"
+        time.sleep(0.1)
     svc.db["unrelated"].insert_one({"n": 1})  # the oplog moves, our collection does not
     time.sleep(1.0)
     svc.stop.set()
