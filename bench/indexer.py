@@ -26,19 +26,16 @@ from typing import Any
 
 import numpy as np
 from elasticsearch import Elasticsearch
-from pymongo import MongoClient
 
-from esrec.clients import elasticsearch_client
+from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings, load_settings
 from esrec.stack import LocalStack
 from indexer.backfill import operation_time
 from indexer.layout import item_document
-from indexer.metrics import IndexerMetrics
 from indexer.service import Services
 from indexer.sink import BULK_RESPONSE_FIELDS
 from indexer.source import ChangeStreamSource, Position
 from towers.artifact import export_artifact
-from towers.registry import ModelRegistry
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -82,13 +79,12 @@ def _cpu_seconds(pid: int) -> float:
 def measure(settings: Settings, docs: int, model_dir: Path,
             servers: dict[str, int]) -> dict[str, Any]:
     es = elasticsearch_client(settings.es)
-    db = MongoClient(settings.mongo.uri.get_secret_value(), tz_aware=True)[
-        settings.mongo.database]
+    db = mongo_client(settings.mongo)[settings.mongo.database]
     for name in db.list_collection_names():
         db.drop_collection(name)
-    registry = ModelRegistry(db, settings.mongo.collections.models)
+    svc = Services.create(settings, es, db)
+    registry = svc.registry
     registry.publish(model_dir)
-    svc = Services(settings, es, db, registry, IndexerMetrics(), threading.Event())
     batch = settings.indexer.batch_max_docs
     documents = _catalog(docs, 0)
     artifact = registry.pull(REF)

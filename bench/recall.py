@@ -28,19 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymongo import MongoClient
 
 from bench.indexer import stack_settings
-from esrec.clients import elasticsearch_client
+from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings
-from indexer.metrics import IndexerMetrics
 from indexer.service import Services
 from indexer.versions import Versions
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.state import UserEvent, UserStates
 from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
-from towers.registry import ModelRegistry
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -66,13 +63,13 @@ def _timed(call: Callable[[Any], Any], inputs: list[Any], clients: int) -> list[
 
 def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller, list[str]]:
     dataset = generate(SynthConfig(items=items, users=500, seed=4))
-    db = MongoClient(settings.mongo.uri.get_secret_value(), tz_aware=True)[
-        settings.mongo.database]
+    db = mongo_client(settings.mongo)[settings.mongo.database]
     es = elasticsearch_client(settings.es)
     write_mongo(dataset, db, Collections())
-    registry = ModelRegistry(db, settings.mongo.collections.models)
+    services = Services.create(settings, es, db)
+    registry = services.registry
     registry.publish(model_dir)
-    versions = Versions(Services(settings, es, db, registry, IndexerMetrics(), threading.Event()))
+    versions = Versions(services)
     versions.build(REF, progress=False)
     versions.promote(REF)
     states = UserStates(db, settings)

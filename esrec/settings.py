@@ -333,6 +333,25 @@ def _describe(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def server_environment(settings: Settings) -> dict[str, str]:
+    """``ESREC_*`` variables that aim an `esrec` subprocess at the same servers and names
+    (credentials come from the caller's own environment)."""
+    kafka = settings.kafka
+    return {
+        "ESREC_ES__HOSTS": ",".join(settings.es.hosts),
+        "ESREC_MONGO__URI": settings.mongo.uri.get_secret_value(),
+        "ESREC_MONGO__DATABASE": settings.mongo.database,
+        "ESREC_KAFKA__BOOTSTRAP_SERVERS": ",".join(kafka.bootstrap_servers),
+        "ESREC_KAFKA__TOPICS__USER_EVENTS": kafka.topics.user_events,
+        "ESREC_KAFKA__TOPICS__DEAD_LETTERS": kafka.topics.dead_letters,
+        "ESREC_INDEX__PREFIX": settings.index.prefix,
+        "ESREC_INDEX__SERVING_ALIAS": settings.index.serving_alias,
+        "ESREC_RECALL__CONSUMER_GROUP": settings.recall.consumer_group,
+        "ESREC_RECALL__HOT_WINDOW_DAYS": str(settings.recall.hot_window_days),
+        "ESREC_ROLLOUT__FOLLOW_INTERVAL_S": str(settings.rollout.follow_interval_s),
+    }
+
+
 def load_settings(config_file: Path | None = None) -> Settings:
     """Read settings from env and the config file, or raise SettingsError saying what to fix."""
     if config_file is None and os.environ.get(CONFIG_ENV_VAR):

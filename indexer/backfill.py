@@ -79,13 +79,17 @@ def backfill(items: Collection, pipeline: Pipeline, checkpoints: Checkpoints, in
     return BackfillReport(index, t, documents, resumed_from, done)
 
 
+def _done(checkpoints: Checkpoints, index: str) -> bool | None:
+    """None: no backfill into ``index`` ever started; else whether it ran to the end."""
+    state = checkpoints.collection.find_one({"_id": backfill_state_id(index)})
+    return None if state is None else bool(state.get("done"))
+
+
 def in_progress(checkpoints: Checkpoints, index: str) -> bool:
     """A started, unfinished backfill into ``index`` (its older writes must meet tombstones)."""
-    state = checkpoints.collection.find_one({"_id": backfill_state_id(index)})
-    return state is not None and not state.get("done")
+    return _done(checkpoints, index) is False
 
 
 def finished(checkpoints: Checkpoints, index: str) -> bool:
     """A backfill into ``index`` ran to the end."""
-    state = checkpoints.collection.find_one({"_id": backfill_state_id(index)})
-    return bool(state and state.get("done"))
+    return _done(checkpoints, index) is True

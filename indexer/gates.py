@@ -23,7 +23,7 @@ from elasticsearch import Elasticsearch, helpers
 from esrec.settings import RolloutSettings
 from indexer.backfill import finished
 from indexer.checkpoint import lag_seconds
-from indexer.layout import DELETED, LIVE, VECTOR, model_of, resolve_alias
+from indexer.layout import DELETED, LIVE, VECTOR, knn_clause, model_of, resolve_alias
 from indexer.pipeline import Target
 from indexer.service import Services
 from indexer.source import es_id
@@ -111,9 +111,8 @@ def ann_and_latency(es: Elasticsearch, target: Target, sample: list[dict[str, An
     for query in queries:
         exact = {ids[i] for i in np.argsort(-(matrix @ query))[:k]}
         started = time.perf_counter()
-        response = es.search(index=target.index, size=k, source=False, knn={
-            "field": VECTOR, "query_vector": query.tolist(), "k": k,
-            "num_candidates": max(100, 4 * k), "filter": LIVE})
+        response = es.search(index=target.index, size=k, source=False,
+                             knn=knn_clause(query, k, max(100, 4 * k)))
         latencies.append((time.perf_counter() - started) * 1000)
         overlaps.append(len(exact & {hit["_id"] for hit in response["hits"]["hits"]}) / k)
     overlap, p99 = float(np.mean(overlaps)), float(np.percentile(latencies, 99))
@@ -145,9 +144,8 @@ def probe_serving(services: Services, expected: str, queries: int = 5) -> GateRe
     latencies, empty = [], 0
     for vector in artifact.embed_users(users or [{}]):
         started = time.perf_counter()
-        hits = es.search(index=index, size=10, source=False, knn={
-            "field": VECTOR, "query_vector": vector.tolist(), "k": 10, "num_candidates": 100,
-            "filter": LIVE})["hits"]["hits"]
+        hits = es.search(index=index, size=10, source=False,
+                         knn=knn_clause(vector, 10, 100))["hits"]["hits"]
         latencies.append((time.perf_counter() - started) * 1000)
         empty += not hits
     p99 = float(np.percentile(latencies, 99))

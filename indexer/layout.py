@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from elasticsearch import Elasticsearch, NotFoundError
 
 from towers.artifact import Manifest
@@ -96,6 +97,22 @@ def switch_alias(es: Elasticsearch, alias: str, new_index: str) -> str | None:
     actions.append({"add": {"index": new_index, "alias": alias}})
     es.indices.update_aliases(actions=actions)
     return previous
+
+
+def delete_indices(es: Elasticsearch, pattern: str) -> list[str]:
+    """Delete the indices matching ``pattern``; returns their names. By name, because
+    Elasticsearch 8 refuses wildcard deletes (action.destructive_requires_name)."""
+    names = list(es.indices.get(index=pattern, allow_no_indices=True, expand_wildcards="open"))
+    if names:
+        es.indices.delete(index=",".join(names))
+    return names
+
+
+def knn_clause(vector: np.ndarray, k: int, num_candidates: int,
+               query_filter: Mapping[str, Any] = LIVE) -> dict[str, Any]:
+    """A kNN search on the item vectors; the default filter keeps tombstones out."""
+    return {"field": VECTOR, "query_vector": vector.tolist(), "k": k,
+            "num_candidates": num_candidates, "filter": query_filter}
 
 
 def model_of(es: Elasticsearch, index: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, choose_index_options
 from indexer.sink import ElasticsearchSink
-from towers.registry import ModelRegistry
+from towers.registry import ModelRegistry, parse_ref
 
 INACTIVE_STATES = ("retired", "failed")
 SOURCE = "items"  # checkpoint namespace of the catalog change stream
@@ -38,6 +38,13 @@ class Services:
     metrics: IndexerMetrics
     stop: threading.Event
 
+    @classmethod
+    def create(cls, settings: Settings, es: Elasticsearch, db: Database,
+               stop: threading.Event | None = None) -> Services:
+        """The usual wiring: the registry in ``db``, fresh metrics, a stop flag."""
+        return cls(settings, es, db, ModelRegistry(db, settings.mongo.collections.models),
+                   IndexerMetrics(), stop or threading.Event())
+
     @property
     def checkpoints(self) -> Checkpoints:
         return Checkpoints(self.db[self.settings.mongo.collections.checkpoints], SOURCE)
@@ -46,12 +53,15 @@ class Services:
     def items(self) -> Collection:
         return self.db[self.settings.mongo.collections.items]
 
+    def index_of(self, ref: str) -> str | None:
+        """The concrete index behind a version's alias, if it has one."""
+        return resolve_alias(self.es, version_alias(self.settings.index.prefix,
+                                                    *parse_ref(ref)))
+
     def target(self, ref: str, index: str | None = None) -> Target:
         """The existing index of a model version (pulled and verified from the registry)."""
         artifact = self.registry.pull(ref)
-        if index is None:
-            index = resolve_alias(self.es, version_alias(
-                self.settings.index.prefix, artifact.manifest.name, artifact.manifest.version))
+        index = index or self.index_of(ref)
         if index is None:
             raise MissingIndex(f"{ref} has no index yet: run `esrec models build {ref}`")
         return Target(index, artifact)
@@ -82,8 +92,7 @@ class Services:
         for record in self.registry.list():
             if record.state in INACTIVE_STATES:
                 continue
-            index = resolve_alias(self.es, version_alias(self.settings.index.prefix,
-                                                         record.name, record.version))
+            index = self.index_of(record.ref)
             if index is not None and self.checkpoints.load(index) is not None:
                 active[record.ref] = index
         return active

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 from indexer.backfill import BackfillReport, backfill
 from indexer.checkpoint import lag_seconds
-from indexer.layout import LIVE, model_of, resolve_alias, switch_alias, version_alias
+from indexer.layout import (
+    LIVE,
+    delete_indices,
+    model_of,
+    resolve_alias,
+    switch_alias,
+    version_alias,
+)
 from indexer.service import MissingIndex, Services
 from towers.registry import ModelRecord, parse_ref
 
@@ -45,11 +52,6 @@ class Versions:
         self.es = services.es
         self.registry = services.registry
         self.alias = services.settings.index.serving_alias
-
-    def index_of(self, ref: str) -> str | None:
-        name, version = parse_ref(ref)
-        return resolve_alias(self.es, version_alias(self.services.settings.index.prefix,
-                                                    name, version))
 
     def serving(self) -> str | None:
         """The model version (ref) the serving alias points at, from the index's ``_meta``."""
@@ -85,7 +87,7 @@ class Versions:
         if record.state not in ("ready", "serving"):
             raise VersionError(f"{ref} is {record.state}; only a ready version can serve "
                                f"(`esrec models build {ref}` first)")
-        index = self.index_of(ref)
+        index = self.services.index_of(ref)
         if index is None:
             raise VersionError(f"{ref} has no index; run `esrec models build {ref}`")
         previous = self.serving()
@@ -100,7 +102,8 @@ class Versions:
         current = self.serving()
         candidates = [record for record in self.registry.list()
                       if record.state == "ready" and record.ref != current
-                      and _last_served(record) is not None and self.index_of(record.ref)]
+                      and _last_served(record) is not None
+                      and self.services.index_of(record.ref)]
         if not candidates:
             raise VersionError("no earlier serving version is kept (ready) to roll back to")
         previous = max(candidates, key=lambda record: _last_served(record) or 0.0)
@@ -116,11 +119,8 @@ class Versions:
         if self.services.stop.wait(grace_s):
             raise VersionError(f"stopped during the grace period; {ref} is retired, its "
                                "indices are kept (run retire again to delete them)")
-        name, version = parse_ref(ref)
-        alias = version_alias(self.services.settings.index.prefix, name, version)
-        indices = list(self.es.indices.get(index=f"{alias}-g*", allow_no_indices=True))
-        if indices:  # by name: Elasticsearch 8 refuses wildcard deletes
-            self.es.indices.delete(index=",".join(indices))
+        prefix = self.services.settings.index.prefix
+        indices = delete_indices(self.es, f"{version_alias(prefix, *parse_ref(ref))}-g*")
         for index in indices:
             self.services.checkpoints.forget(index)
         return indices
@@ -129,7 +129,7 @@ class Versions:
         serving_index = resolve_alias(self.es, self.alias)
         rows = []
         for record in self.registry.list():
-            index = self.index_of(record.ref)
+            index = self.services.index_of(record.ref)
             documents = lag = None
             if index is not None:
                 self.es.indices.refresh(index=index)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from esrec.settings import ChannelSettings, RecallSettings
-from indexer.layout import LIVE, VECTOR
+from indexer.layout import LIVE, knn_clause
 from towers.dataset import TAG_COUNTS
 
 TOP_TAGS = 5
@@ -64,8 +64,7 @@ class Channel(ABC):
 
 
 def _knn(vector: np.ndarray, size: int, query_filter: dict[str, Any]) -> dict[str, Any]:
-    return {"field": VECTOR, "query_vector": vector.tolist(), "k": size,
-            "num_candidates": max(2 * size, 100), "filter": query_filter}
+    return knn_clause(vector, size, max(2 * size, 100), query_filter)
 
 
 class KnnChannel(Channel):

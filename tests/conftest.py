@@ -13,6 +13,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from esrec.settings import Settings
+from indexer.layout import delete_indices
 from tests.servers import ServerPool
 from towers.artifact import ModelArtifact, export_artifact
 from towers.dataset import Dataset
@@ -86,9 +87,7 @@ def settings(es: Elasticsearch, es_url: str, mongo_client: MongoClient, mongo_ur
                           "dead_letters": f"{stem}.dead"}},
         index={"prefix": stem, "serving_alias": f"{stem}-serving"},
     )
-    created = list(es.indices.get(index=f"{stem}-*", allow_no_indices=True))
-    if created:  # by name: ES 8 refuses wildcard deletes (action.destructive_requires_name)
-        es.indices.delete(index=",".join(created))
+    delete_indices(es, f"{stem}-*")
     mongo_client.drop_database(stem.replace("-", "_"))
 
 

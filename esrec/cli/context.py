@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import click
 from pymongo.database import Database
 
 from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings, SettingsError, load_settings
-from indexer.metrics import IndexerMetrics
 from indexer.service import Services
-from towers.registry import ModelRegistry
 
 
 class UserError(click.ClickException):
@@ -40,7 +36,4 @@ def mongo_database(ctx: click.Context) -> Database:
 def services_from(ctx: click.Context) -> Services:
     """Servers, registry and names wired for the indexer and the rollout commands."""
     settings = settings_from(ctx)
-    db = mongo_database(ctx)
-    return Services(settings, elasticsearch_client(settings.es), db,
-                    ModelRegistry(db, settings.mongo.collections.models), IndexerMetrics(),
-                    threading.Event())
+    return Services.create(settings, elasticsearch_client(settings.es), mongo_database(ctx))

@@ -14,6 +14,7 @@ from esrec.demo import Demo, DemoFailed, DemoSize
 from esrec.logs import configure
 from esrec.settings import Settings
 from esrec.stack import LocalStack
+from indexer.layout import delete_indices
 
 SERVER_VARIABLES = ("ESREC_ES__HOSTS", "ESREC_MONGO__URI", "ESREC_KAFKA__BOOTSTRAP_SERVERS")
 # the synthetic catalog is dated 2025: a wide "hot" window keeps that channel in the demo
@@ -38,10 +39,7 @@ def _namespaced(settings: Settings, namespace: str) -> Settings:
 def _clean(demo: Demo) -> None:
     """Start from nothing: the namespace's database and indices from an earlier run go."""
     demo.db.client.drop_database(demo.db.name)
-    prefix = demo.settings.index.prefix
-    existing = list(demo.es.indices.get(index=f"{prefix}-*", allow_no_indices=True))
-    if existing:  # by name: Elasticsearch 8 refuses wildcard deletes
-        demo.es.indices.delete(index=",".join(existing))
+    delete_indices(demo.es, f"{demo.settings.index.prefix}-*")
 
 
 @click.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -65,12 +66,11 @@ def _validate(services: Services, ref: str) -> bool:
 def _with_services(command: Callable[..., None]) -> Callable[..., None]:
     """Run ``command(services, ...)`` with logging set up and plain errors."""
     @click.pass_context
+    @functools.wraps(command)
     def wrapper(ctx: click.Context, **kwargs: object) -> None:
         configure()
         with _plain_errors():
             command(services_from(ctx), **kwargs)
-    wrapper.__doc__ = command.__doc__
-    wrapper.__name__ = command.__name__
     return wrapper
 
 

@@ -35,14 +35,12 @@ from esrec.demo.report import Record, write
 from esrec.settings import Settings
 from esrec.stack import free_port
 from indexer.checkpoint import backfill_state_id
-from indexer.metrics import IndexerMetrics
 from indexer.service import Services
 from indexer.versions import Versions
 from recall.recaller import Recaller
 from recall.request import RecallResponse
 from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
-from towers.registry import ModelRegistry
 from towers.report import training_summary
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
@@ -70,9 +68,8 @@ class Demo:
         self.record = Record()
         self.db = mongo_client(settings.mongo)[settings.mongo.database]
         self.es: Elasticsearch = elasticsearch_client(settings.es)
-        self.registry = ModelRegistry(self.db, settings.mongo.collections.models)
-        self.services = Services(settings, self.es, self.db, self.registry, IndexerMetrics(),
-                                 threading.Event())
+        self.services = Services.create(settings, self.es, self.db)
+        self.registry = self.services.registry
         self.versions = Versions(self.services)
         self.metrics_port = free_port()
         self.env = environment(settings, self.metrics_port, free_port())
@@ -156,7 +153,7 @@ class Demo:
 
             def sample() -> None:  # acknowledged progress, as the backfill records it
                 while not done.wait(0.1):
-                    index = self.versions.index_of("demo-two-tower@1")
+                    index = self.services.index_of("demo-two-tower@1")
                     state = index and self.services.checkpoints.collection.find_one(
                         {"_id": backfill_state_id(index)})
                     if state:

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from esrec.settings import Settings
+from esrec.settings import Settings, server_environment
 
 STOP_TIMEOUT_S = 60.0
 
@@ -19,23 +19,9 @@ STOP_TIMEOUT_S = 60.0
 def environment(settings: Settings, metrics_port: int, events_port: int) -> dict[str, str]:
     """This process's environment (credentials included) aimed at ``settings``' servers
     and names, for `esrec` subprocesses."""
-    kafka, recall = settings.kafka, settings.recall
-    return {
-        **os.environ,
-        "ESREC_ES__HOSTS": ",".join(settings.es.hosts),
-        "ESREC_MONGO__URI": settings.mongo.uri.get_secret_value(),
-        "ESREC_MONGO__DATABASE": settings.mongo.database,
-        "ESREC_KAFKA__BOOTSTRAP_SERVERS": ",".join(kafka.bootstrap_servers),
-        "ESREC_KAFKA__TOPICS__USER_EVENTS": kafka.topics.user_events,
-        "ESREC_KAFKA__TOPICS__DEAD_LETTERS": kafka.topics.dead_letters,
-        "ESREC_INDEX__PREFIX": settings.index.prefix,
-        "ESREC_INDEX__SERVING_ALIAS": settings.index.serving_alias,
-        "ESREC_RECALL__CONSUMER_GROUP": recall.consumer_group,
-        "ESREC_RECALL__HOT_WINDOW_DAYS": str(recall.hot_window_days),
-        "ESREC_ROLLOUT__FOLLOW_INTERVAL_S": str(settings.rollout.follow_interval_s),
-        "ESREC_INDEXER__METRICS_PORT": str(metrics_port),
-        "ESREC_RECALL__EVENTS_METRICS_PORT": str(events_port),
-    }
+    return {**os.environ, **server_environment(settings),
+            "ESREC_INDEXER__METRICS_PORT": str(metrics_port),
+            "ESREC_RECALL__EVENTS_METRICS_PORT": str(events_port)}
 
 
 def esrec(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:

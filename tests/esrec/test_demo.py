@@ -14,6 +14,7 @@ from elasticsearch import Elasticsearch
 from pymongo import MongoClient
 
 from esrec.settings import Settings
+from indexer.layout import delete_indices
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +24,7 @@ def namespace(unique: Callable[[str], str], es: Elasticsearch,
               mongo_client: MongoClient) -> Iterator[str]:
     name = unique("demo")
     yield name
-    created = list(es.indices.get(index=f"{name}-*", allow_no_indices=True))
-    if created:
-        es.indices.delete(index=",".join(created))
+    delete_indices(es, f"{name}-*")
     mongo_client.drop_database(name.replace("-", "_"))
 
 

@@ -14,12 +14,11 @@ from elasticsearch import Elasticsearch, helpers
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from esrec.settings import Settings
+from esrec.clients import mongo_client
+from esrec.settings import Settings, server_environment
 from indexer.layout import DELETED, VECTOR
-from indexer.metrics import IndexerMetrics
 from indexer.service import Services
 from towers.artifact import ModelArtifact
-from towers.registry import ModelRegistry
 from towers.synth import SynthConfig
 
 VECTOR_TOLERANCE = 1e-5  # the same exported tower on the same document, float32
@@ -28,11 +27,10 @@ CATALOG = SynthConfig(items=2000, users=10, topics=10, mean_interactions=1, seed
 
 def services(settings: Settings, es: Elasticsearch, artifact_dir: Path,
              stop: threading.Event | None = None) -> Services:
-    db = MongoClient(settings.mongo.uri.get_secret_value(), tz_aware=True)[
-        settings.mongo.database]
-    registry = ModelRegistry(db, settings.mongo.collections.models)
-    registry.publish(artifact_dir)
-    return Services(settings, es, db, registry, IndexerMetrics(), stop or threading.Event())
+    svc = Services.create(settings, es, mongo_client(settings.mongo)[settings.mongo.database],
+                          stop)
+    svc.registry.publish(artifact_dir)
+    return svc
 
 
 def mismatches(es: Elasticsearch, index: str, items: Collection,
@@ -63,13 +61,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for an `esrec` subprocess aimed at the same servers and names."""
     import os
 
-    return {**os.environ,
-            "ESREC_ES__HOSTS": ",".join(settings.es.hosts),
-            "ESREC_MONGO__URI": settings.mongo.uri.get_secret_value(),
-            "ESREC_MONGO__DATABASE": settings.mongo.database,
-            "ESREC_INDEX__PREFIX": settings.index.prefix,
-            "ESREC_INDEX__SERVING_ALIAS": settings.index.serving_alias,
-            "ESREC_INDEXER__METRICS_PORT": "0",
+    return {**os.environ, **server_environment(settings), "ESREC_INDEXER__METRICS_PORT": "0",
             **extra}
 
 

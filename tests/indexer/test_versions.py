@@ -115,7 +115,7 @@ def test_change_during_v2_backfill_lands_in_both_indexes(rollout, es, artifact_d
     assert writer.is_alive(), "the writes must overlap the whole v2 backfill"
     writer.join()
     finished = time.time()
-    v1_index, v2_index = versions.index_of(V1), report.index
+    v1_index, v2_index = svc.index_of(V1), report.index
     _wait_for_target(daemon, v2_index, present=True)
     for index in (v1_index, v2_index):
         wait_caught_up(svc, index, finished + 1, 120, daemon.alive)
@@ -170,7 +170,7 @@ def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
     _wait_for_target(daemon, v2_index, present=True)
     resolver = ServingResolver(es, svc.registry, svc.settings.index.serving_alias, ttl_s=0.02)
     users = list(svc.db["users"].find())
-    meta = {index: model_of(es, index) for index in (versions.index_of(V1), v2_index)}
+    meta = {index: model_of(es, index) for index in (svc.index_of(V1), v2_index)}
     stop, failures, answered = threading.Event(), [], {V1: 0, V2: 0}
 
     def recall_load() -> None:
@@ -204,7 +204,7 @@ def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
         loader.join()
     assert failures == []
     assert answered[V1] > 10 and answered[V2] > 10
-    assert resolve_alias(es, svc.settings.index.serving_alias) == versions.index_of(V1)
+    assert resolve_alias(es, svc.settings.index.serving_alias) == svc.index_of(V1)
 
 
 def test_failed_post_promote_probe_rolls_back_by_itself(rollout, monkeypatch):
@@ -214,7 +214,7 @@ def test_failed_post_promote_probe_rolls_back_by_itself(rollout, monkeypatch):
 
     svc, versions, daemon = rollout
     versions.build(V2, progress=False)
-    _wait_for_target(daemon, versions.index_of(V2), present=True)
+    _wait_for_target(daemon, svc.index_of(V2), present=True)
     for name, value in cli_env(svc.settings).items():
         if name.startswith("ESREC_"):
             monkeypatch.setenv(name, value)
