@@ -11,6 +11,10 @@ a small model, then measures on the same machine in one run:
     indexer      change stream -> pipeline -> _bulk -> checkpoint         (changes/s)
     naive        per document: embed one, index one                       (docs/s)
     latency      MongoDB write -> visible to search, at a steady rate     (p50/p99 ms)
+
+With a private stack every server shares this machine's cores with esrec, so it also
+reports each process's CPU per document in each phase and the CPU-bound ceiling: the
+changes/s this machine could reach with every core busy at the indexer phase's costs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bson
 import numpy as np
 from elasticsearch import Elasticsearch
 
@@ -31,6 +36,7 @@ from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings, load_settings
 from esrec.stack import LocalStack
 from indexer.backfill import operation_time
+from indexer.documents import project
 from indexer.layout import item_document
 from indexer.service import Services
 from indexer.sink import BULK_RESPONSE_FIELDS
@@ -76,6 +82,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _CpuMeter:
+    """CPU seconds used by named processes since it was made."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+
+    def per_unit_us(self, units: int) -> dict[str, float]:
+        return {name: round((_cpu_seconds(pid) - self.before[name]) * 1e6 / units, 1)
+                for name, pid in self.pids.items()}
+
+
 def measure(settings: Settings, docs: int, model_dir: Path,
             servers: dict[str, int]) -> dict[str, Any]:
     es = elasticsearch_client(settings.es)
@@ -94,17 +112,23 @@ def measure(settings: Settings, docs: int, model_dir: Path,
                               for s in range(0, docs, batch)])
     tower = docs / (time.perf_counter() - started)
 
+    # the same documents the indexer writes (vector + projection), ready-made
+    projected = [project(document, len(bson.encode(document)), settings.indexer)
+                 for document in documents]
     scratch = svc.new_generation(REF, point_alias=False).index
+    bulk_cpu = _CpuMeter({"client": os.getpid(), **servers})
     started = time.perf_counter()
     for start in range(0, docs, batch):  # the same request shape the indexer sends
         operations: list[dict[str, Any]] = []
-        for document, vector in zip(documents[start:start + batch],
-                                    vectors[start:start + batch], strict=True):
+        for document, fields, vector in zip(documents[start:start + batch],
+                                            projected[start:start + batch],
+                                            vectors[start:start + batch], strict=True):
             operations.append({"index": {"_index": scratch, "_id": document["_id"],
                                          "version": 1, "version_type": "external"}})
-            operations.append(item_document(vector, {"title": document["title"]}, 1))
+            operations.append(item_document(vector, fields, 1))
         es.bulk(operations=operations, filter_path=BULK_RESPONSE_FIELDS)
     bulk = docs / (time.perf_counter() - started)
+    bulk_cpu_us = bulk_cpu.per_unit_us(docs)
     es.indices.delete(index=scratch)  # the indexer phase starts with the same empty cluster
 
     target = svc.new_generation(REF, point_alias=True)
@@ -115,35 +139,38 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     items.insert_many(documents)  # the backlog the indexer will chew through
 
     source = ChangeStreamSource(items, start, await_ms=20)
+    stream_cpu = _CpuMeter({"client": os.getpid(), **servers})
     started, read = time.perf_counter(), 0
     while read < docs:
         read += len(source.poll(batch, 1 << 30, 0.05).changes)
     stream = read / (time.perf_counter() - started)
+    stream_cpu_us = stream_cpu.per_unit_us(read)
     source.close()
 
     daemon = svc.indexer([target])
     thread = threading.Thread(target=daemon.run)
-    pids = {"indexer": os.getpid(), **servers}
-    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    indexer_cpu = _CpuMeter({"indexer": os.getpid(), **servers})
     started, wall = time.perf_counter(), time.time()
     thread.start()
     _wait_caught_up(svc, target.index, wall)
     elapsed = time.perf_counter() - started
     indexer = docs / elapsed
-    cpu_share = {name: round((_cpu_seconds(pid) - cpu_before[name]) / elapsed, 2)
-                 for name, pid in pids.items()}
+    indexer_cpu_us = indexer_cpu.per_unit_us(docs)
+    # every core busy with these processes at these costs: the most this machine can do
+    cpu_ceiling = (os.cpu_count() or 1) * 1e6 / sum(indexer_cpu_us.values())
 
     latencies = _latency(svc, es, target.index, count=200, rate_per_s=50)
     svc.stop.set()
     thread.join(60)
 
-    naive_docs = documents[: min(300, docs)]
+    naive_docs = documents[: min(1000, docs)]  # ~1.5 s: long enough to average out noise
     naive_index = svc.new_generation(REF, point_alias=False).index
     started = time.perf_counter()
     for document in naive_docs:
         vector = artifact.embed_items([document])[0]
         es.index(index=naive_index, id=document["_id"],
-                 document=item_document(vector.tolist(), {"title": document["title"]}, 1))
+                 document=item_document(vector, project(document, len(bson.encode(document)),
+                                                         settings.indexer), 1))
     naive = len(naive_docs) / (time.perf_counter() - started)
 
     ceiling = min(tower, bulk)
@@ -156,8 +183,12 @@ def measure(settings: Settings, docs: int, model_dir: Path,
         "indexer_vs_min_tower_bulk_stream": round(indexer / min(ceiling, stream), 3),
         "indexer_vs_naive": round(indexer / naive, 1),
         "write_to_searchable_ms": latencies,
-        # cores busy per process during the indexer phase (this machine: os.cpu_count())
-        "indexer_phase_cpu_cores": cpu_share, "cpus": os.cpu_count(),
+        # CPU microseconds per document / event / change of each process, phase by phase:
+        # on one machine the servers and esrec share the cores, which bounds the indexer
+        "cpu_us_per_doc": {"bulk": bulk_cpu_us, "stream": stream_cpu_us,
+                           "indexer": indexer_cpu_us},
+        "cpus": os.cpu_count(), "cpu_bound_changes_per_s": round(cpu_ceiling),
+        "indexer_vs_cpu_bound": round(indexer / cpu_ceiling, 3),
         "dead_letters": svc.db[settings.mongo.collections.dead_letters].count_documents({}),
     }
 

@@ -54,13 +54,14 @@ def _check(field: str, es_type: str, value: Any) -> Any:
     return value
 
 
-def project(document: Mapping[str, Any], settings: IndexerSettings) -> dict[str, Any]:
-    """The projected fields of a valid document; raises DocumentRejected otherwise."""
+def project(document: Mapping[str, Any], size: int,
+            settings: IndexerSettings) -> dict[str, Any]:
+    """The projected fields of a valid document of ``size`` BSON bytes; raises
+    DocumentRejected otherwise."""
     doc_id = document.get("_id")
     if not isinstance(doc_id, _DOC_ID_TYPES) or isinstance(doc_id, bool):
         raise DocumentRejected(f"_id: {type(doc_id).__name__} ids are not supported "
                                "(use a string, an integer or an ObjectId)")
-    size = len(bson.encode(document))
     if size > settings.max_document_bytes:
         raise DocumentRejected(f"document is {size} bytes, over max_document_bytes "
                                f"({settings.max_document_bytes})")

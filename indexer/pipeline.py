@@ -7,6 +7,7 @@ versions, so the two settle to the same index contents.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,13 +68,15 @@ class Pipeline:
     def prepare(self, changes: list[Change]) -> Prepared:
         """Check, embed and build the bulk actions of a batch (no write yet)."""
         failed: set[int] = set()
+        for op, count in Counter(change.op for change in changes).items():
+            self.metrics.events.labels(op).inc(count)
         batch = coalesce(changes)
         projected: dict[int, dict] = {}
         for position, change in enumerate(batch):
-            self.metrics.events.labels(change.op).inc()
             if change.op == "upsert":
                 try:
-                    projected[position] = project(change.document or {}, self.settings)
+                    projected[position] = project(change.document or {}, change.size_bytes,
+                                                  self.settings)
                 except DocumentRejected as error:
                     self._park(change, "validate", str(error))
                     failed.add(position)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import bson
 from bson.timestamp import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
@@ -47,6 +48,12 @@ class Change:
     version: int
     cluster_time: Timestamp
     document: dict[str, Any] | None = None
+    size_bytes: int = field(init=False, default=0)  # BSON size of the document
+
+    def __post_init__(self) -> None:
+        # measured once here: it bounds the batch and is checked against max_document_bytes
+        if self.document is not None:
+            object.__setattr__(self, "size_bytes", len(bson.encode(self.document)))
 
 
 @dataclass
@@ -124,8 +131,9 @@ class ChangeStreamSource:
             if document is None:
                 batch.skipped += 1
                 return
-            batch.changes.append(Change("upsert", doc_id, version, cluster_time, document))
-            batch.size_bytes += _approximate_size(document)
+            change = Change("upsert", doc_id, version, cluster_time, document)
+            batch.changes.append(change)
+            batch.size_bytes += change.size_bytes
 
     def close(self) -> None:
         self.stream.close()
@@ -137,8 +145,3 @@ def _history_lost(error: OperationFailure) -> HistoryLost:
         f"{error.details.get('errmsg', error) if error.details else error}); changes were "
         "missed. Rebuild with `esrec indexer run --on-history-lost=resync` (a fresh index "
         "from a full scan, then an alias switch)")
-
-
-def _approximate_size(document: dict[str, Any]) -> int:
-    """Cheap upper bound for batching: the BSON size would need an encode per document."""
-    return 64 + sum(len(str(k)) + len(str(v)) for k, v in document.items())

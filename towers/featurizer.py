@@ -68,6 +68,8 @@ def _get(document: Mapping[str, Any], path: str) -> Any:
 
 def _key(value: Any) -> str | None:
     """The string form of a categorical value; None for what cannot be one."""
+    if type(value) is str:  # nearly every value: skip the ABC checks below (hot path)
+        return value
     if isinstance(value, bool) or value is None or isinstance(value, Mapping | list | float):
         return None
     return str(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import bson
 import pytest
 from bson import ObjectId
 
@@ -16,11 +17,16 @@ GOOD = {"_id": "a", "title": "t", "tags": ["x", "y"], "category": "c", "price": 
         "created_at": datetime(2026, 1, 1, tzinfo=UTC), "popularity": 1.5, "extra": {"n": 1}}
 
 
+def _sized(document: dict) -> tuple[dict, int]:
+    """A document and its BSON size, as the source measures it."""
+    return document, len(bson.encode(document))
+
+
 def test_good_document_is_projected() -> None:
-    projected = project(GOOD, SETTINGS)
+    projected = project(*_sized(GOOD), SETTINGS)
     assert projected == {"title": "t", "tags": ["x", "y"], "category": "c", "price": 3,
                          "created_at": "2026-01-01T00:00:00+00:00", "popularity": 1.5}
-    assert project({**GOOD, "_id": ObjectId(), "price": None}, SETTINGS)["title"] == "t"
+    assert project(*_sized({**GOOD, "_id": ObjectId(), "price": None}), SETTINGS)["title"] == "t"
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -37,5 +43,5 @@ def test_good_document_is_projected() -> None:
 ])
 def test_poison_documents_name_the_field(change: dict, reason: str) -> None:
     with pytest.raises(DocumentRejected) as raised:
-        project({**GOOD, **change}, SETTINGS)
+        project(*_sized({**GOOD, **change}), SETTINGS)
     assert reason in str(raised.value)
