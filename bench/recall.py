@@ -8,8 +8,12 @@ indexes a synthetic catalog, seeds user state, then measures for the same users:
     raw        the exact _msearch bodies the Recaller sends, replayed alone
     full       Recaller.recall: MongoDB read + user tower + i2i mget + _msearch + fusion
     overhead   full minus raw, per percentile: what esrec adds to Elasticsearch's time
-    outside    per request, full time minus that request's own _msearch time: the same
-               quantity measured without the noise of two separate latency distributions
+    outside    per request, its time minus its own _msearch time (from the response's
+               stages_ms): the overhead without the noise of two latency distributions,
+               split into server_reads (resolve + state + seeds: MongoDB and the i2i mget)
+               and esrec_compute (user tower + queries + fusion: esrec's own CPU)
+    stages     p50 / p99 of every stage
+    idle wake  the user tower back to back vs after idling as long as an _msearch takes
 
 each at 1 and at 8 concurrent clients. Target: p99 overhead <= 3 ms.
 """
@@ -19,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +37,7 @@ from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings
 from indexer.service import Services
 from indexer.versions import Versions
-from recall.recaller import Recaller, serve_with_one_torch_thread
+from recall.recaller import STAGES, Recaller, serve_with_one_torch_thread
 from recall.state import UserEvent, UserStates
 from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
@@ -51,14 +54,23 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
             "p99": round(float(np.percentile(ms, 99)), 2)}
 
 
-def _timed(call: Callable[[Any], Any], inputs: list[Any], clients: int) -> list[float]:
-    def one(item: Any) -> float:
+def _stage_sum(stages: list[dict[str, float]], names: set[str]) -> dict[str, float]:
+    """p50 / p99 over requests of the time each spent in the named stages."""
+    return _percentiles([sum(ms for stage, ms in request.items() if stage in names) / 1000
+                         for request in stages])
+
+
+def _timed(call: Callable[[Any], Any], inputs: list[Any],
+           clients: int) -> tuple[list[float], list[Any]]:
+    """Seconds per call and the calls' results, from ``clients`` concurrent callers."""
+    def one(item: Any) -> tuple[float, Any]:
         started = time.perf_counter()
-        call(item)
-        return time.perf_counter() - started
+        result = call(item)
+        return time.perf_counter() - started, result
 
     with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, inputs))
+        seconds, results = zip(*pool.map(one, inputs), strict=True)
+    return list(seconds), list(results)
 
 
 def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller, list[str]]:
@@ -105,32 +117,40 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
         recaller.recall({"user_id": user})
     figures: dict[str, Any] = {"items": items, "requests": requests,
                                "channels": list(recaller.channels)}
-    local = threading.local()
-
-    def timed_msearch(**kwargs: Any) -> Any:  # the _msearch share of each full request
-        started = time.perf_counter()
-        try:
-            return msearch(**kwargs)
-        finally:
-            local.msearch_s = time.perf_counter() - started
-
-    def full_request(user: str) -> float:
-        started = time.perf_counter()
-        recaller.recall({"user_id": user})
-        return time.perf_counter() - started - local.msearch_s
-
     for clients in CLIENTS:
-        raw = _percentiles(_timed(lambda u: msearch(searches=bodies[u]), sample, clients))
-        full = _percentiles(_timed(lambda u: recaller.recall({"user_id": u}), sample, clients))
-        recaller.es.msearch = timed_msearch  # type: ignore[method-assign]
-        with ThreadPoolExecutor(clients) as pool:
-            outside = _percentiles(list(pool.map(full_request, sample)))
-        recaller.es.msearch = msearch  # type: ignore[method-assign]
+        raw = _percentiles(_timed(lambda u: msearch(searches=bodies[u]), sample, clients)[0])
+        seconds, responses = _timed(lambda u: recaller.recall({"user_id": u}), sample, clients)
+        full = _percentiles(seconds)
+        stages = [response.stages_ms for response in responses]
         figures[f"clients_{clients}"] = {
             "raw_msearch_ms": raw, "full_recall_ms": full,
             "overhead_ms": {p: round(full[p] - raw[p], 2) for p in raw},
-            "outside_msearch_ms": outside}
+            "outside_msearch_ms": _stage_sum(stages, set(STAGES) - {"msearch"}),
+            "server_reads_ms": _stage_sum(stages, {"resolve", "state", "seeds"}),
+            "esrec_compute_ms": _stage_sum(stages, {"user_tower", "queries", "fusion"}),
+            "stages_ms": {stage: _stage_sum(stages, {stage}) for stage in STAGES}}
+    figures["idle_wake_ms"] = _idle_wake(recaller, users[0], pause_s=figures["clients_1"][
+        "raw_msearch_ms"]["p50"] / 1000)
     figures["target_p99_overhead_ms"] = 3.0
+    return figures
+
+
+def _idle_wake(recaller: Recaller, user_id: str, pause_s: float) -> dict[str, float]:
+    """The same user-tower call back to back and after the process idled as long as it
+    waits for an _msearch: how much slower CPU work runs on a core that just woke up
+    (cold caches, clock ramp-up) on this machine, which inflates every stage at 1 client."""
+    artifact = recaller.resolver.current().artifact
+    user = recaller.states.user_document(user_id)
+    figures = {}
+    for name, pause in (("back_to_back", 0.0), ("after_pause", pause_s)):
+        seconds = []
+        for _ in range(50):
+            time.sleep(pause)
+            started = time.perf_counter()
+            artifact.embed_users([user])
+            seconds.append(time.perf_counter() - started)
+        figures[f"user_tower_{name}_p50"] = _percentiles(seconds)["p50"]
+    figures["pause_ms"] = round(pause_s * 1000, 1)
     return figures
 
 

@@ -9,6 +9,7 @@ listing it in ``CHANNELS``; settings pick which run and with what weight.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -92,15 +93,18 @@ class ItemToItemChannel(Channel):
     def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
         best: dict[str, float] = {}
         half_life_s = self.recall.fresh_half_life_days * 86400
+        cut = self.recall.i2i_min_similarity
+        now = ctx.now.timestamp()
         for response in responses:
             for hit in response["hits"]["hits"]:
                 similarity = 2 * float(hit["_score"]) - 1  # dot_product score is (1 + dot) / 2
-                if similarity < self.recall.i2i_min_similarity:
+                if similarity < cut:
                     continue
                 source = hit.get("_source") or {}
                 popularity = float(source.get("popularity") or 0.0)
-                age_s = _age_s(source.get("created_at"), ctx.now)
-                freshness = 0.5 ** (age_s / half_life_s) if age_s is not None else 0.5
+                created = _epoch_s(source.get("created_at"))
+                freshness = 0.5 ** (max(0.0, now - created) / half_life_s) \
+                    if created is not None else 0.5
                 score = similarity * (1 + 0.1 * math.log1p(max(popularity, 0.0))) * \
                     (0.8 + 0.2 * freshness)
                 best[hit["_id"]] = max(score, best.get(hit["_id"], -math.inf))
@@ -157,16 +161,18 @@ def _by_sort_value(responses: list[dict[str, Any]]) -> list[tuple[str, float]]:
             for response in responses for hit in response["hits"]["hits"]]
 
 
-def _age_s(value: Any, now: datetime) -> float | None:
-    if not isinstance(value, str):
-        return None
+def _epoch_s(value: Any) -> float | None:
+    """An indexed ISO-8601 date as epoch seconds (naive means UTC); None if it is not one."""
+    return _parse_date(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=1 << 16)  # an item's date is parsed once, not once per request
+def _parse_date(value: str) -> float | None:
     try:
-        created = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        created = datetime.fromisoformat(value)
     except ValueError:
         return None
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return max(0.0, (now - created).total_seconds())
+    return (created if created.tzinfo else created.replace(tzinfo=UTC)).timestamp()
 
 
 CHANNELS: dict[str, type[Channel]] = {

@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
 from esrec.settings import Settings
 from recall.channels import CHANNELS
+from recall.fusion import Candidate
 from recall.state import ItemId
 
 MAX_RECENT = 100
@@ -103,17 +104,6 @@ def filter_clauses(filters: BaseModel) -> list[dict[str, Any]]:
     return clauses
 
 
-class SourceOut(BaseModel):
-    channel: str
-    rank: int
-    score: float
-
-
-class CandidateOut(BaseModel):
-    item_id: str
-    score: float
-    sources: list[SourceOut]
-
 
 class RecallResponse(BaseModel):
     user_id: str
@@ -123,4 +113,7 @@ class RecallResponse(BaseModel):
     degraded: bool
     reasons: dict[str, str]  # channel -> why it is missing or partial
     took_ms: float
-    candidates: list[CandidateOut]
+    # where took_ms went: resolve, state (MongoDB), user_tower, seeds (i2i mget wait),
+    # queries, msearch (Elasticsearch), fusion
+    stages_ms: dict[str, float]
+    candidates: list[Candidate]

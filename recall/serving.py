@@ -8,6 +8,7 @@ query therefore changes nothing for that request: the old index stays until reti
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from elasticsearch import Elasticsearch
 from indexer.layout import model_of, resolve_alias
 from towers.artifact import ModelArtifact
 from towers.registry import ModelRegistry
+
+log = logging.getLogger("esrec.recall")
 
 
 class NoServingVersion(RuntimeError):
@@ -31,7 +34,14 @@ class ServingVersion:
 
 
 class ServingResolver:
-    """The serving alias, resolved at most every ``ttl_s``; towers loaded once per version."""
+    """The serving alias, re-resolved every ``ttl_s``; towers loaded once per version.
+
+    Only the first call waits for Elasticsearch. After that an expired entry is still
+    answered at once while one background refresh looks the alias up (stale while
+    revalidate), so no request pays for the lookup and a slow cluster cannot stall
+    every request once a second. A failed refresh keeps the last version and retries on
+    the next expired call.
+    """
 
     def __init__(self, es: Elasticsearch, registry: ModelRegistry, alias: str,
                  ttl_s: float = 1.0) -> None:
@@ -42,24 +52,42 @@ class ServingResolver:
         self._lock = threading.Lock()
         self._current: ServingVersion | None = None
         self._expires = 0.0
+        self._refreshing = False
         self._artifacts: dict[str, ModelArtifact] = {}
 
     def current(self) -> ServingVersion:
-        now = time.monotonic()
         current = self._current
-        if current is not None and now < self._expires:
-            return current
-        with self._lock:
-            if self._current is not None and time.monotonic() < self._expires:
-                return self._current
-            index = resolve_alias(self.es, self.alias)
-            if index is None:
-                raise NoServingVersion(f"the serving alias {self.alias} points at no index; "
-                                       "promote a version (`esrec models roll NAME@VERSION`)")
-            if self._current is None or self._current.index != index:
-                self._current = self._load(index)
-            self._expires = time.monotonic() + self.ttl_s
-            return self._current
+        if current is None:
+            with self._lock:
+                return self._current or self._refresh()
+        if time.monotonic() >= self._expires:
+            with self._lock:
+                start, self._refreshing = not self._refreshing, True
+            if start:
+                threading.Thread(target=self._refresh_in_background, daemon=True,
+                                 name="esrec-serving-alias").start()
+        return current
+
+    def _refresh_in_background(self) -> None:
+        try:
+            with self._lock:
+                self._refresh()
+        except Exception as error:  # keep serving the last version; the next call retries
+            log.warning("cannot re-resolve the serving alias", extra={
+                "alias": self.alias, "error": repr(error)})
+        finally:
+            self._refreshing = False
+
+    def _refresh(self) -> ServingVersion:
+        """Look the alias up (caller holds the lock) and load a new version's towers."""
+        index = resolve_alias(self.es, self.alias)
+        if index is None:
+            raise NoServingVersion(f"the serving alias {self.alias} points at no index; "
+                                   "promote a version (`esrec models roll NAME@VERSION`)")
+        if self._current is None or self._current.index != index:
+            self._current = self._load(index)
+        self._expires = time.monotonic() + self.ttl_s
+        return self._current
 
     def _load(self, index: str) -> ServingVersion:
         meta = model_of(self.es, index)

@@ -61,6 +61,7 @@ def test_recall_health_and_metrics(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     assert 'esrec_recall_seconds_count{outcome="ok"} 1.0' in metrics
     assert 'esrec_recall_channel_seconds_count{channel="knn"} 1.0' in metrics
+    assert 'esrec_recall_stage_seconds_count{stage="user_tower"} 1.0' in metrics
 
 
 def test_bearer_token_when_configured(recall_settings: Settings, recaller: Recaller  # noqa: F811

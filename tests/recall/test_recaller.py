@@ -21,7 +21,7 @@ from esrec.settings import Settings
 from indexer.versions import Versions
 from recall.channels import Channel, Context
 from recall.events import EventConsumer
-from recall.recaller import Recaller
+from recall.recaller import STAGES, Recaller
 from recall.state import UserStates
 from tests.indexer.helpers import CATALOG, services
 from towers.dataset import Collections, write_mongo
@@ -70,6 +70,8 @@ def test_session_items_drive_knn_i2i_and_are_excluded(recaller: Recaller) -> Non
     returned = {c.item_id for c in response.candidates}
     assert not returned & set(seeds)
     i2i = [c for c in response.candidates if any(s.channel == "i2i" for s in c.sources)]
+    assert list(response.stages_ms) == list(STAGES)  # where the time went, every stage
+    assert sum(response.stages_ms.values()) == pytest.approx(response.took_ms, abs=0.01)
     categories = {d["_id"]: d["category"] for d in items.find({"_id": {"$in": [
         c.item_id for c in i2i]}})}
     assert sum(categories[c.item_id] == "cat3" for c in i2i) > len(i2i) / 2
