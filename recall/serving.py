@@ -49,7 +49,8 @@ class ServingResolver:
         self.registry = registry
         self.alias = alias
         self.ttl_s = ttl_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one lookup at a time
+        self._claim = threading.Lock()  # guards _refreshing
         self._current: ServingVersion | None = None
         self._expires = 0.0
         self._refreshing = False
@@ -60,13 +61,18 @@ class ServingResolver:
         if current is None:
             with self._lock:
                 return self._current or self._refresh()
-        if time.monotonic() >= self._expires:
-            with self._lock:
-                start, self._refreshing = not self._refreshing, True
-            if start:
-                threading.Thread(target=self._refresh_in_background, daemon=True,
-                                 name="esrec-serving-alias").start()
+        if time.monotonic() >= self._expires and self._claim_refresh():
+            threading.Thread(target=self._refresh_in_background, daemon=True,
+                             name="esrec-serving-alias").start()
         return current
+
+    def _claim_refresh(self) -> bool:
+        """True for the one caller that starts the refresh (never held during I/O)."""
+        with self._claim:
+            if self._refreshing:
+                return False
+            self._refreshing = True
+            return True
 
     def _refresh_in_background(self) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -12,7 +13,9 @@ from elasticsearch import Elasticsearch
 
 from esrec.clients import elasticsearch_client
 from esrec.settings import Settings
+from indexer.layout import resolve_alias
 from indexer.versions import Versions
+from recall import serving
 from recall.serving import NoServingVersion, ServingResolver
 from tests.indexer.helpers import services
 from tests.proxy import TcpProxy
@@ -48,6 +51,40 @@ def test_an_unreachable_cluster_keeps_the_last_version_serving(
             assert resolver.current() is first
     finally:
         proxy.cut()
+
+
+def test_requests_never_wait_for_the_alias_lookup(
+        settings: Settings, es: Elasticsearch, artifact_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = services(settings, es, artifact_dir)
+    versions = Versions(svc)
+    assert versions.build(V1, progress=False).done
+    versions.promote(V1)
+    resolver = ServingResolver(es, svc.registry, settings.index.serving_alias, ttl_s=0.05)
+    first = resolver.current()
+    entered, release = threading.Event(), threading.Event()
+
+    def held_lookup(client: Elasticsearch, alias: str) -> str | None:
+        """The real lookup, held until the test lets it go: a slow cluster."""
+        entered.set()
+        release.wait(30)
+        return resolve_alias(client, alias)
+
+    monkeypatch.setattr(serving, "resolve_alias", held_lookup)
+    time.sleep(0.1)
+    try:
+        assert resolver.current() is first  # starts the refresh, does not wait for it
+        assert entered.wait(10)
+        answered: list[object] = []
+        others = [threading.Thread(target=lambda: answered.append(resolver.current()))
+                  for _ in range(4)]
+        for thread in others:
+            thread.start()
+        for thread in others:
+            thread.join(5)
+        assert answered == [first] * 4  # all answered while the lookup is still held
+    finally:
+        release.set()
 
 
 def test_no_serving_alias_is_a_clear_error(settings: Settings, es: Elasticsearch,
