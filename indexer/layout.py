@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -120,14 +120,16 @@ def model_of(es: Elasticsearch, index: str) -> dict[str, Any]:
     return es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
 
 
-def item_document(vector: Sequence[float], projected: Mapping[str, Any], version: int) -> dict:
-    """The indexed form of an item (a numpy vector is fine: the client serializes it)."""
+def item_document(vector: Sequence[float], projected: Mapping[str, Any], version: int,
+                  indexed_at: str) -> dict:
+    """The indexed form of an item (a numpy vector is fine: the client serializes it);
+    ``indexed_at``: ISO-8601, one per batch."""
     return {**projected, VECTOR: vector, DELETED: False, VERSION: version,
-            "indexed_at": datetime.now(UTC).isoformat()}
+            "indexed_at": indexed_at}
 
 
-def tombstone(version: int) -> dict[str, Any]:
-    return {DELETED: True, VERSION: version, "indexed_at": datetime.now(UTC).isoformat()}
+def tombstone(version: int, indexed_at: str) -> dict[str, Any]:
+    return {DELETED: True, VERSION: version, "indexed_at": indexed_at}
 
 
 def purge_tombstones(es: Elasticsearch, index: str, older_than: datetime) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -81,21 +82,23 @@ class Pipeline:
                     self._park(change, "validate", str(error))
                     failed.add(position)
         actions: list[Action] = []
+        indexed_at = datetime.now(UTC).isoformat()
         for target in self.targets:
             upserts = [p for p in projected if p not in failed]
             started = time.perf_counter()
             vectors = target.artifact.embed_items([batch[p].document or {} for p in upserts])
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
             self._count_fallbacks(target.artifact)
-            for position, vector in zip(upserts, vectors, strict=True):
-                if not np.isfinite(vector).all():
+            finite = np.isfinite(vectors).all(axis=1)  # one call per batch, not per row
+            for position, vector, ok in zip(upserts, vectors, finite, strict=True):
+                if not ok:
                     self._park(batch[position], "embed", "the item tower returned a non-finite "
                                "vector", target.index)
                     failed.add(position)
                     continue
                 actions.append(Action(batch[position], target.index, item_document(
-                    vector, projected[position], batch[position].version)))
-            actions.extend(Action(change, target.index, tombstone(change.version))
+                    vector, projected[position], batch[position].version, indexed_at)))
+            actions.extend(Action(change, target.index, tombstone(change.version, indexed_at))
                            for change in batch if change.op == "delete")
         return Prepared(len(changes), batch, actions, failed)
 
