@@ -104,7 +104,6 @@ def filter_clauses(filters: BaseModel) -> list[dict[str, Any]]:
     return clauses
 
 
-
 class RecallResponse(BaseModel):
     user_id: str
     model: str  # the model version whose vectors answered (name@version)
