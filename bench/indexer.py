@@ -33,7 +33,6 @@ import bson
 import numpy as np
 from elasticsearch import Elasticsearch
 
-from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings, load_settings
 from esrec.stack import LocalStack
 from indexer.backfill import operation_time
@@ -42,6 +41,7 @@ from indexer.layout import item_document
 from indexer.service import Services
 from indexer.sink import BULK_RESPONSE_FIELDS
 from indexer.source import ChangeStreamSource, Position
+from runtime.clients import elasticsearch_client, mongo_client
 from towers.artifact import export_artifact
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
@@ -70,9 +70,10 @@ def _catalog(count: int, offset: int) -> list[dict[str, Any]]:
 def _wait_caught_up(svc: Services, index: str, after: float, timeout_s: float = 600) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        checkpoint = svc.checkpoints.describe(index) or {}
-        if checkpoint.get("caught_up_at") and checkpoint["caught_up_at"].timestamp() > after:
-            return checkpoint["caught_up_at"].timestamp()
+        progress = svc.checkpoints.progress(index)
+        if progress and progress.idle and progress.saved_at and \
+                progress.saved_at.timestamp() > after:
+            return progress.saved_at.timestamp()
         time.sleep(0.25)  # every query here costs the MongoDB server on the same cores
     raise TimeoutError("the indexer did not catch up")
 

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from bench.indexer import stack_settings
-from esrec.clients import elasticsearch_client, mongo_client
 from esrec.settings import Settings
 from indexer.service import Services
-from indexer.versions import Versions
+from indexer.lifecycle import Versions
 from recall.recaller import STAGES, Recaller, serve_with_one_torch_thread
 from recall.state import UserEvent, UserStates
+from runtime.clients import elasticsearch_client, mongo_client
 from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
 from towers.synth import SynthConfig, generate
@@ -82,7 +82,7 @@ def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller,
     registry = services.registry
     registry.publish(model_dir)
     versions = Versions(services)
-    versions.build(REF, progress=False)
+    versions.build(REF)
     versions.promote(REF)
     states = UserStates(db, settings)
     now = datetime.now(UTC)

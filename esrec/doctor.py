@@ -15,8 +15,8 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError
 from pymongo.errors import PyMongoError
 
-from esrec.clients import elasticsearch_client, kafka_options, mongo_client
 from esrec.settings import Settings
+from runtime.clients import elasticsearch_client, kafka_options, mongo_client
 
 DOCTOR_TIMEOUT_S = 5.0  # a healthy local or in-cluster server answers well within this
 MIN_ES_MAJOR = 8  # dense_vector kNN search with filters and num_candidates arrived in 8.x

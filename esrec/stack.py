@@ -23,13 +23,14 @@ from importlib.resources import files
 from pathlib import Path
 
 from esrec.settings import ENV_PREFIX
+from runtime.errors import Refused
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 30.0  # SecantusDB opens WiredTiger in ~2 s; noida starts in < 1 s
 STOP_TIMEOUT_S = 30.0  # then SIGKILL; noida flushes its data on SIGTERM, which takes a while
 
 
-class StackError(RuntimeError):
+class StackError(Refused):
     """A stand-in that cannot be started, or a port that is taken."""
 
 

@@ -1,23 +1,62 @@
-"""Checkpoints in MongoDB: one per (source, target index).
+"""Checkpoints in MongoDB: a stream position per (source, target index), and the state of
+each index's backfill. Nothing else touches the checkpoint collection.
 
 The order is fixed and tested: flush the sink (every write of the batch acknowledged)
 -> save the position. A crash between the two replays the batch, which the external
 versions make harmless; the reverse order could skip it.
+
+Lag is measured on the server's clock: a saved position carries its watermark (the
+cluster time up to which the index holds everything) and whether the stream was idle
+behind it; lag is the server's time now minus the watermark, and 0 while an idle
+confirmation is fresh (within ``CAUGHT_UP_WITHIN_S``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bson.timestamp import Timestamp
 from pymongo.collection import Collection
 
-from indexer.source import Position
+from indexer.changes import Position, SnapshotPosition
+
+# a few idle heartbeats (source.HEARTBEAT_S): an idle confirmation older than this no
+# longer proves the index is caught up; a position saved longer ago than FOLLOWED_WITHIN_S
+# (host clocks, NTP-close) means no daemon is writing this index
+CAUGHT_UP_WITHIN_S = 5.0
+FOLLOWED_WITHIN_S = 15.0
+
+
+def lag_seconds(watermark: Timestamp | None, idle: bool, server_now: Timestamp) -> float | None:
+    """How far behind the newest change in MongoDB an index is (None: never written)."""
+    if watermark is None:
+        return None
+    behind = max(0.0, float(server_now.time - watermark.time))
+    return 0.0 if idle and behind <= CAUGHT_UP_WITHIN_S else behind
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A checkpoint as status and the gates read it."""
+
+    cluster_time: Timestamp | None
+    watermark: Timestamp | None
+    idle: bool
+    saved_at: datetime | None
+
+    def lag_s(self, server_now: Timestamp) -> float | None:
+        return lag_seconds(self.watermark, self.idle, server_now)
+
+    def followed(self, now: datetime) -> bool:
+        """A daemon saved this position within FOLLOWED_WITHIN_S (idle streams save once a
+        heartbeat, busy ones once a batch)."""
+        return self.saved_at is not None and (
+            now - self.saved_at).total_seconds() <= FOLLOWED_WITHIN_S
 
 
 def backfill_state_id(index: str) -> str:
-    """The document of a backfill's progress into ``index`` (same collection)."""
     return f"backfill|{index}"
 
 
@@ -29,6 +68,8 @@ class Checkpoints:
     def _id(self, index: str) -> str:
         return f"{self.source}|{index}"
 
+    # -- stream positions --------------------------------------------------------------
+
     def load(self, index: str) -> Position | None:
         document = self.collection.find_one({"_id": self._id(index)})
         if document is None:
@@ -36,25 +77,74 @@ class Checkpoints:
         return Position(document.get("token"), document.get("cluster_time"),
                         document.get("seq", 0))
 
-    def save(self, index: str, position: Position, caught_up: bool = False) -> None:
-        """``caught_up``: the stream was idle, so nothing is pending behind this position."""
-        now = datetime.now(UTC)
+    def save(self, index: str, position: Position, watermark: Timestamp | None = None,
+             idle: bool = False) -> None:
+        """A running indexer's save: ``watermark``: everything up to this cluster time is
+        indexed; ``idle``: the stream was empty behind the position."""
         fields: dict[str, Any] = {"token": position.token, "cluster_time": position.cluster_time,
-                                  "seq": position.seq, "updated_at": now}
-        if caught_up:
-            fields["caught_up_at"] = now
+                                  "seq": position.seq, "idle": idle,
+                                  "updated_at": datetime.now(UTC)}
+        if watermark is not None:
+            fields["watermark"] = watermark
         self.collection.update_one({"_id": self._id(index)}, {"$set": fields}, upsert=True)
 
-    def save_all(self, indices: list[str], position: Position, caught_up: bool = False) -> None:
+    def save_all(self, indices: list[str], position: Position,
+                 watermark: Timestamp | None = None, idle: bool = False) -> None:
         for index in indices:
-            self.save(index, position, caught_up)
+            self.save(index, position, watermark, idle)
+
+    def progress(self, index: str) -> Progress | None:
+        document = self.collection.find_one({"_id": self._id(index)}, {"token": 0})
+        if document is None:
+            return None
+        return Progress(document.get("cluster_time"), document.get("watermark"),
+                        bool(document.get("idle")), document.get("updated_at"))
 
     def forget(self, index: str) -> None:
         """Drop an index's position and its backfill state: the index was deleted."""
         self.collection.delete_many({"_id": {"$in": [self._id(index), backfill_state_id(index)]}})
 
-    def describe(self, index: str) -> dict[str, Any] | None:
-        return self.collection.find_one({"_id": self._id(index)}, {"_id": 0, "token": 0})
+    # -- backfills ---------------------------------------------------------------------
+
+    def start_backfill(self, index: str, operation_time: Timestamp) -> SnapshotPosition:
+        """The saved backfill of ``index``, or a new one from ``operation_time`` (T); a
+        new one also sets the index's stream position to T, the hand-over point."""
+        state = self.collection.find_one({"_id": backfill_state_id(index)})
+        if state is None:
+            state = {"_id": backfill_state_id(index), "operation_time": operation_time,
+                     "last_id": None, "documents": 0, "done": False,
+                     "started_at": datetime.now(UTC)}
+            self.collection.insert_one(state)
+            # the hand-over point, not a save by a running indexer: no updated_at
+            self.collection.update_one({"_id": self._id(index)}, {"$setOnInsert": {
+                "token": None, "cluster_time": operation_time, "seq": 0,
+                "watermark": operation_time, "idle": False}}, upsert=True)
+        return SnapshotPosition(state["operation_time"], state["last_id"], state["documents"])
+
+    def save_backfill(self, index: str, position: SnapshotPosition) -> None:
+        self.collection.update_one({"_id": backfill_state_id(index)}, {"$set": {
+            "last_id": position.last_id, "documents": position.documents}})
+
+    def finish_backfill(self, index: str) -> None:
+        self.collection.update_one({"_id": backfill_state_id(index)}, {"$set": {
+            "done": True, "finished_at": datetime.now(UTC)}})
+
+    def backfill_state(self, index: str) -> tuple[SnapshotPosition, bool] | None:
+        """(position, done) of ``index``'s backfill; None if none ever started."""
+        state = self.collection.find_one({"_id": backfill_state_id(index)})
+        if state is None:
+            return None
+        return (SnapshotPosition(state["operation_time"], state["last_id"], state["documents"]),
+                bool(state.get("done")))
+
+    def backfill_in_progress(self, index: str) -> bool:
+        """A started, unfinished backfill (its older writes must still meet tombstones)."""
+        state = self.backfill_state(index)
+        return state is not None and not state[1]
+
+    def backfill_finished(self, index: str) -> bool:
+        state = self.backfill_state(index)
+        return state is not None and state[1]
 
 
 def earliest(positions: list[Position]) -> Position:
@@ -69,13 +159,3 @@ def earliest(positions: list[Position]) -> Position:
     if any(p.token is None for p in positions):  # a fresh backfill: restart by time
         return Position(None, oldest.cluster_time, 0)
     return oldest
-
-
-def lag_seconds(checkpoint: dict[str, Any], now: float) -> float | None:
-    """How far behind the catalog an index is: 0-ish when the stream was last seen idle."""
-    times = []
-    if checkpoint.get("caught_up_at"):
-        times.append(checkpoint["caught_up_at"].timestamp())
-    if checkpoint.get("cluster_time"):
-        times.append(checkpoint["cluster_time"].time)
-    return round(now - max(times), 1) if times else None

@@ -14,12 +14,13 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-from indexer.source import Change
+from indexer.changes import Change
+from runtime.errors import Refused
 
 MAX_STORED_DOCUMENT_CHARS = 10_000  # enough to debug, bounded for oversized documents
 
 
-class ErrorBudgetExceeded(RuntimeError):
+class ErrorBudgetExceeded(Refused):
     """Too many recent events failed for good."""
 
 

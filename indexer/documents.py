@@ -12,14 +12,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import bson
-
-from esrec.settings import IndexerSettings
-
-_DOC_ID_TYPES = (str, int, bson.ObjectId)
+from indexer.settings import IndexerSettings
+from runtime.errors import Refused
+from towers.dataset import ITEM_TAGS_FIELD, tag_problem
 
 
-class DocumentRejected(ValueError):
+class DocumentRejected(Refused):
     """A document esrec cannot index as it is; the message says which field and why."""
 
 
@@ -34,6 +32,8 @@ def _check(field: str, es_type: str, value: Any) -> Any:
     for item in values:
         if es_type in ("keyword", "text") and not isinstance(item, str):
             raise DocumentRejected(f"{field}: expected text, got {type(item).__name__}")
+        if field == ITEM_TAGS_FIELD and (problem := tag_problem(item)):
+            raise DocumentRejected(f"{field}: {problem}, got {item[:40]!r}")
         if es_type in ("float", "long"):
             if not _finite_number(item):
                 raise DocumentRejected(f"{field}: expected a finite number, got {item!r}")
@@ -56,12 +56,8 @@ def _check(field: str, es_type: str, value: Any) -> Any:
 
 def project(document: Mapping[str, Any], size: int,
             settings: IndexerSettings) -> dict[str, Any]:
-    """The projected fields of a valid document of ``size`` BSON bytes; raises
-    DocumentRejected otherwise."""
-    doc_id = document.get("_id")
-    if not isinstance(doc_id, _DOC_ID_TYPES) or isinstance(doc_id, bool):
-        raise DocumentRejected(f"_id: {type(doc_id).__name__} ids are not supported "
-                               "(use a string, an integer or an ObjectId)")
+    """The projected fields of a valid document of ``size`` BSON bytes (its ``_id`` was
+    checked by the source); raises DocumentRejected otherwise."""
     if size > settings.max_document_bytes:
         raise DocumentRejected(f"document is {size} bytes, over max_document_bytes "
                                f"({settings.max_document_bytes})")

@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 from elasticsearch import Elasticsearch, helpers
 
-from esrec.settings import RolloutSettings
-from indexer.backfill import finished
-from indexer.checkpoint import lag_seconds
+from indexer.changes import es_id
 from indexer.layout import DELETED, LIVE, VECTOR, knn_clause, model_of, resolve_alias
 from indexer.pipeline import Target
 from indexer.service import Services
-from indexer.source import es_id
+from indexer.settings import RolloutSettings
+from indexer.source import server_time
 
 RECHECK_AFTER_S = 1.0  # a sampled item that changed while we compared gets one more look
 
@@ -58,14 +57,15 @@ def coverage(services: Services, target: Target, settings: RolloutSettings) -> G
 
 
 def freshness(services: Services, target: Target, settings: RolloutSettings) -> GateResult:
-    if not finished(services.checkpoints, target.index):
+    checkpoints = services.checkpoints
+    if not checkpoints.backfill_finished(target.index):
         return GateResult("freshness", False, "the backfill has not finished")
-    checkpoint = services.checkpoints.describe(target.index) or {}
-    lag = lag_seconds(checkpoint, time.time())
+    progress = checkpoints.progress(target.index)
+    lag = progress.lag_s(server_time(services.items)) if progress else None
     if lag is None or lag > settings.max_lag_s:
-        return GateResult("freshness", False, f"checkpoint lag {lag}s > {settings.max_lag_s:g}s:"
-                          " is `esrec indexer run` following this version?")
-    return GateResult("freshness", True, f"checkpoint lag {lag}s <= {settings.max_lag_s:g}s")
+        return GateResult("freshness", False, f"lag {lag}s > {settings.max_lag_s:g}s: is "
+                          "`esrec indexer run` following this version?")
+    return GateResult("freshness", True, f"lag {lag}s <= {settings.max_lag_s:g}s")
 
 
 def vectors(services: Services, target: Target, sample: list[dict[str, Any]],

@@ -23,7 +23,12 @@ class IndexerMetrics:
         self.retries = Counter("esrec_indexer_retries", "Transient failures retried", ["stage"],
                                registry=r)
         self.lag = Gauge("esrec_indexer_lag_seconds",
-                         "Wall clock minus the cluster time of the last indexed change", registry=r)
+                         "How far the index is behind the newest change in MongoDB, on the "
+                         "server's clock (0 while caught up)", registry=r)
+        self.sequence_overflows = Counter(
+            "esrec_indexer_sequence_overflows",
+            "Events past the 4095th of one cluster time (they share the last sequence)",
+            registry=r)
         self.checkpoints = Counter("esrec_indexer_checkpoints", "Positions saved", registry=r)
         self.featurizer_fallbacks = Counter("esrec_indexer_featurizer_fallbacks",
                                             "Fields that fell back to defaults",

@@ -1,7 +1,13 @@
 """One batch of changes -> checked documents -> vectors per target -> one _bulk.
 
-Shared by the live stream and the backfill: the same checks, the same towers, the same
-versions, so the two settle to the same index contents.
+    prepare: park what a source flagged (unsupported _id, unversionable) -> coalesce ->
+             documents.project (checks) -> item tower per target -> actions
+    commit:  Sink.write (a verdict per item) -> Elasticsearch refusals parked -> budget
+
+Shared by the live stream, the backfill and the Kafka workers: the same checks, the same
+towers, the same versions, so every path settles to the same index contents. It talks
+to its neighbours through two small protocols, ``Sink`` and ``Parking``, so it has unit
+tests that need no server.
 """
 
 from __future__ import annotations
@@ -10,16 +16,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import numpy as np
 
-from esrec.settings import IndexerSettings
-from indexer.dead_letters import DeadLetters
+from indexer.changes import Change
 from indexer.documents import DocumentRejected, project
 from indexer.layout import item_document, tombstone
 from indexer.metrics import IndexerMetrics
-from indexer.sink import Action, ElasticsearchSink
-from indexer.source import Change
+from indexer.settings import IndexerSettings
+from indexer.sink import Action, BulkOutcome
 from towers.artifact import ModelArtifact
 
 
@@ -31,6 +37,20 @@ class Target:
     artifact: ModelArtifact
 
 
+class Sink(Protocol):
+    def write(self, actions: list[Action]) -> BulkOutcome:
+        """Every action written or refused for good; raises if neither can be known."""
+
+
+class Parking(Protocol):
+    """Where a change that cannot be indexed goes, and the error budget over batches."""
+
+    def park(self, change: Change, stage: str, error: str, index: str | None = None) -> None:
+        ...
+
+    def record(self, events: int, failed: int) -> None: ...
+
+
 @dataclass
 class Prepared:
     """A batch ready to write: its actions, and which of its changes already failed."""
@@ -38,12 +58,13 @@ class Prepared:
     events: int
     batch: list[Change]
     actions: list[Action]
-    failed: set[int]
+    failed: set[int]  # positions in ``batch``
+    flagged: int = 0  # changes the source flagged, parked before the batch was coalesced
 
 
 def coalesce(changes: list[Change]) -> list[Change]:
     """The newest change per document: older ones in the same batch would only lose (409)."""
-    newest: dict[object, Change] = {}
+    newest: dict[tuple[str, Any], Change] = {}
     for change in changes:
         key = (type(change.doc_id).__name__, change.doc_id)
         if key not in newest or change.version > newest[key].version:
@@ -52,9 +73,8 @@ def coalesce(changes: list[Change]) -> list[Change]:
 
 
 class Pipeline:
-    def __init__(self, targets: list[Target], sink: ElasticsearchSink,
-                 dead_letters: DeadLetters, settings: IndexerSettings,
-                 metrics: IndexerMetrics) -> None:
+    def __init__(self, targets: list[Target], sink: Sink, dead_letters: Parking,
+                 settings: IndexerSettings, metrics: IndexerMetrics) -> None:
         self.targets = targets
         self.sink = sink
         self.dead_letters = dead_letters
@@ -68,11 +88,14 @@ class Pipeline:
 
     def prepare(self, changes: list[Change]) -> Prepared:
         """Check, embed and build the bulk actions of a batch (no write yet)."""
-        failed: set[int] = set()
         for op, count in Counter(change.op for change in changes).items():
             self.metrics.events.labels(op).inc(count)
-        batch = coalesce(changes)
-        projected: dict[int, dict] = {}
+        flagged = [change for change in changes if change.problem is not None]
+        for change in flagged:
+            self._park(change, "validate", change.problem or "")
+        batch = coalesce([change for change in changes if change.problem is None])
+        failed: set[int] = set()
+        projected: dict[int, dict[str, Any]] = {}
         for position, change in enumerate(batch):
             if change.op == "upsert":
                 try:
@@ -83,8 +106,8 @@ class Pipeline:
                     failed.add(position)
         actions: list[Action] = []
         indexed_at = datetime.now(UTC).isoformat()
+        upserts = [p for p in projected if p not in failed]
         for target in self.targets:
-            upserts = [p for p in projected if p not in failed]
             started = time.perf_counter()
             vectors = target.artifact.embed_items([batch[p].document or {} for p in upserts])
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
@@ -100,16 +123,17 @@ class Pipeline:
                     vector, projected[position], batch[position].version, indexed_at)))
             actions.extend(Action(change, target.index, tombstone(change.version, indexed_at))
                            for change in batch if change.op == "delete")
-        return Prepared(len(changes), batch, actions, failed)
+        return Prepared(len(changes), batch, actions, failed, len(flagged))
 
     def commit(self, prepared: Prepared) -> None:
         """Write a prepared batch; returns once every write has a verdict."""
-        outcome = self.sink.write(prepared.actions)
-        for action, reason in outcome.rejected:
-            self._park(action.change, "elasticsearch", reason, action.index)
-            prepared.failed.add(prepared.batch.index(action.change))
+        if prepared.actions:
+            outcome = self.sink.write(prepared.actions)
+            for action, reason in outcome.rejected:
+                self._park(action.change, "elasticsearch", reason, action.index)
+                prepared.failed.add(prepared.batch.index(action.change))
         self.metrics.batch_size.observe(prepared.events)
-        self.dead_letters.record(prepared.events, len(prepared.failed))
+        self.dead_letters.record(prepared.events, len(prepared.failed) + prepared.flagged)
 
     def _park(self, change: Change, stage: str, error: str, index: str | None = None) -> None:
         self.dead_letters.park(change, stage, error, index)

@@ -1,49 +1,60 @@
-"""Wiring: settings + servers + registry -> targets, pipeline and indexer."""
+"""Wiring: settings + servers + registry -> targets, pipelines, the daemon and backfills.
+
+Nothing here talks to a server at construction: a process starts while its servers are
+down and waits for them where it first needs them.
+"""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from elasticsearch import Elasticsearch
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from esrec.retry import Backoff
-from esrec.settings import Settings
+from indexer.backfill import BackfillReport, OnProgress, backfill
 from indexer.checkpoint import Checkpoints
-from indexer.daemon import Indexer
+from indexer.daemon import Indexer, Resync
 from indexer.dead_letters import DeadLetters
+from indexer.follower import Follower
 from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, choose_index_options
+from indexer.settings import IndexerConfig
 from indexer.sink import ElasticsearchSink
+from runtime.errors import Refused
+from runtime.health import Health
+from runtime.retry import Backoff
 from towers.registry import ModelRegistry, parse_ref
 
 INACTIVE_STATES = ("retired", "failed")
 SOURCE = "items"  # checkpoint namespace of the catalog change stream
 
 
-class MissingIndex(RuntimeError):
+class MissingIndex(Refused):
     """A model version without an index yet."""
 
 
 @dataclass
 class Services:
-    settings: Settings
+    settings: IndexerConfig
     es: Elasticsearch
     db: Database
     registry: ModelRegistry
     metrics: IndexerMetrics
     stop: threading.Event
+    health: Health = field(default_factory=Health)
 
     @classmethod
-    def create(cls, settings: Settings, es: Elasticsearch, db: Database,
+    def create(cls, settings: IndexerConfig, es: Elasticsearch, db: Database,
                stop: threading.Event | None = None) -> Services:
-        """The usual wiring: the registry in ``db``, fresh metrics, a stop flag."""
+        """The usual wiring: the registry in ``db``, fresh metrics, a stop flag, and a
+        health whose "stalled" allows for the longest retry wait."""
         return cls(settings, es, db, ModelRegistry(db, settings.mongo.collections.models),
-                   IndexerMetrics(), stop or threading.Event())
+                   IndexerMetrics(), stop or threading.Event(),
+                   Health(stalled_after_s=max(30.0, 2 * settings.indexer.retry_max_delay_s)))
 
     @property
     def checkpoints(self) -> Checkpoints:
@@ -63,8 +74,15 @@ class Services:
         artifact = self.registry.pull(ref)
         index = index or self.index_of(ref)
         if index is None:
-            raise MissingIndex(f"{ref} has no index yet: run `esrec models build {ref}`")
+            raise MissingIndex(f"{ref} has no index yet", f"run `esrec models build {ref}`")
         return Target(index, artifact)
+
+    def target_or_new(self, ref: str) -> Target:
+        """The version's index, or a fresh one the version's alias points at."""
+        try:
+            return self.target(ref)
+        except MissingIndex:
+            return self.new_generation(ref, point_alias=True)
 
     def new_generation(self, ref: str, point_alias: bool) -> Target:
         """A fresh concrete index for a version; ``point_alias`` makes it the version's."""
@@ -100,15 +118,6 @@ class Services:
     def active_targets(self) -> list[Target]:
         return [self.target(ref, index) for ref, index in self.active_indices().items()]
 
-    def follow(self, current: list[Target]) -> list[Target] | None:
-        """The daemon's new targets if the active versions changed, else None."""
-        wanted = self.active_indices()
-        have = {target.artifact.manifest.ref: target for target in current}
-        if wanted == {ref: target.index for ref, target in have.items()}:
-            return None
-        return [have[ref] if ref in have and have[ref].index == index
-                else self.target(ref, index) for ref, index in wanted.items()]
-
     @property
     def dead_letters(self) -> DeadLetters:
         indexer = self.settings.indexer
@@ -118,12 +127,20 @@ class Services:
     def pipeline(self, targets: list[Target]) -> Pipeline:
         indexer = self.settings.indexer
         sink = ElasticsearchSink(self.es, self.metrics, self.stop,
-                                 Backoff(max_s=indexer.retry_max_delay_s))
+                                 Backoff(max_s=indexer.retry_max_delay_s), self.health)
         return Pipeline(targets, sink, self.dead_letters, indexer, self.metrics)
 
-    def indexer(self, targets: list[Target], follow: bool = False) -> Indexer:
-        """The daemon; ``follow``: pick up versions that start or stop building, live."""
+    def backfill(self, target: Target, on_progress: OnProgress | None = None) -> BackfillReport:
+        """Fill ``target``'s index from a scan of the items (resumable)."""
+        return backfill(self.items, self.es, self.pipeline([target]), self.checkpoints,
+                        target.index, self.stop, self.settings.indexer, on_progress)
+
+    def indexer(self, targets: list[Target], follow: bool = False,
+                resync: Resync | None = None) -> Indexer:
+        """The daemon; ``follow``: pick up versions that start or stop building, live;
+        ``resync``: what to do when the history is lost (None: stop with the reason)."""
+        follower = Follower(self.active_indices, self.target,
+                            self.settings.rollout.follow_interval_s) if follow else None
         return Indexer(self.items, self.pipeline(targets), self.checkpoints,
-                       self.settings.indexer, self.metrics, self.stop,
-                       follow=(self.follow, self.settings.rollout.follow_interval_s)
-                       if follow else None)
+                       self.settings.indexer, self.metrics, self.stop, self.health,
+                       follower, resync)

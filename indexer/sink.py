@@ -19,16 +19,18 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, Elasticsearch
 
-from esrec.retry import Backoff, retry
+from indexer.changes import Change, es_id
 from indexer.metrics import IndexerMetrics
-from indexer.source import Change, es_id
+from runtime.errors import Unavailable
+from runtime.health import Health
+from runtime.retry import Backoff, retry
 
 TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
 # only what the verdicts need: a full item echo costs Elasticsearch and us ~5% of a batch
 BULK_RESPONSE_FIELDS = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 
 
-class TransientBulkError(RuntimeError):
+class TransientBulkError(Unavailable):
     """Some items failed in a way that may pass on retry."""
 
 
@@ -52,11 +54,12 @@ def _is_transient(error: ApiError) -> bool:
 
 class ElasticsearchSink:
     def __init__(self, es: Elasticsearch, metrics: IndexerMetrics, stop: threading.Event,
-                 backoff: Backoff) -> None:
+                 backoff: Backoff, health: Health) -> None:
         self.es = es
         self.metrics = metrics
         self.stop = stop
         self.backoff = backoff
+        self.health = health
 
     def write(self, actions: list[Action]) -> BulkOutcome:
         """Write every action; returns only when each has a final verdict.
@@ -70,12 +73,17 @@ class ElasticsearchSink:
             pending = retry(lambda p=pending: self._attempt(p, outcome), what="bulk",
                             backoff=self.backoff, stop=self.stop,
                             retry_on=(TransportConnectionError, ConnectionTimeout, ApiError),
-                            on_retry=lambda _: self.metrics.retries.labels("bulk").inc())
+                            on_retry=lambda _: self.metrics.retries.labels("bulk").inc(),
+                            health=self.health)
             if pending:  # only the transiently failed items go again
                 self.metrics.retries.labels("bulk_items").inc(len(pending))
+                self.health.retrying("bulk", f"{len(pending)} items refused for now "
+                                             "(429/5xx), retrying")
                 if self.stop.wait(self.backoff.delay(attempt)):
                     raise TransientBulkError(f"stopping with {len(pending)} items unwritten")
                 attempt += 1
+        if attempt:
+            self.health.recovered("bulk")
         return outcome
 
     def _attempt(self, actions: list[Action], outcome: BulkOutcome) -> list[Action]:

@@ -4,77 +4,56 @@ The source's state is only its resume position (token, cluster time, sequence). 
 with ``full_document="updateLookup"``: an update carries the document as it is at lookup
 time, which may be newer than the event; versioning makes that harmless. An update whose
 document is gone by then is skipped: the delete that removed it follows in the stream.
+
+An idle stream still hands out a position once per ``HEARTBEAT_S``: its post-batch resume
+token (so a quiet collection never falls off the oplog) and, as the watermark, the
+server's cluster time read just before the stream was seen empty: everything up to it is
+indexed once that position is saved. That is what makes lag 0 on a quiet catalog and
+growing while the daemon cannot keep up or is cut off.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
-import bson
 from bson.timestamp import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
-from indexer.versioning import Sequencer
+from indexer.changes import Batch, Change, Position, id_problem
+from indexer.versioning import Sequencer, VersionOverflow
+from runtime.errors import DataLost
 
 # Server error codes for "your resume point is gone" (mongo/src/mongo/base/error_codes.yml)
 HISTORY_LOST_CODES = {286, 136}  # ChangeStreamHistoryLost, CappedPositionLost
 _STOPPING = {"drop", "rename", "dropDatabase", "invalidate"}
+HEARTBEAT_S = 1.0  # an idle stream confirms "caught up" this often
 
 
-class HistoryLost(RuntimeError):
+class HistoryLost(DataLost):
     """The saved resume point fell off the oplog: changes were missed."""
 
 
-class StreamInvalidated(RuntimeError):
+class StreamInvalidated(DataLost):
     """The watched collection was dropped or renamed: the stream cannot go on."""
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a stream (re)starts: after a token, or at an operation time (backfill's T)."""
-
-    token: dict[str, Any] | None = None
-    cluster_time: Timestamp | None = None
-    seq: int = 0  # sequence of the token's event within its cluster time
-
-
-@dataclass(frozen=True)
-class Change:
-    op: Literal["upsert", "delete"]
-    doc_id: Any  # the MongoDB _id
-    version: int
-    cluster_time: Timestamp
-    document: dict[str, Any] | None = None
-    size_bytes: int = field(init=False, default=0)  # BSON size of the document
-
-    def __post_init__(self) -> None:
-        # measured once here: it bounds the batch and is checked against max_document_bytes
-        if self.document is not None:
-            object.__setattr__(self, "size_bytes", len(bson.encode(self.document)))
-
-
-@dataclass
-class Batch:
-    changes: list[Change] = field(default_factory=list)
-    position: Position | None = None  # resume here once every change is acknowledged
-    skipped: int = 0  # updates of documents deleted before the lookup
-    size_bytes: int = 0
-
-
-def es_id(doc_id: Any) -> str:
-    """Elasticsearch ids are strings; ObjectIds, ints and strings all map one to one."""
-    return str(doc_id)
+def server_time(collection: Collection) -> Timestamp:
+    """The cluster's current operation time: what "now" is for versions and lag."""
+    hello = collection.database.client.admin.command("hello")
+    operation_time: Timestamp = hello.get("operationTime") or hello["$clusterTime"][
+        "clusterTime"]
+    return operation_time
 
 
 class ChangeStreamSource:
-    def __init__(self, collection: Collection, position: Position,
-                 await_ms: int = 50) -> None:
+    def __init__(self, collection: Collection, position: Position, await_ms: int = 50,
+                 on_overflow: Callable[[], None] = lambda: None) -> None:
         self.collection = collection
         self.sequencer = Sequencer(position.cluster_time if position.token else None,
-                                   position.seq)
+                                   position.seq, on_overflow)
         options: dict[str, Any] = {"full_document": "updateLookup", "max_await_time_ms": await_ms}
         if position.token is not None:
             options["resume_after"] = position.token
@@ -85,18 +64,14 @@ class ChangeStreamSource:
         except OperationFailure as error:
             raise _history_lost(error) if error.code in HISTORY_LOST_CODES else error from None
         self.last_position = position
+        self.next_heartbeat = 0.0  # the first idle poll confirms at once
 
     def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch:
         """Up to ``max_docs`` changes, waiting at most ``max_wait_s`` for the batch to fill."""
         batch = Batch()
         deadline = time.monotonic() + max_wait_s
         while len(batch.changes) < max_docs and batch.size_bytes < max_bytes:
-            try:
-                event = self.stream.try_next()
-            except OperationFailure as error:
-                if error.code in HISTORY_LOST_CODES:
-                    raise _history_lost(error) from None
-                raise
+            event = self._next()
             if event is None:
                 if time.monotonic() >= deadline or batch.changes:
                     break
@@ -104,34 +79,63 @@ class ChangeStreamSource:
             self._take(event, batch)
             if time.monotonic() >= deadline:
                 break
-        if not batch.changes and batch.skipped == 0:  # idle: keep the position fresh
-            token = self.stream.resume_token
-            if token is not None and token != self.last_position.token:
-                batch.position = Position(token, self.sequencer.cluster_time,
-                                          self.sequencer.seq)
+        if batch.changes:
+            batch.watermark = batch.changes[-1].cluster_time
+        elif batch.skipped == 0 and time.monotonic() >= self.next_heartbeat:
+            self._confirm_idle(batch)
         if batch.position is not None:
-            self.last_position = batch.position
+            self.last_position = batch.position  # type: ignore[assignment]
         return batch
+
+    def _next(self) -> dict[str, Any] | None:
+        try:
+            event: dict[str, Any] | None = self.stream.try_next()
+            return event
+        except OperationFailure as error:
+            if error.code in HISTORY_LOST_CODES:
+                raise _history_lost(error) from None
+            raise
+
+    def _confirm_idle(self, batch: Batch) -> None:
+        """Read the server's time, then look once more: if the stream is still empty,
+        everything up to that time has been handed out."""
+        now = server_time(self.collection)
+        event = self._next()
+        if event is not None:  # not idle after all: a normal batch of one
+            self._take(event, batch)
+            batch.watermark = batch.changes[-1].cluster_time if batch.changes else None
+            return
+        self.next_heartbeat = time.monotonic() + HEARTBEAT_S
+        token = self.stream.resume_token or self.last_position.token
+        batch.position = Position(token, self.sequencer.cluster_time, self.sequencer.seq) \
+            if token is not None else self.last_position
+        batch.watermark, batch.idle = now, True
 
     def _take(self, event: dict[str, Any], batch: Batch) -> None:
         operation = event["operationType"]
         if operation in _STOPPING:
             raise StreamInvalidated(
                 f"the {self.collection.full_name} collection saw '{operation}'; the stream "
-                "cannot continue. Rebuild the index (esrec indexer backfill) once the "
+                "cannot continue", "rebuild the index (esrec indexer backfill) once the "
                 "collection is back")
         cluster_time = event["clusterTime"]
-        version = self.sequencer.next(cluster_time)
+        problem = None
+        try:
+            version = self.sequencer.next(cluster_time)
+        except VersionOverflow as error:  # one odd event: a dead letter, not a stopped stream
+            version, problem = 0, str(error)
         batch.position = Position(event["_id"], cluster_time, self.sequencer.seq)
         doc_id = event["documentKey"]["_id"]
+        problem = problem or id_problem(doc_id)
         if operation == "delete":
-            batch.changes.append(Change("delete", doc_id, version, cluster_time))
+            batch.changes.append(Change("delete", doc_id, version, cluster_time,
+                                        problem=problem))
         elif operation in ("insert", "update", "replace"):
             document = event.get("fullDocument")
             if document is None:
                 batch.skipped += 1
                 return
-            change = Change("upsert", doc_id, version, cluster_time, document)
+            change = Change("upsert", doc_id, version, cluster_time, document, problem)
             batch.changes.append(change)
             batch.size_bytes += change.size_bytes
 
@@ -143,5 +147,5 @@ def _history_lost(error: OperationFailure) -> HistoryLost:
     return HistoryLost(
         f"the saved resume point is no longer in the oplog (server error {error.code}: "
         f"{error.details.get('errmsg', error) if error.details else error}); changes were "
-        "missed. Rebuild with `esrec indexer run --on-history-lost=resync` (a fresh index "
+        "missed", "rebuild with `esrec indexer run --on-history-lost=resync` (a fresh index "
         "from a full scan, then an alias switch)")

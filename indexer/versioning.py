@@ -12,7 +12,11 @@ writes use sequence 0, so any live change at the same cluster time beats them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bson.timestamp import Timestamp
+
+from runtime.errors import Refused
 
 EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z; 31 bits of seconds last until 2088
 INC_BITS = 20  # a primary would need > 1M oplog entries in one second to overflow
@@ -20,7 +24,7 @@ SEQ_BITS = 12
 MAX_SEQ = (1 << SEQ_BITS) - 1
 
 
-class VersionOverflow(ValueError):
+class VersionOverflow(Refused):
     """A cluster time that does not fit the version layout."""
 
 
@@ -42,10 +46,11 @@ def cluster_time_of(version: int) -> Timestamp:
 class Sequencer:
     """Numbers events within one cluster time, continuing from a saved position."""
 
-    def __init__(self, cluster_time: Timestamp | None = None, seq: int = 0) -> None:
+    def __init__(self, cluster_time: Timestamp | None = None, seq: int = 0,
+                 on_overflow: Callable[[], None] = lambda: None) -> None:
         self.cluster_time = cluster_time
         self.seq = seq
-        self.overflows = 0
+        self.on_overflow = on_overflow
 
     def next(self, cluster_time: Timestamp) -> int:
         if cluster_time == self.cluster_time:
@@ -53,5 +58,5 @@ class Sequencer:
         else:
             self.cluster_time, self.seq = cluster_time, 1
         if self.seq > MAX_SEQ:
-            self.overflows += 1  # a > 4095-event transaction: later ops share the last seq
+            self.on_overflow()  # a > 4095-event transaction: later ops share the last seq
         return external_version(cluster_time, self.seq)

@@ -4,33 +4,98 @@
     GET  /healthz     serving index and model, or 503 with the reason
     GET  /metrics     Prometheus: latency by outcome, per-channel took, degraded count
     GET  /docs        OpenAPI UI (the schema lists the allowed channels and filters)
+
+Bad input never reaches a 500: a body over MAX_BODY_BYTES is a 413, a body that is not
+JSON or does not validate is a 422 listing each field's location with at most a short
+excerpt of what was sent (NaN, 1e400 or a lone surrogate included); esrec's own errors
+and server errors get the HTTP status of their kind (runtime.errors).
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoint annotations at
 # runtime, and the request model is built from the settings inside create_app
 import hmac
+import json
 import logging
 from typing import Annotated, Any
 
-from elastic_transport import TransportError
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pymongo.errors import PyMongoError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recall.recaller import Recaller
 from recall.request import RecallResponse
-from recall.serving import NoServingVersion
+from runtime.clients import SERVER_ERRORS, server_error
+from runtime.errors import HTTP_STATUSES, EsrecError, Kind
 
 log = logging.getLogger("esrec.recall.api")
-UNAVAILABLE = (NoServingVersion, TransportError, PyMongoError)
+MAX_BODY_BYTES = 64 * 1024  # a recall request is a few hundred bytes; 100 session ids ~4 KB
+EXCERPT_CHARS = 40
+
+
+def _excerpt(value: Any) -> str:
+    """What was sent, as a short ASCII-safe excerpt (never the whole input)."""
+    text = ascii(value)
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FastAPI's errors without the parts that can be huge or unserialisable (input, ctx)."""
+    return [{"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")),
+             "type": str(error.get("type", "")),
+             **({"input": _excerpt(error["input"])} if "input" in error else {})}
+            for error in errors]
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before it is parsed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body over {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    """A streamed body went over the limit."""
 
 
 def create_app(recaller: Recaller) -> FastAPI:
     app = FastAPI(title="esrec recall", version="1",
                   description="Candidates for a feed: kNN on the user's real-time vector "
                               "next to other Elasticsearch channels, fused, with provenance.")
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     token = recaller.settings.recall.api_token
     bearer = HTTPBearer(auto_error=False)
     request_model = recaller.request_model
@@ -44,17 +109,26 @@ def create_app(recaller: Recaller) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.exception_handler(NoServingVersion)
-    @app.exception_handler(TransportError)
-    @app.exception_handler(PyMongoError)
-    async def unavailable(_request: Request, error: Exception) -> JSONResponse:
-        log.warning("recall unavailable", extra={"error": f"{type(error).__name__}: {error}"})
-        return JSONResponse({"detail": f"recall unavailable: {type(error).__name__}: {error}"},
-                            status_code=503)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(list(error.errors()))},
+                            status_code=422)
+
+    async def failed(_request: Request, error: Exception) -> JSONResponse:
+        known = error if isinstance(error, EsrecError) else server_error(error)
+        assert known is not None  # registered only for the classes server_error knows
+        if known.kind is not Kind.REFUSED:
+            log.warning("recall unavailable", extra={"error": str(known)})
+        return JSONResponse({"detail": str(known), "kind": known.kind.value},
+                            status_code=HTTP_STATUSES[known.kind])
+
+    for handled in (EsrecError, *SERVER_ERRORS):
+        app.add_exception_handler(handled, failed)
 
     @app.post("/v1/recall", response_model=RecallResponse,
               dependencies=[Depends(authorized)],
               responses={401: {"description": "bearer token required"},
+                         413: {"description": f"body over {MAX_BODY_BYTES} bytes"},
                          503: {"description": "no serving version, or a server is down"}})
     def recall(body: Annotated[request_model, Body()]) -> RecallResponse:  # type: ignore[valid-type]
         return recaller.recall(body)
@@ -63,8 +137,11 @@ def create_app(recaller: Recaller) -> FastAPI:
     def healthz() -> Any:
         try:
             serving = recaller.resolver.current()
-        except UNAVAILABLE as error:
-            return JSONResponse({"status": "unavailable", "reason": str(error)}, 503)
+        except Exception as error:
+            known = error if isinstance(error, EsrecError) else server_error(error)
+            if known is None:
+                raise
+            return JSONResponse({"status": "unavailable", "reason": str(known)}, 503)
         return {"status": "ok", "index": serving.index, "model": serving.model}
 
     @app.get("/metrics")

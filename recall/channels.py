@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from esrec.settings import ChannelSettings, RecallSettings
 from indexer.layout import LIVE, knn_clause
+from recall.settings import ChannelSettings, RecallSettings
 from towers.dataset import TAG_COUNTS
 
 TOP_TAGS = 5

@@ -1,45 +1,54 @@
 """`esrec recall events`: the user-events topic -> MongoDB user state, in a consumer group.
 
-    poll (<= 500 records) -> validate each (UserEvent) -> bad ones to the dead-letter topic
-    with the reason -> apply the good ones (idempotent by event id) -> commit offsets
+    poll (<= 500 records) -> validate each (UserEvent) -> apply the good ones (idempotent
+    by event id) -> bad ones, and updates MongoDB refuses for good, to the dead-letter
+    topic with the reason -> commit offsets
 
-Offsets are committed only after the batch's state updates and dead letters are
-acknowledged, so a crash replays (harmless: replays are skipped), never skips.
+Offsets are committed only after the batch's state updates are acknowledged, so a crash
+replays (harmless: replays are skipped), never skips. A dead letter always fits a Kafka
+message (the payload is cut to an excerpt, with its size and sha256), and a dead letter
+that cannot be sent is logged and counted, never a reason to stop: the record stays in
+the source topic at the offset the log names. Kafka or MongoDB down, at start or later,
+is waited out; /healthz says what is being retried.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
-from esrec.clients import kafka_options
-from esrec.retry import Backoff, retry
-from esrec.settings import Settings
+from recall.settings import RecallConfig
 from recall.state import UserEvent, UserStates, problems
+from runtime.clients import kafka_options
+from runtime.health import Health
+from runtime.retry import Backoff, retry
 
 log = logging.getLogger("esrec.recall.events")
 POLL_MS = 200
 MAX_RECORDS = 500
-
-
-HEALTHY_WITHIN_S = 30.0  # a poll loop that has not turned for this long is unhealthy
+EXCERPT_CHARS = 4096  # of a bad record's value in its dead letter: ~24 KB escaped at most
+REASON_CHARS = 1000
+DEAD_LETTER_TIMEOUT_S = 10.0
+LAG_EVERY_S = 5.0  # consumer lag (end offsets) is read this often
 
 
 @dataclass
 class EventCounts:
     applied: int = 0
     duplicates: int = 0
-    rejected: int = 0
+    rejected: int = 0  # to the dead-letter topic (malformed, or refused by MongoDB)
 
 
 class EventMetrics:
@@ -47,9 +56,16 @@ class EventMetrics:
         self.registry = CollectorRegistry()
         self.events = Counter("esrec_user_events", "User events by outcome", ["outcome"],
                               registry=self.registry)
+        self.dead_letter_failures = Counter(
+            "esrec_user_events_dead_letter_failures",
+            "Dead letters that could not be sent (the record stays in the source topic)",
+            registry=self.registry)
         self.apply_seconds = Histogram("esrec_user_events_apply_seconds",
                                        "MongoDB user-state update per batch",
                                        registry=self.registry)
+        self.lag = Gauge("esrec_user_events_lag",
+                         "Records in the assigned partitions not yet consumed",
+                         registry=self.registry)
 
 
 def parse(value: bytes | None) -> UserEvent:
@@ -62,67 +78,135 @@ def parse(value: bytes | None) -> UserEvent:
         raise ValueError(problems(error, whole="event")) from None
 
 
+def dead_letter(record: ConsumerRecord, reason: str) -> bytes:
+    """The dead letter of a record: where it was, why, and a bounded excerpt of it."""
+    value: bytes = record.value or b""
+    text = value.decode("utf-8", "replace")
+    return json.dumps({
+        "source_topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "reason": reason[:REASON_CHARS], "value_bytes": len(value),
+        "value_sha256": hashlib.sha256(value).hexdigest(),
+        "value": None if record.value is None else text[:EXCERPT_CHARS],
+        "truncated": len(text) > EXCERPT_CHARS,
+    }).encode()
+
+
 class EventConsumer:
-    def __init__(self, settings: Settings, states: UserStates, stop: threading.Event) -> None:
+    def __init__(self, settings: RecallConfig, states: UserStates, stop: threading.Event,
+                 health: Health | None = None) -> None:
         self.settings = settings
         self.states = states
         self.stop = stop
-        self.counts = EventCounts()
         self.metrics = EventMetrics()
-        self.last_turn = time.monotonic()
-        self.backoff = Backoff(max_s=settings.indexer.retry_max_delay_s)
+        self.backoff = Backoff(max_s=settings.recall.retry_max_delay_s)
+        self.health = health or Health(
+            stalled_after_s=max(30.0, 2 * settings.recall.retry_max_delay_s))
+        self.health.detail = self.health_detail
+        self.counts = EventCounts()
+        self.next_lag = 0.0
 
-    def run(self) -> None:
-        """Consume until ``stop`` is set."""
+    def _connect(self) -> tuple[KafkaConsumer, KafkaProducer]:
         kafka = self.settings.kafka
         consumer = KafkaConsumer(kafka.topics.user_events, **kafka_options(kafka),
                                  group_id=self.settings.recall.consumer_group,
                                  enable_auto_commit=False, auto_offset_reset="earliest")
-        producer = KafkaProducer(**kafka_options(kafka), acks="all")
+        try:
+            producer = KafkaProducer(**kafka_options(kafka), acks="all")
+        except KafkaError:
+            consumer.close()
+            raise
+        return consumer, producer
+
+    def run(self) -> None:
+        """Consume until ``stop`` is set (waiting for Kafka if it is not up yet)."""
+        try:
+            consumer, producer = retry(self._connect, what="kafka", backoff=self.backoff,
+                                       stop=self.stop, retry_on=(KafkaError,),
+                                       health=self.health)
+        except KafkaError:
+            return  # stopped while waiting
+        kafka = self.settings.kafka
         log.info("consuming user events", extra={"topic": kafka.topics.user_events,
                                                  "group": self.settings.recall.consumer_group})
         try:
             while not self.stop.is_set():
-                self.last_turn = time.monotonic()
+                self.health.turned()
                 batches = consumer.poll(POLL_MS, max_records=MAX_RECORDS)
                 records = [record for batch in batches.values() for record in batch]
                 if records:
                     self._handle(records, producer)
-                    retry(consumer.commit, what="commit offsets", backoff=self.backoff,
-                          stop=self.stop, retry_on=(KafkaError,))
+                    retry(consumer.commit, what="kafka commit", backoff=self.backoff,
+                          stop=self.stop, retry_on=(KafkaError,), health=self.health)
+                self._measure_lag(consumer)
         finally:
             consumer.close()
             producer.close()
 
     def _handle(self, records: list[ConsumerRecord], producer: KafkaProducer) -> None:
-        events = []
+        events, origin, rejected = [], [], []
         for record in records:
             try:
                 events.append(parse(record.value))
+                origin.append(record)
             except ValueError as error:
-                self._reject(producer, record, str(error))
-        producer.flush()
+                rejected.append((record, str(error)))
         started = time.perf_counter()
-        applied = retry(lambda: self.states.apply(events), what="apply user events",
-                        backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,))
+        applied = retry(lambda: self.states.apply(events), what="mongodb",
+                        backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
+                        health=self.health)
         self.metrics.apply_seconds.observe(time.perf_counter() - started)
-        self.counts.applied += applied
-        self.counts.duplicates += len(events) - applied
-        self.metrics.events.labels("applied").inc(applied)
-        self.metrics.events.labels("duplicate").inc(len(events) - applied)
+        by_event = {id(event): record for event, record in zip(events, origin, strict=True)}
+        rejected += [(by_event[id(event)], reason) for event, reason in applied.refused]
+        self._reject(producer, rejected)
+        self.counts.applied += applied.applied
+        self.counts.duplicates += applied.duplicates
+        self.metrics.events.labels("applied").inc(applied.applied)
+        self.metrics.events.labels("duplicate").inc(applied.duplicates)
 
-    def health(self) -> tuple[bool, dict[str, object]]:
-        age = time.monotonic() - self.last_turn
-        return age < HEALTHY_WITHIN_S, {"status": "ok" if age < HEALTHY_WITHIN_S else "stalled",
-                                        "seconds_since_last_poll": round(age, 3),
-                                        **self.counts.__dict__}
+    def _reject(self, producer: KafkaProducer, rejected: list[tuple[ConsumerRecord, str]]
+                ) -> None:
+        """Send every dead letter; one that cannot be sent is logged with its coordinates."""
+        topic = self.settings.kafka.topics.dead_letters
+        sent: list[tuple[ConsumerRecord, Any]] = []
+        for record, reason in rejected:
+            self.counts.rejected += 1
+            self.metrics.events.labels("rejected").inc()
+            log.warning("rejected a user event", extra={
+                "reason": reason[:REASON_CHARS], "partition": record.partition,
+                "offset": record.offset})
+            try:
+                sent.append((record, producer.send(topic, value=dead_letter(record, reason))))
+            except KafkaError as error:  # e.g. refused by the client before sending
+                self._lost(record, error)
+        if sent:
+            try:
+                producer.flush(timeout=DEAD_LETTER_TIMEOUT_S)
+            except KafkaError as error:
+                log.warning("dead letters not flushed", extra={"error": repr(error)})
+        for record, future in sent:
+            if not future.is_done or future.failed():
+                self._lost(record, future.exception if future.is_done else "timed out")
 
-    def _reject(self, producer: KafkaProducer, record: ConsumerRecord, reason: str) -> None:
-        self.counts.rejected += 1
-        self.metrics.events.labels("rejected").inc()
-        log.warning("rejected a user event", extra={"reason": reason, "offset": record.offset})
-        producer.send(self.settings.kafka.topics.dead_letters, value=json.dumps({
-            "source_topic": record.topic, "partition": record.partition,
-            "offset": record.offset, "reason": reason,
-            "value": None if record.value is None else record.value.decode("utf-8", "replace"),
-        }).encode())
+    def _lost(self, record: ConsumerRecord, error: object) -> None:
+        self.metrics.dead_letter_failures.inc()
+        log.error("could not send a dead letter; the record stays in its topic", extra={
+            "topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "error": repr(error)[:300]})
+
+    def _measure_lag(self, consumer: KafkaConsumer) -> None:
+        """Records behind the end of the assigned partitions, every LAG_EVERY_S."""
+        if time.monotonic() < self.next_lag:
+            return
+        self.next_lag = time.monotonic() + LAG_EVERY_S
+        assigned: set[TopicPartition] = consumer.assignment()
+        if not assigned:
+            return
+        try:
+            ends = consumer.end_offsets(list(assigned))
+            self.metrics.lag.set(sum(max(0, ends[tp] - consumer.position(tp))
+                                     for tp in assigned))
+        except KafkaError as error:
+            log.debug("consumer lag unknown", extra={"error": repr(error)})
+
+    def health_detail(self) -> dict[str, object]:
+        return asdict(self.counts)

@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 from pymongo.database import Database
 
-from esrec.settings import Settings
 from indexer.layout import VECTOR
 from recall.channels import CHANNELS, Channel, Context
 from recall.fusion import quota, rrf
 from recall.request import RecallResponse, filter_clauses, request_model
 from recall.serving import ServingResolver, ServingVersion
+from recall.settings import RecallConfig
 from recall.state import UserStates
 from towers.dataset import RECENT_ITEMS
 from towers.registry import ModelRegistry
@@ -82,7 +82,7 @@ class Stopwatch:
 
 class Recaller:
     def __init__(self, es: Elasticsearch, db: Database, registry: ModelRegistry,
-                 settings: Settings, metrics: RecallMetrics | None = None) -> None:
+                 settings: RecallConfig, metrics: RecallMetrics | None = None) -> None:
         self.es = es
         self.settings = settings
         self.request_model = request_model(settings)  # validates the channel/filter config

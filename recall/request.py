@@ -5,50 +5,81 @@ exactly what is allowed.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 
-from esrec.settings import Settings
 from recall.channels import CHANNELS
 from recall.fusion import Candidate
+from recall.settings import RecallConfig
 from recall.state import ItemId
+from runtime.errors import InvalidSettings
 
 MAX_RECENT = 100
 MAX_TERMS = 100
 
 
-class RecallSetupError(ValueError):
+class RecallSetupError(InvalidSettings):
     """The recall settings name a channel or filter field esrec does not know."""
+
+
+MAX_WEIGHT = 100.0
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
+
+
+def _date(value: Any) -> datetime:
+    """A date bound: an ISO-8601 string with a time zone, or a bare date (midnight UTC);
+    never a number (1e9 would silently mean 2001)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO-8601 date string, e.g. 2026-01-31 or "
+                         "2026-01-31T12:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("not an ISO-8601 date, e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
+                         ) from None
+    if parsed.tzinfo is None:
+        if "T" in value or " " in value:
+            raise ValueError("a date with a time needs a time zone, e.g. Z or +02:00")
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+Date = Annotated[datetime, BeforeValidator(_date),
+                 WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 class NumberRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    gte: float | None = None
-    gt: float | None = None
-    lte: float | None = None
-    lt: float | None = None
+    gte: Number | None = None
+    gt: Number | None = None
+    lte: Number | None = None
+    lt: Number | None = None
 
 
 class DateRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    gte: AwareDatetime | None = None
-    gt: AwareDatetime | None = None
-    lte: AwareDatetime | None = None
-    lt: AwareDatetime | None = None
+    gte: Date | None = None
+    gt: Date | None = None
+    lte: Date | None = None
+    lt: Date | None = None
 
 
-def _terms(kind: type) -> Any:
+def _terms(kind: Any) -> Any:
     return kind | Annotated[list[kind], Field(min_length=1, max_length=MAX_TERMS)]
 
 
 _TERM_TYPES: dict[str, Any] = {
-    "keyword": _terms(str), "text": _terms(str), "boolean": bool, "float": _terms(float),
-    "long": _terms(int), "date": AwareDatetime}
+    "keyword": _terms(str), "text": _terms(str), "boolean": bool, "float": _terms(Number),
+    "long": _terms(int), "date": Date}
 _RANGE_TYPES: dict[str, Any] = {"float": NumberRange, "long": NumberRange, "date": DateRange}
 
 
-def _filters_model(settings: Settings) -> type[BaseModel]:
+def _filters_model(settings: RecallConfig) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, kind in settings.recall.filter_fields.items():
         es_type = settings.indexer.projection.get(name)
@@ -61,7 +92,7 @@ def _filters_model(settings: Settings) -> type[BaseModel]:
     return create_model("Filters", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def request_model(settings: Settings) -> type[BaseModel]:
+def request_model(settings: RecallConfig) -> type[BaseModel]:
     recall = settings.recall
     unknown = set(recall.channels) - set(CHANNELS)
     if unknown:
@@ -74,9 +105,9 @@ def request_model(settings: Settings) -> type[BaseModel]:
         "RecallRequest", __config__=ConfigDict(extra="forbid"),
         user_id=(ItemId, ...),
         k=(int, Field(default=recall.default_k, ge=1, le=recall.max_k)),
-        channels=(dict[channel_name, float] | None, Field(  # type: ignore[valid-type]
-            default=None, description="channel -> weight (0..100); default: every enabled "
-                                      "channel with its configured weight")),
+        channels=(dict[channel_name, Weight] | None, Field(  # type: ignore[valid-type]
+            default=None, description=f"channel -> weight (0..{MAX_WEIGHT:g}); default: "
+                                      "every enabled channel with its configured weight")),
         filters=(filters, Field(default_factory=filters)),
         recent_items=(list[ItemId], Field(default_factory=list, max_length=MAX_RECENT,
                                           description="item ids of this session, newest "

@@ -16,14 +16,20 @@ from dataclasses import dataclass
 from elasticsearch import Elasticsearch
 
 from indexer.layout import model_of, resolve_alias
+from runtime.errors import Refused, Unavailable
 from towers.artifact import ModelArtifact
 from towers.registry import ModelRegistry
 
 log = logging.getLogger("esrec.recall")
 
 
-class NoServingVersion(RuntimeError):
+class NoServingVersion(Unavailable):
     """The serving alias points at nothing yet."""
+
+
+class ServingUnavailable(Unavailable):
+    """The serving index's model version cannot be loaded (missing, corrupt, not the
+    artifact that built the index): recall answers 503 until it can."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,17 @@ class ServingResolver:
 
     def _load(self, index: str) -> ServingVersion:
         meta = model_of(self.es, index)
-        model = meta["model"]
+        model = meta.get("model")
+        if not model:
+            raise ServingUnavailable(f"index {index} names no model version in its _meta")
         artifact = self._artifacts.get(model)
         if artifact is None:
-            artifact = self._artifacts[model] = self.registry.pull(model)
+            try:
+                artifact = self._artifacts[model] = self.registry.pull(model)
+            except Refused as error:  # missing from the registry, corrupt, unloadable
+                raise ServingUnavailable(f"cannot load {model} for {index}: {error}") from None
         if meta.get("artifact_sha256") not in (None, artifact.sha256):
-            raise RuntimeError(f"index {index} was built by {model} sha256 "
-                               f"{meta['artifact_sha256'][:12]}, the registry has "
-                               f"{artifact.sha256[:12]}")
+            raise ServingUnavailable(f"index {index} was built by {model} sha256 "
+                                     f"{meta['artifact_sha256'][:12]}, the registry has "
+                                     f"{artifact.sha256[:12]}")
         return ServingVersion(index, model, artifact)

@@ -1,7 +1,14 @@
 """User state in MongoDB: a bounded recent history per user, fed by events, idempotent.
 
-    user_state: {_id: user_id, recent: [{item_id, type, ts}] newest first (<= history_len),
-                 tag_counts: {tag: n}, seen: [event_id] (<= seen_event_ids), updated_at}
+    user_state: {_id: user_id,
+                 recent: [{item_id, type, ts, tags}] newest first (<= history_len),
+                 seen: [event_id] (<= seen_event_ids), updated_at}
+
+The item's tags are copied into the history when the event is applied (the item as it
+was then), so reading a user costs one MongoDB read; ``user_document`` turns the history
+into the user tower's input with ``towers.dataset.behaviour``, the function training
+uses too, over the same ``history_len`` newest items, in the same order (ties in time
+broken by item id), so serving never sees features training did not.
 
 An event is applied at most once: the update only matches a state whose ``seen`` list does
 not hold the event id, and the upsert that follows a non-match collides with the existing
@@ -11,6 +18,7 @@ document (duplicate key), which is how a replayed event is recognised and skippe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -19,8 +27,8 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from esrec.settings import Settings
-from towers.dataset import ITEM_TAGS_FIELD, RECENT_ITEMS, TAG_COUNTS
+from recall.settings import RecallConfig
+from towers.dataset import ITEM_TAGS_FIELD, behaviour, usable_tags
 
 DUPLICATE_KEY = 11000
 ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
@@ -28,7 +36,7 @@ EventType = Literal["view", "click", "like", "add_to_cart", "purchase", "share"]
 
 
 def problems(error: ValidationError, whole: str = "request") -> str:
-    """A validation error as one line: ``field.path: message; ...``."""
+    """A validation error as one line: ``field.path: message; ...`` (inputs not echoed)."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}"
                      for e in error.errors())
 
@@ -45,8 +53,17 @@ class UserEvent(BaseModel):
     ts: AwareDatetime
 
 
+@dataclass
+class Applied:
+    """What a batch of events did: new ones applied, replays skipped, refusals."""
+
+    applied: int = 0
+    duplicates: int = 0
+    refused: list[tuple[UserEvent, str]] = field(default_factory=list)  # (event, why)
+
+
 class UserStates:
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: RecallConfig) -> None:
         names = settings.mongo.collections
         self.states = db[names.user_state]
         self.users = db[names.users]
@@ -54,37 +71,38 @@ class UserStates:
         self.history_len = settings.recall.history_len
         self.seen_event_ids = settings.recall.seen_event_ids
 
-    def apply(self, events: Sequence[UserEvent]) -> int:
-        """Apply events; returns how many were new (replays are skipped)."""
+    def apply(self, events: Sequence[UserEvent]) -> Applied:
+        """Apply events: each new one once, replays skipped; an update MongoDB refuses for
+        good is returned with the reason instead of stopping the batch."""
         if not events:
-            return 0
-        tags = {str(item["_id"]): item.get(ITEM_TAGS_FIELD) or [] for item in self.items.find(
+            return Applied()
+        tags = {str(item["_id"]): usable_tags(item) for item in self.items.find(
             {"_id": {"$in": list({event.item_id for event in events})}}, {ITEM_TAGS_FIELD: 1})}
         updates = [self._update(event, tags.get(event.item_id, [])) for event in events]
         try:
             result = self.states.bulk_write(updates, ordered=False)
+            written = result.modified_count + result.upserted_count
+            refused: list[tuple[UserEvent, str]] = []
         except BulkWriteError as error:
-            others = [e for e in error.details["writeErrors"] if e["code"] != DUPLICATE_KEY]
-            if others:
-                raise
             details = error.details
-            return details["nModified"] + details["nUpserted"]
-        return result.modified_count + result.upserted_count
+            refused = [(events[e["index"]], f"MongoDB refused the update: {e['errmsg']}")
+                       for e in details["writeErrors"] if e["code"] != DUPLICATE_KEY]
+            written = details["nModified"] + details["nUpserted"]
+        return Applied(written, len(events) - written - len(refused), refused)
 
-    def _update(self, event: UserEvent, tags: Sequence[Any]) -> UpdateOne:
-        counts = {f"{TAG_COUNTS}.{tag}": 1 for tag in tags
-                  if isinstance(tag, str) and tag and "." not in tag and not tag.startswith("$")}
+    def _update(self, event: UserEvent, tags: Sequence[str]) -> UpdateOne:
+        entry = {"item_id": event.item_id, "type": event.type, "ts": event.ts,
+                 "tags": list(tags)}
         update: dict[str, Any] = {
             "$push": {
-                "recent": {"$each": [{"item_id": event.item_id, "type": event.type,
-                                      "ts": event.ts}],
-                           "$sort": {"ts": -1}, "$slice": self.history_len},
+                # newest first; equal times: the larger item id counts as newer, as in
+                # training's (ts, item_id) order
+                "recent": {"$each": [entry], "$sort": {"ts": -1, "item_id": -1},
+                           "$slice": self.history_len},
                 "seen": {"$each": [event.event_id], "$slice": -self.seen_event_ids},
             },
             "$max": {"updated_at": datetime.now(UTC)},
         }
-        if counts:
-            update["$inc"] = counts
         return UpdateOne({"_id": event.user_id, "seen": {"$ne": event.event_id}}, update,
                          upsert=True)
 
@@ -103,8 +121,9 @@ class UserStates:
             state = (profile.pop("state") or [{}])[0]
         else:  # no profile: events alone (still one read on the common path above)
             profile, state = {}, self.states.find_one({"_id": user_id}) or {}
-        stored = [entry["item_id"] for entry in state.get("recent", [])]
-        recent = list(dict.fromkeys([*session_items, *stored]))[:self.history_len]
-        if not recent and not state.get(TAG_COUNTS) and not profile:
+        history = state.get("recent", [])
+        recent = [*session_items, *(entry["item_id"] for entry in history)]
+        if not recent and not profile:
             return {}
-        return {**profile, RECENT_ITEMS: recent, TAG_COUNTS: dict(state.get(TAG_COUNTS, {}))}
+        tags = {entry["item_id"]: entry.get("tags") or [] for entry in history}
+        return {**profile, **behaviour(recent, tags, self.history_len)}

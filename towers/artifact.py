@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch.export import Dim
 
+from runtime.errors import Refused
 from towers.features import FeatureSpec
 from towers.featurizer import Featurizer, FittedState, NumericStats
 from towers.model import TwoTower
@@ -38,7 +39,7 @@ REQUIRED_FILES = (ITEM_TOWER, USER_TOWER, VOCABULARIES)
 _MAX_BATCH = 1 << 20
 
 
-class ArtifactError(Exception):
+class ArtifactError(Refused):
     """An artifact that cannot be used, with the reason."""
 
 

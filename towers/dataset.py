@@ -20,6 +20,27 @@ from pymongo.database import Database
 RECENT_ITEMS = "recent_items"
 TAG_COUNTS = "tag_counts"
 ITEM_TAGS_FIELD = "tags"
+MAX_TAG_CHARS = 256
+_CONTROL = {chr(code) for code in range(32)} | {"\x7f"}
+
+
+def usable_tags(item: Mapping[str, Any]) -> list[str]:
+    """An item's tags as every stage counts them (training, user state, the indexer's
+    checks): the strings of its ``tags`` list that are non-empty, at most MAX_TAG_CHARS
+    long and free of control characters (NUL included). Anything else is no tag."""
+    raw = item.get(ITEM_TAGS_FIELD)
+    if not isinstance(raw, list):
+        return []
+    return [tag for tag in raw if isinstance(tag, str) and tag_problem(tag) is None]
+
+
+def tag_problem(tag: str) -> str | None:
+    """Why a string is not a usable tag, or None."""
+    if not tag or len(tag) > MAX_TAG_CHARS:
+        return f"a tag must have 1 to {MAX_TAG_CHARS} characters"
+    if not _CONTROL.isdisjoint(tag):
+        return "a tag must not contain control characters (NUL, newline, ...)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -37,16 +58,19 @@ class Dataset:
     interactions: list[Interaction]
 
     def item_tags(self) -> dict[str, list[str]]:
-        return {str(item["_id"]): [str(t) for t in item.get(ITEM_TAGS_FIELD) or []]
-                for item in self.items}
+        return {str(item["_id"]): usable_tags(item) for item in self.items}
 
 
-def behaviour(recent_items: Sequence[str], item_tags: Mapping[str, Sequence[str]]) -> dict:
-    """The behaviour fields of a user document, from recent item ids (newest first)."""
+def behaviour(recent_items: Sequence[str], item_tags: Mapping[str, Sequence[str]],
+              history_len: int) -> dict[str, Any]:
+    """The behaviour fields of a user document from recent item ids (newest first): the
+    newest ``history_len`` of them and the tag counts over exactly those. Training and
+    serving (recall.state) both build it here, so the user tower sees one definition."""
+    window = list(recent_items[:history_len])
     counts: Counter[str] = Counter()
-    for item_id in recent_items:
+    for item_id in window:
         counts.update(item_tags.get(item_id, ()))
-    return {RECENT_ITEMS: list(recent_items), TAG_COUNTS: dict(counts)}
+    return {RECENT_ITEMS: window, TAG_COUNTS: dict(counts)}
 
 
 @dataclass
@@ -94,21 +118,22 @@ def leave_last_out(dataset: Dataset, history_len: int = 50,
         examples = []
         held_out = history[-1] if len(history) >= 2 else None  # one interaction: train on it
         for interaction in history if held_out is None else history[:-1]:
-            examples.append(Example(_user_doc(profile, window, tags), interaction.item_id,
-                                    interaction.ts))
+            examples.append(Example(_user_doc(profile, window, tags, history_len),
+                                    interaction.item_id, interaction.ts))
             window.appendleft(interaction.item_id)
         train.extend(examples[-max_examples_per_user:])
         counts.update(e.item_id for e in examples[-max_examples_per_user:])
         if held_out is not None:
-            cases.append(EvalCase(_user_doc(profile, window, tags), held_out.item_id,
-                                  held_out.ts, seen={i.item_id for i in history[:-1]}))
+            cases.append(EvalCase(_user_doc(profile, window, tags, history_len),
+                                  held_out.item_id, held_out.ts,
+                                  seen={i.item_id for i in history[:-1]}))
     return Split(train=train, cases=cases, item_counts=counts,
                  train_end=max((e.ts for e in train), default=0.0))
 
 
 def _user_doc(profile: dict[str, Any], window: Iterable[str],
-              tags: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    return {**profile, **behaviour(list(window), tags)}
+              tags: Mapping[str, Sequence[str]], history_len: int) -> dict[str, Any]:
+    return {**profile, **behaviour(list(window), tags, history_len)}
 
 
 # -- reading and writing ---------------------------------------------------------------

@@ -21,13 +21,14 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from runtime.errors import Refused
 from towers.artifact import MANIFEST, ModelArtifact
 
 STATES = ("published", "building", "ready", "serving", "retired", "failed")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "models"
 
 
-class RegistryError(Exception):
+class RegistryError(Refused):
     """A registry operation that cannot be done, with the reason."""
 
 
@@ -65,12 +66,13 @@ def parse_ref(ref: str) -> tuple[str, str]:
 class ModelRegistry:
     def __init__(self, db: Database, collection: str) -> None:
         self.documents = db[collection]
-        self.files = gridfs.GridFSBucket(db, bucket_name=collection)
-        self.documents.create_index([("name", ASCENDING), ("version", ASCENDING)], unique=True)
+        self.files = gridfs.GridFSBucket(db, bucket_name=collection)  # connects lazily
 
     def publish(self, directory: Path) -> ModelRecord:
         """Upload a verified artifact; idempotent for identical bytes, refused otherwise."""
         artifact = ModelArtifact.load(directory)
+        # created here, not at construction: a process must start while MongoDB is down
+        self.documents.create_index([("name", ASCENDING), ("version", ASCENDING)])
         manifest = artifact.manifest
         existing = self.documents.find_one({"_id": manifest.ref})
         if existing is not None:

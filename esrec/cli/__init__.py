@@ -1,7 +1,9 @@
 """The `esrec` command line: one entry point, a subcommand per job.
 
-Commands print results on stdout and progress or problems on stderr; a problem the user
-can fix ends with exit code 1 (2 for bad settings or usage) and one plain message.
+Commands print results on stdout and progress or problems on stderr. A problem ends the
+command with one plain message and the exit code of its kind (runtime.errors): 1 refused
+(fix the input and rerun), 2 bad settings or usage, 3 a server unavailable (retry
+later), 4 data lost (resync).
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ from pathlib import Path
 
 import click
 
-from esrec.cli.context import settings_from
+from esrec.cli.context import EsrecGroup, settings_from
 from esrec.cli.demo import demo
 from esrec.cli.doctor import doctor
 from esrec.cli.indexer import indexer
+from esrec.cli.models import models
 from esrec.cli.recall import recall
-from esrec.cli.rollout import models  # the registry commands plus the rollout ones
 from esrec.cli.stack import stack
 from esrec.cli.towers import towers
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EsrecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -1,39 +1,67 @@
-"""What every subcommand shares: settings loaded once per run, and user-facing errors."""
+"""What every subcommand shares: settings loaded once per run, clients built from them,
+and the one place where errors become an exit code and a plain message."""
 
 from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
 
 import click
 from pymongo.database import Database
 
-from esrec.clients import elasticsearch_client, mongo_client
-from esrec.settings import Settings, SettingsError, load_settings
+from esrec.settings import Settings, load_settings
 from indexer.service import Services
-
-
-class UserError(click.ClickException):
-    """A problem with a plain explanation; click prints it without a traceback."""
+from runtime.clients import elasticsearch_client, mongo_client, server_error
+from runtime.errors import EXIT_CODES, EsrecError, Kind
 
 
 def settings_from(ctx: click.Context) -> Settings:
-    """Load settings once per invocation; bad settings exit 2 naming the field and the fix."""
-    if ctx.obj.get("settings") is None:
-        try:
-            ctx.obj["settings"] = load_settings(ctx.obj.get("config"))
-        except SettingsError as error:
-            click.echo(f"esrec: invalid settings\n{error}", err=True)
-            ctx.exit(2)
-    return ctx.obj["settings"]
+    """Load settings once per invocation (bad settings: a SettingsError, exit 2)."""
+    root = ctx.find_root()
+    if root.obj.get("settings") is None:
+        root.obj["settings"] = load_settings(root.obj.get("config"))
+    settings: Settings = root.obj["settings"]
+    return settings
 
 
 def mongo_database(ctx: click.Context) -> Database:
     """The configured MongoDB database, one client per invocation."""
-    if ctx.obj.get("mongo") is None:
+    root = ctx.find_root()
+    if root.obj.get("mongo") is None:
         settings = settings_from(ctx)
-        ctx.obj["mongo"] = mongo_client(settings.mongo)[settings.mongo.database]
-    return ctx.obj["mongo"]
+        root.obj["mongo"] = mongo_client(settings.mongo)[settings.mongo.database]
+    database: Database = root.obj["mongo"]
+    return database
 
 
 def services_from(ctx: click.Context) -> Services:
     """Servers, registry and names wired for the indexer and the rollout commands."""
     settings = settings_from(ctx)
     return Services.create(settings, elasticsearch_client(settings.es), mongo_database(ctx))
+
+
+def fail(error: EsrecError) -> NoReturn:
+    """Say what went wrong in one line (settings: a line per problem) and exit by kind."""
+    if error.kind is Kind.SETTINGS:
+        click.echo(f"esrec: invalid settings\n{error.message}", err=True)
+    else:
+        click.echo(f"esrec: {error.message}", err=True)
+    if error.hint:
+        click.echo(f"  what to do: {error.hint}", err=True)
+    sys.exit(EXIT_CODES[error.kind])
+
+
+class EsrecGroup(click.Group):
+    """The `esrec` group: every error of esrec's family, and every server error, ends the
+    command with its kind's exit code and a plain message instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EsrecError as error:
+            fail(error)
+        except Exception as error:
+            translated = server_error(error)
+            if translated is None:
+                raise
+            fail(translated)

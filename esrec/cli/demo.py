@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from esrec.cli.context import UserError, settings_from
+from esrec.cli.context import settings_from
 from esrec.demo import Demo, DemoFailed, DemoSize
-from esrec.logs import configure
 from esrec.settings import Settings
 from esrec.stack import LocalStack
 from indexer.layout import delete_indices
+from runtime.logs import configure
 
 SERVER_VARIABLES = ("ESREC_ES__HOSTS", "ESREC_MONGO__URI", "ESREC_KAFKA__BOOTSTRAP_SERVERS")
 # the synthetic catalog is dated 2025: a wide "hot" window keeps that channel in the demo
@@ -78,7 +78,8 @@ def demo(ctx: click.Context, out: Path, items: int, users: int, epochs: int,
         try:
             report = runner.run()
         except DemoFailed as error:
-            raise UserError(f"demo check failed: {error} (report: {runner.report})") from None
+            raise DemoFailed(f"demo check failed: {error.message}",
+                             f"see {runner.report}") from None
     finally:
         if stack is not None:
             stack.down()

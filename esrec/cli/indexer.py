@@ -5,30 +5,46 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import click
 from elastic_transport import TransportError
 from pymongo.errors import ConnectionFailure, PyMongoError
+from tqdm import tqdm
 
-from esrec.cli.context import UserError, services_from
-from esrec.logs import configure
-from esrec.process import install_signal_handlers, serve_http
-from esrec.retry import Backoff, retry
-from indexer.backfill import backfill, in_progress
-from indexer.checkpoint import lag_seconds
-from indexer.daemon import MissingCheckpoint
-from indexer.dead_letters import ErrorBudgetExceeded
-from indexer.layout import LIVE, purge_tombstones, resolve_alias, switch_alias, version_alias
+from esrec.cli.context import services_from, settings_from
+from indexer.backfill import OnProgress
+from indexer.lifecycle import Versions
 from indexer.pipeline import Target
-from indexer.service import MissingIndex, Services
+from indexer.service import Services
 from indexer.sink import TransientBulkError
-from indexer.source import HistoryLost, StreamInvalidated
-from towers.artifact import ArtifactError
-from towers.registry import RegistryError
+from runtime.errors import Refused
+from runtime.logs import configure
+from runtime.retry import Backoff, retry
+from runtime.service import install_signal_handlers, serve_http
 
 log = logging.getLogger("esrec.indexer")
+
+
+@contextmanager
+def progress_bar(what: str) -> Iterator[OnProgress]:
+    """A progress callback drawing a bar on stderr once there is progress to show (none
+    when stderr is not a terminal)."""
+    bars: list[tqdm] = []
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc=what, unit="doc", disable=None))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 @click.group()
@@ -44,16 +60,9 @@ def backfill_command(ctx: click.Context, ref: str) -> None:
     configure()
     services = services_from(ctx)
     install_signal_handlers(services.stop, services.settings.indexer.shutdown_timeout_s)
-    try:
-        try:
-            target = services.target(ref)
-        except MissingIndex:
-            target = services.new_generation(ref, point_alias=True)
-    except (RegistryError, ArtifactError) as error:
-        raise UserError(str(error)) from None
-    report = backfill(services.items, services.pipeline([target]), services.checkpoints,
-                      target.index, services.stop,
-                      batch_size=services.settings.indexer.batch_max_docs)
+    target = services.target_or_new(ref)
+    with progress_bar(f"backfill {target.index}") as on_progress:
+        report = services.backfill(target, on_progress)
     click.echo(json.dumps({"model": ref, "index": report.index, "documents": report.documents,
                            "operation_time": report.operation_time.time,
                            "resumed": report.resumed_from is not None, "done": report.done}))
@@ -61,24 +70,8 @@ def backfill_command(ctx: click.Context, ref: str) -> None:
         sys.exit(1)
 
 
-def _resync(services: Services, targets: list[Target]) -> list[Target]:
-    """Rebuild every target into a fresh index, then switch its aliases atomically."""
-    rebuilt = []
-    for old in targets:
-        manifest = old.artifact.manifest
-        fresh = services.new_generation(manifest.ref, point_alias=False)
-        report = backfill(services.items, services.pipeline([fresh]), services.checkpoints,
-                          fresh.index, services.stop)
-        if not report.done:
-            raise click.Abort()
-        switch_alias(services.es, version_alias(services.settings.index.prefix, manifest.name,
-                                                manifest.version), fresh.index)
-        serving = services.settings.index.serving_alias
-        if resolve_alias(services.es, serving) == old.index:
-            switch_alias(services.es, serving, fresh.index)
-        log.warning("resynced after a history gap", extra={"old": old.index, "new": fresh.index})
-        rebuilt.append(fresh)
-    return rebuilt
+def _targets(services: Services, refs: tuple[str, ...]) -> Callable[[], list[Target]]:
+    return lambda: [services.target(ref) for ref in refs] or services.active_targets()
 
 
 @indexer.command("run")
@@ -87,7 +80,8 @@ def _resync(services: Services, targets: list[Target]) -> list[Target]:
               "following the registry live as versions are built and retired.")
 @click.option("--on-history-lost", type=click.Choice(["fail", "resync"]),
               help="If the resume point fell off the oplog: stop (default) or rebuild.")
-@click.option("--metrics-port", type=int, help="Port for /healthz and /metrics (0: none).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Port for /healthz, /livez and /metrics (0: none).")
 @click.pass_context
 def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str | None,
                 metrics_port: int | None) -> None:
@@ -96,66 +90,38 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
     services = services_from(ctx)
     settings = services.settings.indexer
     install_signal_handlers(services.stop, settings.shutdown_timeout_s)
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if port:  # up before the servers are: /healthz says what the daemon waits for
+        serve_http(settings_from(ctx).http.host, port, services.metrics.registry,
+                   services.health)
     try:  # a server that is not up yet is waited for, like one that goes away later
-        targets = retry(lambda: [services.target(r) for r in refs] or services.active_targets(),
-                        what="resolve targets", backoff=Backoff(max_s=settings.retry_max_delay_s),
-                        stop=services.stop, retry_on=(TransportError, ConnectionFailure))
-    except (RegistryError, ArtifactError, MissingIndex) as error:
-        raise UserError(str(error)) from None
+        targets = retry(_targets(services, refs), what="servers",
+                        backoff=Backoff(max_s=settings.retry_max_delay_s), stop=services.stop,
+                        retry_on=(TransportError, ConnectionFailure), health=services.health)
     except (TransportError, ConnectionFailure):
         return  # stopped while waiting
     if not targets:
-        raise UserError("no model version has an index yet; run "
-                        "`esrec indexer backfill NAME@VERSION` first")
-    port = settings.metrics_port if metrics_port is None else metrics_port
-    daemon = services.indexer(targets, follow=not refs)
-    if port:
-        serve_http(port, services.metrics.registry, daemon.health)
-    while True:
-        try:
-            daemon.run()
+        raise Refused("no model version has an index yet",
+                      "run `esrec indexer backfill NAME@VERSION` first")
+    policy = on_history_lost or settings.on_history_lost
+    daemon = services.indexer(targets, follow=not refs,
+                              resync=Versions(services).resync if policy == "resync" else None)
+    services.health.detail = daemon.detail
+    try:
+        daemon.run()
+    except (TransportError, PyMongoError, TransientBulkError):
+        if services.stop.is_set():  # stopped mid-retry: the batch will be replayed
+            log.info("stopped before the last batch was acknowledged; it will be replayed")
             return
-        except HistoryLost as error:
-            if (on_history_lost or settings.on_history_lost) != "resync":
-                raise UserError(str(error)) from None
-            log.error("history lost; resyncing into fresh indices", extra={"error": str(error)})
-            daemon = services.indexer(_resync(services, daemon.pipeline.targets),
-                                      follow=not refs)
-        except (StreamInvalidated, ErrorBudgetExceeded, MissingCheckpoint) as error:
-            raise UserError(str(error)) from None
-        except (TransientBulkError, TransportError, PyMongoError):
-            if services.stop.is_set():  # stopped mid-retry: the batch will be replayed
-                log.info("stopped before the last batch was acknowledged; it will be replayed")
-                return
-            raise
+        raise
 
 
 @indexer.command("status")
 @click.pass_context
 def status_command(ctx: click.Context) -> None:
-    """Per active version: checkpoint, lag, MongoDB vs Elasticsearch counts; dead letters."""
-    services = services_from(ctx)
-    items = services.items.count_documents({})
-    versions = []
-    for target in services.active_targets():
-        checkpoint = services.checkpoints.describe(target.index) or {}
-        cluster_time = checkpoint.get("cluster_time")
-        services.es.indices.refresh(index=target.index)
-        versions.append({
-            "model": target.artifact.manifest.ref, "index": target.index,
-            "checkpoint_cluster_time": cluster_time.time if cluster_time else None,
-            "checkpoint_age_s": round(time.time() - checkpoint["updated_at"].timestamp(), 1)
-            if checkpoint.get("updated_at") else None,
-            "lag_s": lag_seconds(checkpoint, time.time()),
-            "indexed": services.es.count(index=target.index, query=LIVE)["count"],
-        })
-    dead_letters = services.dead_letters
-    click.echo(json.dumps({
-        "mongo_items": items, "versions": versions,
-        "dead_letters": dead_letters.count(),
-        "latest_dead_letters": [{"doc_id": str(d["doc_id"]), "stage": d["stage"],
-                                 "error": d["error"]} for d in dead_letters.latest(3)],
-    }, indent=2))
+    """Per active version: lag, whether a daemon follows it, MongoDB vs Elasticsearch
+    counts; dead letters."""
+    click.echo(json.dumps(Versions(services_from(ctx)).report(), indent=2, default=str))
 
 
 @indexer.command("purge-tombstones")
@@ -168,10 +134,5 @@ def purge_command(ctx: click.Context, older_than_hours: float | None) -> None:
     hours = (services.settings.indexer.tombstone_retention_hours if older_than_hours is None
              else older_than_hours)
     cutoff = datetime.now(UTC) - timedelta(hours=hours)
-    report = {}
-    for target in services.active_targets():
-        if in_progress(services.checkpoints, target.index):
-            report[target.index] = "skipped: a backfill is writing to it"
-            continue
-        report[target.index] = purge_tombstones(services.es, target.index, cutoff)
-    click.echo(json.dumps({"older_than": cutoff.isoformat(), "deleted": report}))
+    click.echo(json.dumps({"older_than": cutoff.isoformat(),
+                           "deleted": Versions(services).purge_tombstones(cutoff)}))

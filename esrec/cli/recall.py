@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 
 import click
 from pydantic import ValidationError
 
-from esrec.cli.context import UserError, mongo_database, settings_from
-from esrec.clients import elasticsearch_client
-from esrec.logs import configure
-from esrec.process import install_signal_handlers, serve_http
+from esrec.cli.context import mongo_database, settings_from
 from recall.events import EventConsumer
 from recall.recaller import Recaller, serve_with_one_torch_thread
-from recall.request import RecallResponse, RecallSetupError
-from recall.serving import NoServingVersion
+from recall.request import RecallResponse
 from recall.state import UserStates, problems
+from runtime.clients import elasticsearch_client
+from runtime.errors import Refused
+from runtime.logs import configure
+from runtime.service import install_signal_handlers, serve_http
 from towers.registry import ModelRegistry
 
 # the recall path answers in milliseconds; a stuck Elasticsearch must not hold a request
@@ -32,36 +33,33 @@ def recaller_from(ctx: click.Context) -> Recaller:
     settings = settings_from(ctx)
     db = mongo_database(ctx)
     es = elasticsearch_client(settings.es, request_timeout=RECALL_REQUEST_TIMEOUT_S)
-    try:
-        return Recaller(es, db, ModelRegistry(db, settings.mongo.collections.models), settings)
-    except RecallSetupError as error:
-        raise UserError(str(error)) from None
+    return Recaller(es, db, ModelRegistry(db, settings.mongo.collections.models), settings)
 
 
 @recall.command("events")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
-              help="Port for /healthz and /metrics (default: recall.events_metrics_port; "
-                   "0: none).")
+              help="Port for /healthz, /livez and /metrics (default: "
+                   "recall.events_metrics_port; 0: none).")
 @click.pass_context
 def events(ctx: click.Context, metrics_port: int | None) -> None:
     """Consume the user-events topic into MongoDB user state until SIGTERM/SIGINT."""
     configure()
     settings = settings_from(ctx)
     stop = threading.Event()
-    install_signal_handlers(stop, settings.indexer.shutdown_timeout_s)
+    install_signal_handlers(stop, settings.recall.shutdown_timeout_s)
     consumer = EventConsumer(settings, UserStates(mongo_database(ctx), settings), stop)
     port = settings.recall.events_metrics_port if metrics_port is None else metrics_port
     if port:
-        serve_http(port, consumer.metrics.registry, consumer.health)
+        serve_http(settings.http.host, port, consumer.metrics.registry, consumer.health)
     consumer.run()
-    click.echo(json.dumps(consumer.counts.__dict__))
+    click.echo(json.dumps(asdict(consumer.counts)))
 
 
 @recall.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", help="Interface to listen on (default: http.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Default: recall.port (8080).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve POST /v1/recall, /healthz, /metrics and /docs."""
     import uvicorn
 
@@ -70,7 +68,7 @@ def serve(ctx: click.Context, host: str, port: int | None) -> None:
     configure()
     serve_with_one_torch_thread()
     recaller = recaller_from(ctx)
-    uvicorn.run(create_app(recaller), host=host,
+    uvicorn.run(create_app(recaller), host=host or settings_from(ctx).http.host,
                 port=recaller.settings.recall.port if port is None else port,
                 log_config=None, access_log=False)
 
@@ -99,9 +97,7 @@ def query(ctx: click.Context, user_id: str, k: int, recent: tuple[str, ...],
     try:
         response = recaller.recall({"user_id": user_id, "k": k, "recent_items": list(recent)})
     except ValidationError as error:
-        raise UserError(problems(error)) from None
-    except NoServingVersion as error:
-        raise UserError(str(error)) from None
+        raise Refused(problems(error)) from None
     if as_json:
         click.echo(response.model_dump_json(indent=2))
     else:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from esrec.cli.context import UserError
-from esrec.stack import SERVICES, LocalStack, StackError, env_exports
+from esrec.stack import SERVICES, LocalStack, env_exports
 
 DEFAULT_STACK_DIR = Path(".esrec/stack")
 
@@ -27,9 +26,10 @@ _stack_dir = click.option(
 
 @stack.command("up")
 @_stack_dir
-@click.option("--es-port", type=int, help="Elasticsearch port (default 9200).")
-@click.option("--mongo-port", type=int, help="MongoDB port (default 27017).")
-@click.option("--kafka-port", type=int, help="Kafka port (default 9092).")
+@click.option("--es-port", type=click.IntRange(1, 65535),
+              help="Elasticsearch port (default 9200).")
+@click.option("--mongo-port", type=click.IntRange(1, 65535), help="MongoDB port (default 27017).")
+@click.option("--kafka-port", type=click.IntRange(1, 65535), help="Kafka port (default 9092).")
 @click.option("--free-ports", is_flag=True, help="Pick free ports instead of the defaults.")
 @click.option(
     "--only", multiple=True, type=click.Choice(sorted(SERVICES)),
@@ -53,13 +53,10 @@ def stack_up(
                            ("kafka", kafka_port))
         if port is not None
     }
-    try:
-        records = LocalStack(directory).up(
-            services=only or tuple(SERVICES), ports=ports, pick_free_ports=free_ports,
-            kafka_engine=kafka_engine,
-        )
-    except StackError as error:
-        raise UserError(str(error)) from None
+    records = LocalStack(directory).up(
+        services=only or tuple(SERVICES), ports=ports, pick_free_ports=free_ports,
+        kafka_engine=kafka_engine,
+    )
     for name, record in records.items():
         click.echo(f"{name:<14} up   {record.url}  (pid {record.pid})", err=True)
     click.echo("\n".join(env_exports(records)))

@@ -1,4 +1,4 @@
-"""`esrec towers` (data, training, evaluation) and `esrec models` (the registry)."""
+"""`esrec towers`: synthetic data, training and offline evaluation."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from esrec.cli.context import UserError, mongo_database, settings_from
-from towers.artifact import ArtifactError, ModelArtifact, export_artifact
+from esrec.cli.context import mongo_database, settings_from
+from runtime.errors import Refused
+from towers.artifact import ModelArtifact, export_artifact
 from towers.dataset import Collections, Dataset, load_files, load_mongo, write_jsonl, write_mongo
-from towers.registry import ModelRegistry, RegistryError
 
 
 def _collections(ctx: click.Context) -> Collections:
@@ -23,13 +23,13 @@ def _load_dataset(ctx: click.Context, data: Path | None) -> Dataset:
         try:
             return load_files(data)
         except (FileNotFoundError, ValueError) as error:
-            raise UserError(
-                f"{error}. Create a dataset with `esrec towers synth --out {data}`") from None
+            raise Refused(str(error), f"create a dataset with `esrec towers synth --out {data}`"
+                          ) from None
     db = mongo_database(ctx)
     dataset = load_mongo(db, _collections(ctx))
     if not dataset.interactions:
-        raise UserError(f"no interactions in MongoDB database {db.name}; load some with "
-                        "`esrec towers synth --to-mongo` or pass --data DIR")
+        raise Refused(f"no interactions in MongoDB database {db.name}",
+                      "load some with `esrec towers synth --to-mongo` or pass --data DIR")
     return dataset
 
 
@@ -57,7 +57,7 @@ def synth(ctx: click.Context, out: Path | None, to_mongo: bool, items: int, user
     from towers.synth import SynthConfig, generate
 
     if out is None and not to_mongo:
-        raise UserError("say where to put the data: --out DIR and/or --to-mongo")
+        raise click.UsageError("say where to put the data: --out DIR and/or --to-mongo")
     dataset = generate(SynthConfig(items=items, users=users, seed=seed))
     if out is not None:
         write_jsonl(dataset, out)
@@ -87,7 +87,7 @@ def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, v
     from towers.train import TrainConfig, train
 
     if (out / "manifest.json").exists():
-        raise UserError(f"{out} already holds an artifact; pick a new --out directory")
+        raise Refused(f"{out} already holds an artifact", "pick a new --out directory")
     dataset = _load_dataset(ctx, data)
     config = TrainConfig(epochs=epochs, dims=dims, batch_size=batch_size, seed=seed)
     result = train(dataset, config)
@@ -108,70 +108,6 @@ def eval_command(ctx: click.Context, artifact_dir: Path, data: Path | None) -> N
     """HR/Recall/NDCG@10,50,100,200 of exported towers and of most-popular, as JSON."""
     from towers.evaluate import evaluate_artifact
 
-    try:
-        artifact = ModelArtifact.load(artifact_dir)
-    except ArtifactError as error:
-        raise UserError(str(error)) from None
+    artifact = ModelArtifact.load(artifact_dir)
     click.echo(json.dumps({"model_version": artifact.manifest.ref,
                            **evaluate_artifact(artifact, _load_dataset(ctx, data))}, indent=2))
-
-
-@click.group()
-def models() -> None:
-    """Model versions: the registry (publish, list, show, pull) and rollouts (build,
-    validate, promote, roll, rollback, retire, status)."""
-
-
-def _registry(ctx: click.Context) -> ModelRegistry:
-    return ModelRegistry(mongo_database(ctx), settings_from(ctx).mongo.collections.models)
-
-
-@models.command("publish")
-@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.pass_context
-def publish(ctx: click.Context, directory: Path) -> None:
-    """Upload an artifact directory (verified first); a published version is immutable."""
-    try:
-        record = _registry(ctx).publish(directory)
-    except (ArtifactError, RegistryError) as error:
-        raise UserError(str(error)) from None
-    click.echo(f"{record.ref} {record.state} sha256={record.sha256}")
-
-
-@models.command("list")
-@click.option("--name", help="Only this model.")
-@click.pass_context
-def list_models(ctx: click.Context, name: str | None) -> None:
-    """Every published version with its state."""
-    records = _registry(ctx).list(name)
-    if not records:
-        click.echo("no model versions published yet (esrec models publish DIR)")
-    for record in records:
-        click.echo(f"{record.ref:<24} {record.state:<10} dims={record.dims:<4} "
-                   f"{record.published_at:%Y-%m-%d %H:%M} sha256={record.sha256[:12]}")
-
-
-@models.command("show")
-@click.argument("ref")
-@click.pass_context
-def show(ctx: click.Context, ref: str) -> None:
-    """One version's manifest, state and history, as JSON."""
-    try:
-        record = _registry(ctx).get(ref)
-    except RegistryError as error:
-        raise UserError(str(error)) from None
-    click.echo(json.dumps({"ref": record.ref, "state": record.state, "sha256": record.sha256,
-                           "history": record.history, "manifest": record.manifest},
-                          indent=2, default=str))
-
-
-@models.command("pull")
-@click.argument("ref")
-@click.pass_context
-def pull(ctx: click.Context, ref: str) -> None:
-    """Download a version into the local cache (keyed by sha256) and print its path."""
-    try:
-        artifact = _registry(ctx).pull(ref)
-    except (ArtifactError, RegistryError) as error:
-        raise UserError(str(error)) from None
-    click.echo(str(artifact.directory))

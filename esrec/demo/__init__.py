@@ -29,16 +29,16 @@ from kafka.errors import TopicAlreadyExistsError
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 
-from esrec.clients import elasticsearch_client, kafka_options, mongo_client
 from esrec.demo.processes import Background, environment, esrec, scrape_counter
 from esrec.demo.report import Record, write
 from esrec.settings import Settings
 from esrec.stack import free_port
-from indexer.checkpoint import backfill_state_id
+from indexer.lifecycle import Versions
 from indexer.service import Services
-from indexer.versions import Versions
 from recall.recaller import Recaller
 from recall.request import RecallResponse
+from runtime.clients import elasticsearch_client, kafka_options, mongo_client
+from runtime.errors import Refused
 from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
 from towers.report import training_summary
@@ -48,7 +48,7 @@ from towers.train import TrainConfig, train
 SEE_WITHIN_S = 15.0  # events and catalog changes must reach recall within this
 
 
-class DemoFailed(Exception):
+class DemoFailed(Refused):
     """A check failed; the message says which and what was seen."""
 
 
@@ -147,24 +147,13 @@ class Demo:
 
     def _serve_v1(self) -> None:
         with self.step("build demo-two-tower@1 (backfill) and promote it") as notes:
-            samples: list[tuple[float, float]] = []
-            done = threading.Event()
             started = time.monotonic()
+            samples: list[tuple[float, float]] = [(0.0, 0.0)]  # acknowledged documents
 
-            def sample() -> None:  # acknowledged progress, as the backfill records it
-                while not done.wait(0.1):
-                    index = self.services.index_of("demo-two-tower@1")
-                    state = index and self.services.checkpoints.collection.find_one(
-                        {"_id": backfill_state_id(index)})
-                    if state:
-                        samples.append((time.monotonic() - started, state["documents"]))
+            def sample(done: int, _total: int) -> None:
+                samples.append((time.monotonic() - started, done))
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            report = self.versions.build("demo-two-tower@1", progress=False)
-            samples.append((time.monotonic() - started, report.documents))
-            done.set()
-            sampler.join()
+            report = self.versions.build("demo-two-tower@1", on_progress=sample)
             self.record.throughput["backfill v1"] = samples
             self.versions.promote("demo-two-tower@1")
             self._check(report.done and report.documents == self.size.items,

@@ -39,8 +39,9 @@ def test_backfill_then_status(settings: Settings, es: Elasticsearch, artifact_di
 
     status = json.loads(_esrec(settings, "indexer", "status").stdout)
     (version,) = status["versions"]
-    assert (status["mongo_items"], version["indexed"]) == (301, 300)
-    assert version["model"] == "test-model@1" and version["index"].endswith("-g1")
+    assert (status["mongo_items"], version["documents"]) == (301, 300)
+    assert not version["followed"] and "esrec indexer run" in version["note"]  # no daemon
+    assert version["ref"] == "test-model@1" and version["index"].endswith("-g1")
     assert status["dead_letters"] == 1
     assert status["latest_dead_letters"][0]["error"].startswith("price: expected a finite")
 

@@ -14,10 +14,10 @@ from elasticsearch import Elasticsearch, helpers
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from esrec.clients import mongo_client
 from esrec.settings import Settings, server_environment
 from indexer.layout import DELETED, VECTOR
 from indexer.service import Services
+from runtime.clients import mongo_client
 from towers.artifact import ModelArtifact
 from towers.synth import SynthConfig
 
@@ -108,8 +108,9 @@ def wait_caught_up(svc: Services, index: str, after: float, timeout_s: float,
     while time.monotonic() < deadline:
         ok, log = alive()
         assert ok, log
-        checkpoint = svc.checkpoints.describe(index) or {}
-        if checkpoint.get("caught_up_at") and checkpoint["caught_up_at"].timestamp() > after:
+        progress = svc.checkpoints.progress(index)
+        if progress and progress.idle and progress.saved_at and \
+                progress.saved_at.timestamp() > after:
             return
         time.sleep(0.2)
     pytest.fail(f"{index} not caught up after {timeout_s}s:\n{alive()[1]}")

@@ -9,8 +9,9 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
-from indexer.backfill import backfill
-from tests.indexer.helpers import mismatches, services
+from indexer.daemon import Indexer
+from indexer.service import Services
+from tests.indexer.helpers import mismatches, services, wait_caught_up
 from towers.artifact import ModelArtifact
 from towers.dataset import Collections, write_mongo
 from towers.synth import SynthConfig, generate
@@ -18,17 +19,12 @@ from towers.synth import SynthConfig, generate
 CATALOG = SynthConfig(items=1500, users=10, topics=10, mean_interactions=1, seed=5)
 
 
-def _catch_up(indexer, seconds: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def _catch_up(svc: Services, indexer: Indexer, seconds: float = 60.0) -> None:
     """Run the daemon loop in a thread until it has been idle once, then stop it."""
     thread = threading.Thread(target=indexer.run)
     thread.start()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        checkpoint = indexer.checkpoints.describe(indexer.indices[0]) or {}
-        if checkpoint.get("caught_up_at") and checkpoint["caught_up_at"].timestamp() > (
-                time.time() - 0.5):
-            break
-        time.sleep(0.2)
+    wait_caught_up(svc, indexer.indices[0], time.time(), seconds,
+                   lambda: (thread.is_alive(), "the daemon thread ended"))
     indexer.stop.set()
     thread.join(30)
     assert not thread.is_alive()
@@ -51,37 +47,32 @@ def test_changes_during_backfill_appear_once_streamed(settings: Settings, es: El
 
     writer = threading.Thread(target=write_during_backfill)
     writer.start()
-    report = backfill(svc.items, svc.pipeline([target]), svc.checkpoints, target.index,
-                      svc.stop, batch_size=100, progress=False)
+    report = svc.backfill(target)
     writer.join()
     assert report.done and report.documents >= 1500 - 20
-    _catch_up(svc.indexer([target]))
+    _catch_up(svc, svc.indexer([target]))
     assert mismatches(es, target.index, svc.items, ModelArtifact.load(artifact_dir)) == []
 
 
 def test_interrupted_backfill_resumes_after_the_last_id(settings: Settings, es: Elasticsearch,
                                                        artifact_dir: Path) -> None:
+    settings = settings.model_copy(update={"indexer": settings.indexer.model_copy(
+        update={"batch_max_docs": 100})})
     svc = services(settings, es, artifact_dir)
     write_mongo(generate(CATALOG), svc.db, Collections())
     target = svc.new_generation("test-model@1", point_alias=True)
-    pipeline = svc.pipeline([target])
-    original = pipeline.process
-    calls = 0
+    saved: list[int] = []
 
-    def stop_after_three(changes):  # type: ignore[no-untyped-def]
-        nonlocal calls
-        original(changes)
-        calls += 1
-        if calls == 3:
+    def stop_after_three(done: int, _total: int) -> None:
+        saved.append(done)
+        if len(saved) == 3:
             svc.stop.set()
 
-    pipeline.process = stop_after_three  # type: ignore[method-assign]
-    first = backfill(svc.items, pipeline, svc.checkpoints, target.index, svc.stop,
-                     batch_size=100, progress=False)
-    assert (first.done, first.documents) == (False, 300)
+    first = svc.backfill(target, stop_after_three)
+    # what was read before the stop is drained: at most WRITE_AHEAD more pages
+    assert not first.done and first.documents == saved[-1] and 300 <= first.documents <= 500
     svc.stop.clear()
-    second = backfill(svc.items, svc.pipeline([target]), svc.checkpoints, target.index,
-                      svc.stop, batch_size=100, progress=False)
+    second = svc.backfill(target)
     assert second.done and second.documents == 1500
     assert second.resumed_from is not None and second.operation_time == first.operation_time
     es.indices.refresh(index=target.index)

@@ -11,12 +11,11 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elasticsearch import Elasticsearch
 from pymongo.errors import OperationFailure
 
-from esrec.clients import elasticsearch_client
 from esrec.settings import Settings
-from indexer.backfill import backfill
 from indexer.daemon import MissingCheckpoint
 from indexer.sink import TransientBulkError
 from indexer.source import ChangeStreamSource, HistoryLost, Position
+from runtime.clients import elasticsearch_client
 from tests.indexer.helpers import services
 
 
@@ -24,8 +23,7 @@ def _ready(settings: Settings, es: Elasticsearch, artifact_dir: Path):  # type: 
     svc = services(settings, es, artifact_dir)
     svc.items.insert_one({"_id": "seed", "title": "seed"})
     target = svc.new_generation("test-model@1", point_alias=True)
-    backfill(svc.items, svc.pipeline([target]), svc.checkpoints, target.index, svc.stop,
-             progress=False)
+    assert svc.backfill(target).done
     return svc, target
 
 
@@ -74,7 +72,8 @@ def test_idle_stream_keeps_its_token_fresh(settings: Settings, es: Elasticsearch
     later = svc.checkpoints.load(target.index)
     assert first is not None and later is not None and first.token is not None
     assert later.token != first.token
-    assert (svc.checkpoints.describe(target.index) or {}).get("caught_up_at") is not None
+    progress = svc.checkpoints.progress(target.index)
+    assert progress is not None and progress.idle and progress.watermark is not None
 
 
 def test_missing_checkpoint_is_explained(settings: Settings, es: Elasticsearch,
@@ -104,15 +103,15 @@ def test_history_lost_is_loud(settings: Settings, es: Elasticsearch, artifact_di
 def test_resync_rebuilds_into_a_fresh_index_and_moves_the_aliases(
     settings: Settings, es: Elasticsearch, artifact_dir: Path
 ) -> None:
-    from esrec.cli.indexer import _resync
     from indexer.layout import resolve_alias, switch_alias, version_alias
+    from indexer.lifecycle import Versions
     from tests.indexer.helpers import mismatches
     from towers.artifact import ModelArtifact
 
     svc, old = _ready(settings, es, artifact_dir)
     switch_alias(es, settings.index.serving_alias, old.index)
     svc.items.insert_many([{"_id": f"x{i}", "title": f"x{i}"} for i in range(50)])
-    (fresh,) = _resync(svc, [old])
+    (fresh,) = Versions(svc).resync([old])
     assert fresh.index != old.index and fresh.index.endswith("-g2")
     assert resolve_alias(es, version_alias(settings.index.prefix, "test-model", "1")) == \
         fresh.index
@@ -126,20 +125,21 @@ def test_health_and_metrics_endpoints(settings: Settings, es: Elasticsearch,
     import urllib.error
     import urllib.request
 
-    from esrec.process import serve_http
     from esrec.stack import free_port
+    from runtime.service import serve_http
 
     svc, target = _ready(settings, es, artifact_dir)
     indexer = svc.indexer([target])
     port = free_port()
-    server = serve_http(port, svc.metrics.registry, indexer.health)
+    svc.health.detail = indexer.detail
+    server = serve_http("127.0.0.1", port, svc.metrics.registry, svc.health)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
             assert json.load(response)["status"] == "ok"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
             text = response.read().decode()
         assert "esrec_indexer_events_total" in text and "esrec_indexer_lag_seconds" in text
-        indexer.last_turn -= 60  # a loop that stopped turning
+        svc.health.last_turn -= 60  # a loop that stopped turning
         with pytest.raises(urllib.error.HTTPError) as stalled:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz")
         assert stalled.value.code == 503

@@ -9,8 +9,8 @@ import bson
 import pytest
 from bson import ObjectId
 
-from esrec.settings import IndexerSettings
 from indexer.documents import DocumentRejected, project
+from indexer.settings import IndexerSettings
 
 SETTINGS = IndexerSettings(required_fields=["title"], max_document_bytes=10_000)
 GOOD = {"_id": "a", "title": "t", "tags": ["x", "y"], "category": "c", "price": 3,
@@ -38,7 +38,8 @@ def test_good_document_is_projected() -> None:
     ({"title": {"en": "t"}}, "title: expected text, got dict"),
     ({"created_at": "yesterday"}, "created_at: 'yesterday' is not an ISO-8601 date"),
     ({"title": None}, "title: required field is missing"),
-    ({"_id": {"compound": 1}}, "_id: dict ids are not supported"),
+    ({"tags": ["ok", "nul\x00inside"]}, "tags: a tag must not contain control characters"),
+    ({"tags": ["ok", ""]}, "tags: a tag must have 1 to 256 characters"),
     ({"blob": "x" * 20_000}, "over max_document_bytes"),
 ])
 def test_poison_documents_name_the_field(change: dict, reason: str) -> None:

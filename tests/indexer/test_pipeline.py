@@ -10,9 +10,9 @@ from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
+from indexer.changes import Change
 from indexer.dead_letters import ErrorBudgetExceeded
 from indexer.layout import DELETED, VECTOR, VERSION, model_of
-from indexer.source import Change
 from indexer.versioning import external_version
 from tests.indexer.helpers import services
 
@@ -86,7 +86,6 @@ def test_purge_removes_only_old_tombstones(settings: Settings, es: Elasticsearch
                                            artifact_dir: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from indexer.backfill import in_progress
     from indexer.layout import purge_tombstones
 
     svc = services(settings, es, artifact_dir)
@@ -98,6 +97,6 @@ def test_purge_removes_only_old_tombstones(settings: Settings, es: Elasticsearch
     assert purge_tombstones(es, target.index, datetime.now(UTC) + timedelta(seconds=1)) == 1
     assert es.exists(index=target.index, id="live")
     assert not es.exists(index=target.index, id="gone")
-    assert not in_progress(svc.checkpoints, target.index)
-    svc.checkpoints.collection.insert_one({"_id": f"backfill|{target.index}", "done": False})
-    assert in_progress(svc.checkpoints, target.index)
+    assert not svc.checkpoints.backfill_in_progress(target.index)
+    svc.checkpoints.start_backfill(target.index, T)
+    assert svc.checkpoints.backfill_in_progress(target.index)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from bson.timestamp import Timestamp
 
+from indexer.changes import Position
 from indexer.checkpoint import earliest
-from indexer.source import Position
 from indexer.versioning import (
     MAX_SEQ,
     Sequencer,
@@ -43,9 +43,10 @@ def test_overflows_are_loud_or_counted() -> None:
         external_version(Timestamp(1_000, 1), 0)
     with pytest.raises(VersionOverflow):
         external_version(Timestamp(T.time, 1 << 20), 0)
-    sequencer = Sequencer(T, MAX_SEQ)
-    sequencer.next(T)
-    assert sequencer.overflows == 1
+    overflows: list[int] = []
+    sequencer = Sequencer(T, MAX_SEQ, on_overflow=lambda: overflows.append(1))
+    assert sequencer.next(T) == external_version(T, MAX_SEQ)  # shares the last sequence
+    assert overflows == [1]
 
 
 def test_earliest_position_serves_every_target() -> None:

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from esrec.settings import Settings
-from indexer.versions import Versions
+from indexer.lifecycle import Versions
 from recall.channels import Channel, Context
 from recall.events import EventConsumer
 from recall.recaller import STAGES, Recaller
@@ -43,7 +43,7 @@ def recaller(recall_settings: Settings, es: Elasticsearch, artifact_dir: Path) -
     svc = services(recall_settings, es, artifact_dir)
     write_mongo(generate(CATALOG), svc.db, Collections())
     versions = Versions(svc)
-    assert versions.build(V1, progress=False).done
+    assert versions.build(V1).done
     versions.promote(V1)
     return Recaller(es, svc.db, svc.registry, recall_settings)
 
@@ -158,7 +158,7 @@ def test_events_through_kafka_reach_recall_within_seconds(recaller: Recaller,
         assert time.monotonic() < deadline, consumer.counts
         time.sleep(0.1)
     assert consumer.counts.applied == 4
-    healthy, detail = consumer.health()
+    healthy, detail = consumer.health.ready()
     assert healthy and detail["rejected"] == 1
     assert consumer.metrics.events.labels("applied")._value.get() == 4
     dead = KafkaConsumer(settings.kafka.topics.dead_letters,

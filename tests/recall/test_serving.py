@@ -11,12 +11,12 @@ from urllib.parse import urlparse
 import pytest
 from elasticsearch import Elasticsearch
 
-from esrec.clients import elasticsearch_client
 from esrec.settings import Settings
 from indexer.layout import resolve_alias
-from indexer.versions import Versions
+from indexer.lifecycle import Versions
 from recall import serving
 from recall.serving import NoServingVersion, ServingResolver
+from runtime.clients import elasticsearch_client
 from tests.indexer.helpers import services
 from tests.proxy import TcpProxy
 
@@ -29,7 +29,7 @@ def test_an_unreachable_cluster_keeps_the_last_version_serving(
         caplog: pytest.LogCaptureFixture) -> None:
     svc = services(settings, es, artifact_dir)
     versions = Versions(svc)
-    assert versions.build(V1, progress=False).done  # an empty catalog: nothing to scan
+    assert versions.build(V1).done  # an empty catalog: nothing to scan
     versions.promote(V1)
     target = urlparse(es_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
@@ -58,7 +58,7 @@ def test_requests_never_wait_for_the_alias_lookup(
         monkeypatch: pytest.MonkeyPatch) -> None:
     svc = services(settings, es, artifact_dir)
     versions = Versions(svc)
-    assert versions.build(V1, progress=False).done
+    assert versions.build(V1).done
     versions.promote(V1)
     resolver = ServingResolver(es, svc.registry, settings.index.serving_alias, ttl_s=0.05)
     first = resolver.current()

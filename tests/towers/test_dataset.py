@@ -13,6 +13,8 @@ from towers.dataset import (
     leave_last_out,
     load_files,
     load_mongo,
+    tag_problem,
+    usable_tags,
     write_jsonl,
     write_mongo,
 )
@@ -45,9 +47,19 @@ def test_per_user_cap_keeps_the_most_recent_examples() -> None:
     assert [e.item_id for e in split.train] == ["6", "7", "8"]
 
 
-def test_behaviour_is_what_serving_keeps() -> None:
-    assert behaviour(["b", "a"], {"a": ["x"], "b": ["x", "y"]}) == {
+def test_behaviour_counts_tags_over_the_window_only() -> None:
+    tags = {"a": ["x"], "b": ["x", "y"], "c": ["z"]}
+    assert behaviour(["b", "a"], tags, 50) == {
         "recent_items": ["b", "a"], "tag_counts": {"x": 2, "y": 1}}
+    assert behaviour(["b", "a", "c"], tags, 2) == {  # "c" fell out of the window
+        "recent_items": ["b", "a"], "tag_counts": {"x": 2, "y": 1}}
+
+
+def test_usable_tags_agree_across_stages() -> None:
+    item = {"tags": ["ok", "", "nul\x00", 3, "x" * 300, "fine"]}
+    assert usable_tags(item) == ["ok", "fine"]
+    assert usable_tags({"tags": 5}) == [] and usable_tags({}) == []
+    assert tag_problem("nul\x00") and tag_problem("ok") is None
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])

@@ -1,5 +1,5 @@
-"""What every long-running esrec process shares: /healthz and /metrics over HTTP, and
-signal handling that drains within a time limit."""
+"""What every long-running esrec process shares: /healthz (ready), /livez (live) and
+/metrics over HTTP, and signal handling that drains within a time limit."""
 
 from __future__ import annotations
 
@@ -15,21 +15,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from runtime.health import Health
+
 log = logging.getLogger("esrec")
 
 
-def serve_http(port: int, registry: CollectorRegistry,
-               health: Callable[[], tuple[bool, dict[str, object]]]) -> ThreadingHTTPServer:
-    """/healthz (JSON, 503 when stalled) and /metrics (Prometheus) on a daemon thread."""
+def serve_http(host: str, port: int, registry: CollectorRegistry,
+               health: Health) -> ThreadingHTTPServer:
+    """/healthz and /livez (JSON, 503 when not ready / not live) and /metrics (Prometheus)
+    on a daemon thread."""
+    probes: dict[str, Callable[[], tuple[bool, dict[str, object]]]] = {
+        "/healthz": health.ready, "/livez": health.live}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 body, status, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
-            elif self.path == "/healthz":
-                ok, detail = health()
-                body, status, kind = json.dumps(detail).encode(), 200 if ok else 503, \
-                    "application/json"
+            elif self.path in probes:
+                ok, detail = probes[self.path]()
+                body, status, kind = json.dumps(detail, default=str).encode(), \
+                    200 if ok else 503, "application/json"
             else:
                 body, status, kind = b"not found", 404, "text/plain"
             self.send_response(status)
@@ -41,7 +46,7 @@ def serve_http(port: int, registry: CollectorRegistry,
         def log_message(self, *args: object) -> None:  # scrapes are not worth a log line
             return
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="esrec-http").start()
     return server
 

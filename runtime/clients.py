@@ -1,15 +1,19 @@
-"""Server clients built from settings: the one place that turns settings into connections."""
+"""Server clients built from settings: the one place that turns settings into connections,
+and client errors into esrec's error kinds."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from elasticsearch import Elasticsearch
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
 
-from esrec.settings import ElasticsearchSettings, KafkaSettings, MongoSettings
+from runtime.errors import EsrecError, Refused, Unavailable
+from runtime.settings import ElasticsearchSettings, KafkaSettings, MongoSettings
 
 
 class OrjsonNdjsonSerializer(NdjsonSerializer):
@@ -68,3 +72,37 @@ def kafka_options(settings: KafkaSettings) -> dict[str, Any]:
         if settings.sasl_password is not None:
             options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
     return options
+
+
+def _kafka_error() -> type[Exception]:
+    from kafka.errors import KafkaError
+
+    return KafkaError
+
+
+# every client library's error base: what server_error translates
+SERVER_ERRORS: tuple[type[Exception], ...] = (ApiError, TransportError, PyMongoError,
+                                              _kafka_error())
+
+
+def server_error(error: BaseException) -> EsrecError | None:
+    """A client library's error as one of esrec's kinds, or None if it is none of theirs:
+    a server that cannot be reached (or is overloaded) is unavailable; a request it
+    refused is refused. Every surface (CLI exit codes, HTTP statuses) reports through it."""
+    if isinstance(error, ApiError):
+        status = error.meta.status
+        kind = Unavailable if status == 429 or status >= 500 else Refused
+        return kind(f"Elasticsearch answered {status}: {error.message}")
+    if isinstance(error, TransportError):
+        return Unavailable(f"Elasticsearch is unreachable: {error.message}",
+                           "check ESREC_ES__HOSTS and that the cluster is up")
+    if isinstance(error, OperationFailure):
+        return Refused(f"MongoDB refused the operation: {error.details.get('errmsg', error)}"
+                       if error.details else f"MongoDB refused the operation: {error}")
+    if isinstance(error, PyMongoError):
+        return Unavailable(f"MongoDB is unreachable: {str(error).split(', Timeout:')[0]}",
+                           "check ESREC_MONGO__URI and that the replica set is up")
+    if isinstance(error, SERVER_ERRORS[-1]):
+        return Unavailable(f"Kafka is unreachable: {type(error).__name__}: {error}",
+                           "check ESREC_KAFKA__BOOTSTRAP_SERVERS and that a broker is up")
+    return None

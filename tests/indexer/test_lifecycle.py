@@ -21,8 +21,8 @@ from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
 from indexer.layout import LIVE, VECTOR, model_of, resolve_alias
+from indexer.lifecycle import VersionError, Versions
 from indexer.service import Services
-from indexer.versions import VersionError, Versions
 from recall.serving import ServingResolver
 from tests.conftest import QUICK, SMALL
 from tests.indexer.helpers import (
@@ -84,7 +84,7 @@ def rollout(settings: Settings, es: Elasticsearch, artifact_dir: Path,
     svc.registry.publish(v2_dir)
     write_mongo(generate(CATALOG), svc.db, Collections())
     versions = Versions(svc)
-    assert versions.build(V1, progress=False).done
+    assert versions.build(V1).done
     versions.promote(V1)
     daemon = DaemonThread(svc)
     yield svc, versions, daemon
@@ -111,7 +111,7 @@ def test_change_during_v2_backfill_lands_in_both_indexes(rollout, es, artifact_d
         write_changes(svc.items, 3000, seed=5, pace_s=0.002)))
     writer.start()
     time.sleep(0.5)
-    report = versions.build(V2, progress=False)
+    report = versions.build(V2)
     assert writer.is_alive(), "the writes must overlap the whole v2 backfill"
     writer.join()
     finished = time.time()
@@ -147,7 +147,7 @@ def test_change_during_v2_backfill_lands_in_both_indexes(rollout, es, artifact_d
 
 def test_gate_failure_blocks_roll_and_v1_keeps_serving(rollout, es):
     svc, versions, daemon = rollout
-    v2_index = versions.build(V2, progress=False).index
+    v2_index = versions.build(V2).index
     _wait_for_target(daemon, v2_index, present=True)
     es.indices.refresh(index=v2_index)
     holes = [hit["_id"] for hit in es.search(index=v2_index, size=50, query=LIVE,
@@ -166,7 +166,7 @@ def test_gate_failure_blocks_roll_and_v1_keeps_serving(rollout, es):
 
 def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
     svc, versions, daemon = rollout
-    v2_index = versions.build(V2, progress=False).index
+    v2_index = versions.build(V2).index
     _wait_for_target(daemon, v2_index, present=True)
     resolver = ServingResolver(es, svc.registry, svc.settings.index.serving_alias, ttl_s=0.02)
     users = list(svc.db["users"].find())
@@ -208,17 +208,17 @@ def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
 
 
 def test_failed_post_promote_probe_rolls_back_by_itself(rollout, monkeypatch):
-    import esrec.cli.rollout as rollout_cli
+    import indexer.rollout as rollout_module
     from esrec.cli import main
     from indexer.gates import GateResult
 
     svc, versions, daemon = rollout
-    versions.build(V2, progress=False)
+    versions.build(V2)
     _wait_for_target(daemon, svc.index_of(V2), present=True)
     for name, value in cli_env(svc.settings).items():
         if name.startswith("ESREC_"):
             monkeypatch.setenv(name, value)
-    monkeypatch.setattr(rollout_cli, "probe_serving", lambda services, ref: GateResult(
+    monkeypatch.setattr(rollout_module, "probe_serving", lambda services, ref: GateResult(
         "probe", False, "5 user kNN queries: 5 empty"))  # what a broken index would give
 
     result = CliRunner().invoke(main, ["models", "roll", V2])

@@ -1,8 +1,9 @@
 """One retry helper: capped exponential backoff with jitter, cancellable sleeps.
 
-Errors in ``never_retry`` propagate at once; everything else in ``retry_on`` waits and
-tries again until it succeeds or ``stop`` is set (then the last error propagates), so a
-SIGTERM is honoured within one sleep.
+Errors in ``retry_on`` wait and try again until the call succeeds or ``stop`` is set
+(then the last error propagates), so a SIGTERM is honoured within one sleep. Each retry
+is logged once and reported to ``health`` (the process turns degraded, with the reason,
+until the call succeeds again).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
+
+from runtime.health import Health
 
 T = TypeVar("T")
 log = logging.getLogger("esrec.retry")
@@ -31,14 +34,12 @@ class Backoff:
 
 def retry(call: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,
           retry_on: tuple[type[BaseException], ...],
-          never_retry: tuple[type[BaseException], ...] = (),
-          on_retry: Callable[[BaseException], None] | None = None) -> T:
+          on_retry: Callable[[BaseException], None] | None = None,
+          health: Health | None = None) -> T:
     attempt = 0
     while True:
         try:
-            return call()
-        except never_retry:
-            raise
+            result = call()
         except retry_on as error:
             if stop.is_set():
                 raise
@@ -47,6 +48,12 @@ def retry(call: Callable[[], T], *, what: str, backoff: Backoff, stop: threading
                         type(error).__name__, error)
             if on_retry is not None:
                 on_retry(error)
+            if health is not None:
+                health.retrying(what, error)
             attempt += 1
             if stop.wait(delay):
                 raise
+            continue
+        if attempt and health is not None:
+            health.recovered(what)
+        return result

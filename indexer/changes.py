@@ -1,0 +1,94 @@
+"""What flows between the indexer's stages: changes, batches, and where a source resumes.
+
+    Source.poll() -> Batch(changes, position, watermark) -> Pipeline -> Writers -> save
+
+A source's state is only its position: a stream resumes after a token (or at an
+operation time), a snapshot after the last ``_id`` it handed out. A batch's position is
+saved only when every write of the batch (and of every batch before it) is acknowledged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+import bson
+from bson.int64 import Int64
+from bson.timestamp import Timestamp
+
+# _id types that map one to one onto an Elasticsearch id (a string); other BSON types
+# (sub-documents, floats, binary, dates...) go to dead letters with the reason
+ID_TYPES = (str, int, Int64, bson.ObjectId)
+MAX_ID_BYTES = 512  # Elasticsearch refuses longer ids
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a stream (re)starts: after a token, or at an operation time (backfill's T)."""
+
+    token: dict[str, Any] | None = None
+    cluster_time: Timestamp | None = None
+    seq: int = 0  # sequence of the token's event within its cluster time
+
+
+@dataclass(frozen=True)
+class SnapshotPosition:
+    """Where a snapshot scan resumes: after ``last_id`` (None: from the start)."""
+
+    operation_time: Timestamp  # T: every document is written with version (T, 0)
+    last_id: Any = None
+    documents: int = 0  # handed out so far
+
+
+@dataclass(frozen=True)
+class Change:
+    op: Literal["upsert", "delete"]
+    doc_id: Any  # the MongoDB _id
+    version: int
+    cluster_time: Timestamp
+    document: dict[str, Any] | None = None
+    problem: str | None = None  # set by the source: this change cannot be indexed (why)
+    size_bytes: int = field(init=False, default=0)  # BSON size of the document
+
+    def __post_init__(self) -> None:
+        # measured once here: it bounds the batch and is checked against max_document_bytes
+        if self.document is not None:
+            object.__setattr__(self, "size_bytes", len(bson.encode(self.document)))
+
+
+@dataclass
+class Batch:
+    changes: list[Change] = field(default_factory=list)
+    position: Position | SnapshotPosition | None = None  # resume here once acknowledged
+    # everything MongoDB held up to this cluster time is in the index once this batch is
+    # acknowledged: the last change's time, or the server's time when the stream was idle
+    watermark: Timestamp | None = None
+    idle: bool = False  # nothing was pending behind this position
+    last: bool = False  # the source has nothing more (a finished snapshot)
+    skipped: int = 0  # updates of documents deleted before the lookup
+    size_bytes: int = 0
+
+
+class Source(Protocol):
+    """A stream of batches: the change stream, or a snapshot scan for a backfill."""
+
+    def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch: ...
+
+    def close(self) -> None: ...
+
+
+def id_problem(doc_id: Any) -> str | None:
+    """Why ``doc_id`` cannot be an Elasticsearch id, or None if it can."""
+    if not isinstance(doc_id, ID_TYPES) or isinstance(doc_id, bool):
+        kind = "date" if isinstance(doc_id, datetime) else type(doc_id).__name__
+        return (f"_id: {kind} ids are not supported (use a string, an integer or an "
+                "ObjectId)")
+    if isinstance(doc_id, str) and (not doc_id or len(doc_id.encode()) > MAX_ID_BYTES):
+        return f"_id: a string id must have 1 to {MAX_ID_BYTES} bytes"
+    return None
+
+
+def es_id(doc_id: Any) -> str:
+    """Elasticsearch ids are strings; ObjectIds, ints and strings all map one to one."""
+    return str(doc_id)

@@ -1,0 +1,97 @@
+"""The indexer's settings sections: index names, the pipeline, model-version rollouts.
+
+``IndexerConfig`` names the sections the indexer reads; the shell's settings model has
+them all, and a test or a tool can hand in anything with the same attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Protocol
+
+from pydantic import Field, field_validator
+
+from runtime.settings import KafkaSettings, MongoSettings, Section
+
+# Elasticsearch index and alias names: lowercase, no leading -_+, none of \/*?"<>| ,#:
+_ES_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+ProjectedType = Literal["keyword", "text", "float", "long", "date", "boolean"]
+
+
+class IndexSettings(Section):
+    prefix: str = "esrec"
+    serving_alias: str = "esrec-items"
+
+    @field_validator("prefix", "serving_alias")
+    @classmethod
+    def _es_name(cls, name: str) -> str:
+        if not _ES_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid Elasticsearch name: use lowercase letters, "
+                "digits, '.', '_' and '-', starting with a letter or digit"
+            )
+        return name
+
+
+class IndexerSettings(Section):
+    """The change-stream indexer: batching, index layout, error handling."""
+
+    # 500 docs / 8 MB / 50 ms: bulk requests of a few MB amortise the round trip while a
+    # quiet stream still reaches ES within ~50 ms of the change.
+    batch_max_docs: int = Field(default=500, gt=0)
+    batch_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    batch_max_wait_ms: int = Field(default=50, ge=0)
+    # source fields copied into the index document for the other recall channels
+    projection: dict[str, ProjectedType] = Field(default_factory=lambda: {
+        "title": "text", "category": "keyword", "tags": "keyword", "created_at": "date",
+        "price": "float", "popularity": "float",
+    })
+    # a document without one goes to dead letters
+    required_fields: list[str] = Field(default_factory=list)
+    max_document_bytes: int = Field(default=1024 * 1024, gt=0)  # BSON size of the source doc
+    # auto: measure int8_hnsw's recall@10 on a sample of real item vectors when a version's
+    # index is created, and use it only if it reaches int8_min_recall
+    index_options: Literal["auto", "hnsw", "int8_hnsw"] = "auto"
+    int8_min_recall: float = Field(default=0.95, ge=0, le=1)
+    error_budget_ratio: float = Field(default=0.05, gt=0, le=1)  # dead letters per event
+    error_budget_window: int = Field(default=1000, gt=0)  # ... over this many recent events
+    retry_max_delay_s: float = Field(default=30.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no HTTP endpoint
+    on_history_lost: Literal["fail", "resync"] = "fail"
+    # delete tombstones older than this (and only when no backfill writes to the index):
+    # long enough for any replay from a checkpoint to have happened
+    tombstone_retention_hours: float = Field(default=72.0, gt=0)
+
+
+class RolloutSettings(Section):
+    """Model-version rollouts: how the daemon follows the registry, and the promote gates."""
+
+    follow_interval_s: float = Field(default=2.0, gt=0)  # daemon re-reads version states
+    # a retired version's index is deleted after this: longer than follow_interval_s (the
+    # daemon stops writing) plus the recall alias cache and the slowest in-flight query
+    retire_grace_s: float = Field(default=60.0, ge=0)
+    min_coverage: float = Field(default=0.999, gt=0, le=1)  # live items indexed / in MongoDB
+    max_lag_s: float = Field(default=30.0, gt=0)  # checkpoint behind the catalog
+    vector_sample: int = Field(default=50, gt=0)  # items re-embedded and compared
+    vector_tolerance: float = Field(default=1e-4, gt=0)  # max abs difference per dimension
+    ann_queries: int = Field(default=20, gt=0)
+    ann_k: int = Field(default=10, gt=0)
+    min_ann_overlap: float = Field(default=0.9, ge=0, le=1)  # kNN top-k vs exact top-k
+    max_p99_ms: float = Field(default=250.0, gt=0)  # kNN latency probe on the new index
+
+
+class IndexerConfig(Protocol):
+    """The sections the indexer reads (the shell's ``Settings`` has them all)."""
+
+    @property
+    def mongo(self) -> MongoSettings: ...
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def index(self) -> IndexSettings: ...
+    @property
+    def indexer(self) -> IndexerSettings: ...
+    @property
+    def rollout(self) -> RolloutSettings: ...

@@ -1,0 +1,70 @@
+"""Recall's settings section: user state, channels, fusion, the HTTP API.
+
+``RecallConfig`` names the sections recall reads: its own, the index names and the
+projected fields it may filter on (the indexer's), and the servers' names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import Field, SecretStr
+
+from indexer.settings import IndexerSettings, IndexSettings
+from runtime.settings import KafkaSettings, MongoSettings, Section
+
+
+class ChannelSettings(Section):
+    enabled: bool = True
+    weight: float = Field(default=1.0, ge=0)
+    size: int = Field(default=100, gt=0, le=1000)  # candidates this channel asks for
+    timeout_ms: int = Field(default=200, gt=0)  # Elasticsearch's per-search time budget
+
+
+def _default_channels() -> dict[str, ChannelSettings]:
+    # kNN leads; the content and popularity channels fill in, and carry cold-start users
+    return {"knn": ChannelSettings(weight=1.0), "i2i": ChannelSettings(weight=0.8, size=50),
+            "tags": ChannelSettings(weight=0.5, size=50),
+            "hot": ChannelSettings(weight=0.3, size=50),
+            "fresh": ChannelSettings(weight=0.2, size=30)}
+
+
+class RecallSettings(Section):
+    """Recall for the feed service: user state, channels, fusion, the HTTP API."""
+
+    consumer_group: str = "esrec-user-state"
+    events_metrics_port: int = Field(default=9465, ge=0, le=65535)  # `recall events`; 0: none
+    history_len: int = Field(default=50, gt=0)  # recent items kept per user
+    seen_event_ids: int = Field(default=500, gt=0)  # per user, for idempotent event replays
+    alias_ttl_s: float = Field(default=1.0, ge=0)  # how long a resolved serving alias is reused
+    channels: dict[str, ChannelSettings] = Field(default_factory=_default_channels)
+    fusion: Literal["rrf", "quota"] = "rrf"
+    rrf_k: int = Field(default=60, gt=0)  # the constant of Cormack et al. 2009
+    default_k: int = Field(default=100, gt=0)
+    max_k: int = Field(default=500, gt=0)
+    i2i_items: int = Field(default=3, gt=0)  # the user's newest items used as i2i seeds
+    i2i_min_similarity: float = Field(default=0.3, ge=-1, le=1)
+    hot_window_days: float = Field(default=30.0, gt=0)
+    fresh_half_life_days: float = Field(default=14.0, gt=0)  # i2i re-weighting by age
+    # the only fields a request may filter on (no query injection): field -> "term" | "range"
+    filter_fields: dict[str, Literal["term", "range"]] = Field(default_factory=lambda: {
+        "category": "term", "tags": "term", "price": "range", "created_at": "range"})
+    api_token: SecretStr | None = None  # when set, POST /v1/recall needs "Bearer <token>"
+    port: int = Field(default=8080, ge=0, le=65535)
+    retry_max_delay_s: float = Field(default=30.0, gt=0)  # servers down: wait this at most
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)  # `recall events` drain limit
+
+
+class RecallConfig(Protocol):
+    """The sections recall reads (the shell's ``Settings`` has them all)."""
+
+    @property
+    def mongo(self) -> MongoSettings: ...
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def index(self) -> IndexSettings: ...
+    @property
+    def indexer(self) -> IndexerSettings: ...
+    @property
+    def recall(self) -> RecallSettings: ...
