@@ -34,8 +34,8 @@ import numpy as np
 
 from bench.indexer import stack_settings
 from esrec.settings import Settings
-from indexer.service import Services
 from indexer.lifecycle import Versions
+from indexer.service import Services
 from recall.recaller import STAGES, Recaller, serve_with_one_torch_thread
 from recall.state import UserEvent, UserStates
 from runtime.clients import elasticsearch_client, mongo_client

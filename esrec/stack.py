@@ -219,14 +219,22 @@ class LocalStack:
             name: TANSU_KAFKA if name == "kafka" and kafka_engine == "tansu" else SERVICES[name]
             for name in services
         }
-        started = {  # all start first, then all are awaited: their start-ups overlap
-            name: self.running(name)
-            or self._start(service, self._choose_port(service, ports or {}, pick_free_ports))
-            for name, service in chosen.items()
-        }
-        for name, record in started.items():
-            self._wait_ready(chosen[name], record)
-        return started
+        records: dict[str, Running] = {}
+        new: list[str] = []  # started by this call: stopped again if the call fails
+        try:  # all start first, then all are awaited: their start-ups overlap
+            for name, service in chosen.items():
+                running = self.running(name)
+                if running is None:
+                    port = self._choose_port(service, ports or {}, pick_free_ports)
+                    running = self._start(service, port)
+                    new.append(name)
+                records[name] = running
+            for name, record in records.items():
+                self._wait_ready(chosen[name], record)
+        except BaseException:
+            self.down(new)
+            raise
+        return records
 
     def _choose_port(self, service: Service, ports: dict[str, int], pick_free: bool) -> int:
         if service.name in ports:

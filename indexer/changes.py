@@ -78,10 +78,15 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+_KIND_NAMES = {type(None): "null", bool: "boolean", float: "floating-point",
+               dict: "sub-document", bytes: "binary", bson.Binary: "binary",
+               datetime: "date", bson.Decimal128: "decimal"}
+
+
 def id_problem(doc_id: Any) -> str | None:
     """Why ``doc_id`` cannot be an Elasticsearch id, or None if it can."""
     if not isinstance(doc_id, ID_TYPES) or isinstance(doc_id, bool):
-        kind = "date" if isinstance(doc_id, datetime) else type(doc_id).__name__
+        kind = _KIND_NAMES.get(type(doc_id), type(doc_id).__name__)
         return (f"_id: {kind} ids are not supported (use a string, an integer or an "
                 "ObjectId)")
     if isinstance(doc_id, str) and (not doc_id or len(doc_id.encode()) > MAX_ID_BYTES):

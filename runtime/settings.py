@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -47,15 +46,13 @@ def split_csv(value: Any) -> Any:
     return value
 
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?([^:@/]*):[^@/]*@")
+
+
 def mask_url(url: str) -> str:
-    """``scheme://user:pw@host/..`` -> ``scheme://user:****@host/..``: the host stays
-    readable, the credentials never reach a log or `esrec config show`."""
-    parts = urlsplit(url)
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{hostport}"))
+    """``scheme://user:pw@host/..`` -> ``scheme://user:****@host/..`` (with or without a
+    scheme): the host stays readable, the password never reaches a log or `config show`."""
+    return _USERINFO.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}:{MASK}@", url, count=1)
 
 
 class ElasticsearchSettings(Section):

@@ -14,7 +14,7 @@ from recall.events import EventConsumer
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.request import RecallResponse
 from recall.state import UserStates, problems
-from runtime.clients import elasticsearch_client
+from runtime.clients import elasticsearch_client, mongo_client
 from runtime.errors import Refused
 from runtime.logs import configure
 from runtime.service import install_signal_handlers, serve_http
@@ -30,8 +30,12 @@ def recall() -> None:
 
 
 def recaller_from(ctx: click.Context) -> Recaller:
+    """A Recaller whose servers answer within RECALL_REQUEST_TIMEOUT_S or count as down
+    (a request then gets 503 at once instead of waiting out the default 10-30 s)."""
     settings = settings_from(ctx)
-    db = mongo_database(ctx)
+    timeout_ms = int(RECALL_REQUEST_TIMEOUT_S * 1000)
+    db = mongo_client(settings.mongo, serverSelectionTimeoutMS=timeout_ms,
+                      socketTimeoutMS=timeout_ms)[settings.mongo.database]
     es = elasticsearch_client(settings.es, request_timeout=RECALL_REQUEST_TIMEOUT_S)
     return Recaller(es, db, ModelRegistry(db, settings.mongo.collections.models), settings)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -46,6 +48,13 @@ from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
 SEE_WITHIN_S = 15.0  # events and catalog changes must reach recall within this
+
+
+def _failures(run: subprocess.CompletedProcess[str]) -> str:
+    """What a failed `esrec` command said, in one line: its FAIL gates and its error."""
+    lines = [line for line in run.stdout.splitlines() if line.startswith("FAIL")]
+    lines += [line for line in run.stderr.splitlines() if line.startswith("esrec:")]
+    return "; ".join(lines) or f"exit {run.returncode}: {run.stderr.strip()[-300:]}"
 
 
 class DemoFailed(Refused):
@@ -92,7 +101,10 @@ class Demo:
                    err=True)
 
     def run(self) -> Path:
-        """Every step in order, then the report (also when a check failed: DemoFailed)."""
+        """Every step in order, then the report (also when a check failed: DemoFailed).
+        The output directory is the demo's own: what an earlier run left there goes."""
+        for earlier in (self.out / "models", self.out / "logs"):
+            shutil.rmtree(earlier, ignore_errors=True)
         try:
             self._steps()
         finally:
@@ -122,7 +134,7 @@ class Demo:
 
     def _check(self, ok: bool, message: str) -> None:
         if not ok:
-            raise DemoFailed(message)
+            raise DemoFailed(" ".join(message.split()))  # one line: it is a table cell
 
     def _data(self) -> None:
         with self.step("synthetic catalog, users and interactions -> MongoDB") as notes:
@@ -296,7 +308,7 @@ class Demo:
 
     def _status(self, title: str) -> None:
         status = esrec(self.env, "models", "status")
-        self._check(status.returncode == 0, status.stderr)
+        self._check(status.returncode == 0, _failures(status))
         click.echo(status.stdout, err=True)
         self.record.tables.append((title, status.stdout))
 
@@ -306,14 +318,14 @@ class Demo:
             rolled = esrec(self.env, "models", "roll", "demo-two-tower@2")
             click.echo(rolled.stdout, err=True)
             self.record.tables.append(("esrec models roll demo-two-tower@2", rolled.stdout))
-            self._check(rolled.returncode == 0, f"roll failed: {rolled.stderr[-2000:]}")
+            self._check(rolled.returncode == 0, "roll failed: " + _failures(rolled))
             self._status("models status after the roll")
             answer = self._recaller().recall({"user_id": self.dataset.users[0]["_id"]})
             self._check(answer.model == "demo-two-tower@2", f"recall answers with {answer.model}")
             notes.append(f"recall now answers from {answer.index}")
         with self.step("roll back to demo-two-tower@1") as notes:
             back = esrec(self.env, "models", "rollback")
-            self._check(back.returncode == 0, back.stderr)
+            self._check(back.returncode == 0, _failures(back))
             self._status("models status after the rollback")
             answer = self._recaller().recall({"user_id": self.dataset.users[0]["_id"]})
             self._check(answer.model == "demo-two-tower@1", f"recall answers with {answer.model}")

@@ -18,10 +18,13 @@ STOP_TIMEOUT_S = 60.0
 
 def environment(settings: Settings, metrics_port: int, events_port: int) -> dict[str, str]:
     """This process's environment (credentials included) aimed at ``settings``' servers
-    and names, for `esrec` subprocesses."""
+    and names, with the demo's gates, for `esrec` subprocesses."""
+    rollout = settings.rollout
     return {**os.environ, **server_environment(settings),
             "ESREC_INDEXER__METRICS_PORT": str(metrics_port),
-            "ESREC_RECALL__EVENTS_METRICS_PORT": str(events_port)}
+            "ESREC_RECALL__EVENTS_METRICS_PORT": str(events_port),
+            "ESREC_ROLLOUT__MAX_P99_MS": str(rollout.max_p99_ms),
+            "ESREC_ROLLOUT__ANN_QUERIES": str(rollout.ann_queries)}
 
 
 def esrec(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:

@@ -72,12 +72,17 @@ def _plots(record: Record, directory: Path) -> list[Path]:
     return paths
 
 
+def _cell(text: str) -> str:
+    """Text as one Markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def write(record: Record, directory: Path) -> Path:
     """report.md next to the plots; returns the Markdown file."""
     directory.mkdir(parents=True, exist_ok=True)
     plots = _plots(record, directory)
     lines = ["# esrec demo report", "", "| step | seconds | check |", "| --- | ---: | --- |"]
-    lines += [f"| {name} | {seconds:.1f} | {'ok' if ok else 'FAILED'}: {note} |"
+    lines += [f"| {name} | {seconds:.1f} | {'ok' if ok else 'FAILED'}: {_cell(note)} |"
               for name, seconds, ok, note in record.steps]
     lines += ["", "## Models", ""]
     for ref, summary in record.training.items():

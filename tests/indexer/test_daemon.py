@@ -46,7 +46,10 @@ def test_checkpoint_moves_only_after_the_writes_are_acknowledged(
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(2)  # the sink keeps retrying the batch with "x"
+    deadline = time.monotonic() + 60  # however slow the stream opens on a busy server
+    while svc.metrics.retries.labels("bulk")._value.get() < 2:  # retrying the batch with "x"
+        assert time.monotonic() < deadline and thread.is_alive(), errors
+        time.sleep(0.1)
     svc.stop.set()
     thread.join(15)
     assert not thread.is_alive()

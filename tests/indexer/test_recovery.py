@@ -22,6 +22,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
+from esrec.stack import free_port
 from indexer.service import Services
 from tests.indexer.helpers import (
     CATALOG,
@@ -31,6 +32,7 @@ from tests.indexer.helpers import (
     wait_caught_up,
     write_changes,
 )
+from tests.processes import EsrecProcess, get_json, metric
 from tests.proxy import TcpProxy
 from towers.artifact import ModelArtifact
 from towers.dataset import Collections, write_mongo
@@ -40,65 +42,32 @@ pytestmark = pytest.mark.slow
 CATCH_UP_S = 180.0
 
 
-class Daemon:
-    """`esrec indexer run` as a real process, restartable."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "esrec", "indexer", "run"], env=self.env,
-                stdout=out, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            assert self.process.wait(60) == 0, self.log.read_text()[-2000:]
-
-    def wait_for(self, line: str, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while line not in self.log.read_text():
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.1)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-
 @pytest.fixture
 def prepared(settings: Settings, es: Elasticsearch, artifact_dir: Path,
-             tmp_path: Path) -> Iterator[tuple[Services, Daemon]]:
+             tmp_path: Path) -> Iterator[tuple[Services, EsrecProcess]]:
     svc = services(settings, es, artifact_dir)
     write_mongo(generate(CATALOG), svc.db, Collections())
-    env = cli_env(settings, ESREC_INDEXER__RETRY_MAX_DELAY_S="2")
+    env = cli_env(settings, ESREC_INDEXER__RETRY_MAX_DELAY_S="2",
+                  ESREC_INDEXER__METRICS_PORT=str(free_port()))
     backfill = subprocess.run([sys.executable, "-m", "esrec", "indexer", "backfill",
                                "test-model@1"], env=env, capture_output=True, text=True,
                               timeout=300)
     assert backfill.returncode == 0, backfill.stderr[-2000:]
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon = EsrecProcess(env, tmp_path / "daemon.log", "indexer", "run")
     yield svc, daemon
     if daemon.alive():
         daemon.kill()
 
 
-def _caught_up(svc: Services, index: str, after: float, daemon: Daemon) -> None:
-    wait_caught_up(svc, index, after, CATCH_UP_S,
-                   lambda: (daemon.alive(), daemon.log.read_text()[-3000:]))
+def _caught_up(svc: Services, index: str, after: float, daemon: EsrecProcess) -> None:
+    wait_caught_up(svc, index, after, CATCH_UP_S, lambda: (daemon.alive(), daemon.text()[-3000:]))
 
 
 def _index(svc: Services) -> str:
     return svc.active_targets()[0].index
 
 
-def test_sigkill_at_random_moments_loses_nothing(prepared: tuple[Services, Daemon],
+def test_sigkill_at_random_moments_loses_nothing(prepared: tuple[Services, EsrecProcess],
                                                  es: Elasticsearch, artifact_dir: Path) -> None:
     svc, daemon = prepared
     index = _index(svc)
@@ -121,27 +90,46 @@ def test_sigkill_at_random_moments_loses_nothing(prepared: tuple[Services, Daemo
     assert mismatches(es, index, svc.items, ModelArtifact.load(artifact_dir)) == []
 
 
-def test_elasticsearch_gone_for_20s_then_back(prepared: tuple[Services, Daemon],
+def test_elasticsearch_gone_for_20s_then_back(prepared: tuple[Services, EsrecProcess],
                                               es: Elasticsearch, es_url: str,
                                               artifact_dir: Path) -> None:
+    """Cut off for 20 s: the daemon waits and retries, /healthz says degraded and why, the
+    lag grows on the server's clock; after, both are back to ok / 0 and nothing is lost."""
     svc, daemon = prepared
     index = _index(svc)
+    port = int(daemon.env["ESREC_INDEXER__METRICS_PORT"])
     target = urlsplit(es_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
     daemon.env["ESREC_ES__HOSTS"] = proxy.url
     daemon.start()
+    daemon.wait_for("indexer starting")
+    _caught_up(svc, index, time.time(), daemon)
+    assert get_json(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert metric(port, "esrec_indexer_lag_seconds") == 0.0
     writer = threading.Thread(target=write_changes, args=(svc.items, 6000, 2, 0.002))
     writer.start()
-    daemon.wait_for("indexer starting")
     time.sleep(2)
     proxy.cut()
-    time.sleep(20)
-    assert daemon.alive(), daemon.log.read_text()[-3000:]  # waiting and retrying, not dead
+    during: list[tuple[int, dict, float]] = []
+    for _ in range(10):  # 20 s
+        time.sleep(2)
+        status, body = get_json(f"http://127.0.0.1:{port}/healthz")
+        during.append((status, body, metric(port, "esrec_indexer_lag_seconds") or 0.0))
+    assert daemon.alive(), daemon.text()[-3000:]  # waiting and retrying, not dead
+    assert get_json(f"http://127.0.0.1:{port}/livez")[0] == 200  # alive: no restart
     proxy.restore()
     writer.join()
     finished = time.time()
     _caught_up(svc, index, finished + 1, daemon)
+    after_status, after_body = get_json(f"http://127.0.0.1:{port}/healthz")
+    after_lag = metric(port, "esrec_indexer_lag_seconds")
     daemon.stop()
     proxy.cut()
-    assert "retrying bulk" in daemon.log.read_text()
+    statuses = [status for status, _, _ in during]
+    lags = [lag for _, _, lag in during]
+    assert statuses[-1] == 503 and during[-1][1]["status"] == "degraded", during[-1]
+    assert "bulk" in during[-1][1]["problems"], during[-1][1]
+    assert lags[-1] >= 12 and lags[-1] > lags[2], lags  # growing through the cut
+    assert (after_status, after_body["status"], after_lag) == (200, "ok", 0.0), after_body
+    assert "retrying bulk" in daemon.text()
     assert mismatches(es, index, svc.items, ModelArtifact.load(artifact_dir)) == []
