@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -116,7 +117,7 @@ def _describe(error: ValidationError) -> str:
 _FIELD = re.compile(r'error parsing value for field "([^"]+)"')
 
 
-def _unparsable_variable(error: ValueError) -> str | None:
+def _unparsable_variable(error: ValueError | yaml.YAMLError) -> str | None:
     """pydantic-settings says only which section failed to parse; name the variable and
     its JSON error (a JSON value such as ESREC_RECALL__CHANNELS that is not JSON)."""
     match = _FIELD.search(str(error))
@@ -173,8 +174,9 @@ def load_settings(config_file: Path | None = None) -> Settings:
         return Settings()
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
-    except ValueError as error:  # a config file or env var that does not parse
-        raise SettingsError(_unparsable_variable(error) or f"cannot read settings: {error}"
+    except (ValueError, yaml.YAMLError) as error:  # a config file or env var that won't parse
+        message = " ".join(str(error).split())
+        raise SettingsError(_unparsable_variable(error) or f"cannot read settings: {message}"
                             ) from None
     finally:
         _config_file.reset(token)

@@ -50,7 +50,9 @@ def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before it is parsed."""
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before anything parses
+    it. The body (at most ``limit`` bytes) is read here and handed on whole, so a streamed
+    body without Content-Length is held to the same limit."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -64,20 +66,26 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._refuse(send)
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        body, more = b"", True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._refuse(send)
+                return
+        delivered = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # a disconnect, while the app waits for one
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps({"detail": f"request body over {self.limit} bytes"}).encode()
@@ -85,10 +93,6 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    """A streamed body went over the limit."""
 
 
 def create_app(recaller: Recaller) -> FastAPI:

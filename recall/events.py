@@ -111,7 +111,8 @@ class EventConsumer:
                                  group_id=self.settings.recall.consumer_group,
                                  enable_auto_commit=False, auto_offset_reset="earliest")
         try:
-            producer = KafkaProducer(**kafka_options(kafka), acks="all")
+            producer = KafkaProducer(**kafka_options(kafka), acks="all",
+                                     max_block_ms=int(DEAD_LETTER_TIMEOUT_S * 1000))
         except KafkaError:
             consumer.close()
             raise
@@ -176,7 +177,7 @@ class EventConsumer:
                 "offset": record.offset})
             try:
                 sent.append((record, producer.send(topic, value=dead_letter(record, reason))))
-            except KafkaError as error:  # e.g. refused by the client before sending
+            except (KafkaError, ValueError) as error:  # refused by the client before sending
                 self._lost(record, error)
         if sent:
             try:

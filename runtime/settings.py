@@ -30,6 +30,7 @@ DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 MASK = "**********"
 
 
@@ -121,6 +122,14 @@ class TopicNames(Section):
     user_events: str = "esrec.user-events"
     item_changes: str = "esrec.item-changes"
     dead_letters: str = "esrec.dead-letters"
+
+    @field_validator("*")
+    @classmethod
+    def _topic(cls, name: str) -> str:
+        if not _TOPIC.match(name):
+            raise ValueError(f"{name[:60]!r} is not a Kafka topic name: 1 to 249 ASCII "
+                             "letters, digits, '.', '_' and '-'")
+        return name
 
 
 class KafkaSettings(Section):

@@ -72,6 +72,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     configure()
     serve_with_one_torch_thread()
     recaller = recaller_from(ctx)
+    # uvicorn drains on SIGTERM, then re-raises the signal into the handler it found: ours
+    # (a stop flag with a watchdog), so a drained service exits 0 like the other daemons
+    install_signal_handlers(threading.Event(), recaller.settings.recall.shutdown_timeout_s)
     uvicorn.run(create_app(recaller), host=host or settings_from(ctx).http.host,
                 port=recaller.settings.recall.port if port is None else port,
                 log_config=None, access_log=False)
