@@ -13,6 +13,7 @@ from pymongo.errors import OperationFailure
 
 from esrec.settings import Settings
 from indexer.daemon import MissingCheckpoint
+from indexer.lifecycle import Versions
 from indexer.sink import TransientBulkError
 from indexer.source import ChangeStreamSource, HistoryLost, Position
 from runtime.clients import elasticsearch_client
@@ -69,9 +70,16 @@ def test_idle_stream_keeps_its_token_fresh(settings: Settings, es: Elasticsearch
         assert time.monotonic() < deadline, "the idle daemon saved no resume token"
         time.sleep(0.1)
     svc.db["unrelated"].insert_one({"n": 1})  # the oplog moves, our collection does not
-    time.sleep(1.0)
+    time.sleep(7.0)  # longer than CAUGHT_UP_WITHIN_S: only fresh idle confirmations count
+    (row,) = Versions(svc).status(active_only=True)
+    assert (row.lag_s, row.followed) == (0.0, True), row  # a quiet catalog, caught up
+    assert indexer.lag_s() == 0.0
     svc.stop.set()
     thread.join(15)
+    (stopped,) = Versions(svc).status(active_only=True)
+    time.sleep(6.0)  # no daemon any more: the lag grows from the last confirmation
+    (later_row,) = Versions(svc).status(active_only=True)
+    assert stopped.lag_s == 0.0 and (later_row.lag_s or 0) >= 5, later_row
     later = svc.checkpoints.load(target.index)
     assert first is not None and later is not None and first.token is not None
     assert later.token != first.token
