@@ -35,12 +35,12 @@ from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings, load_settings
 from esrec.stack import LocalStack
-from indexer.backfill import operation_time
+from indexer.changes import Position
 from indexer.documents import project
 from indexer.layout import item_document
 from indexer.service import Services
 from indexer.sink import BULK_RESPONSE_FIELDS
-from indexer.source import ChangeStreamSource, Position
+from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import elasticsearch_client, mongo_client
 from towers.artifact import export_artifact
 from towers.synth import SynthConfig, generate
@@ -137,11 +137,11 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     target = svc.new_generation(REF, point_alias=True)
     items = svc.items
     items.insert_one({"_id": "seed", "title": "seed"})
-    start = Position(None, operation_time(items), 0)
-    svc.checkpoints.save(target.index, start)
+    resume = Position(None, server_time(items), 0)
+    svc.checkpoints.save(target.index, resume)
     items.insert_many(documents)  # the backlog the indexer will chew through
 
-    source = ChangeStreamSource(items, start, await_ms=20)
+    source = ChangeStreamSource(items, resume, await_ms=20)
     stream_cpu = _CpuMeter({"client": os.getpid(), **servers})
     started, read = time.perf_counter(), 0
     while read < docs:

@@ -9,6 +9,7 @@ pre-featurized inputs, and featurization + tower (what the indexer pays per docu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -53,9 +54,9 @@ def main() -> None:
             docs = documents[:batch]
             inputs = artifact.featurizer.items(docs)
             with torch.inference_mode():
-                tower = rate(lambda inputs=inputs: artifact.item_tower(inputs), batch,
+                tower = rate(functools.partial(artifact.item_tower, inputs), batch,
                              args.seconds)
-            full = rate(lambda docs=docs: artifact.embed_items(docs), batch, args.seconds)
+            full = rate(functools.partial(artifact.embed_items, docs), batch, args.seconds)
             by_batch[str(batch)] = {"tower_items_per_s": round(tower),
                                     "featurize_and_tower_items_per_s": round(full)}
     print(json.dumps({

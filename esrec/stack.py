@@ -75,7 +75,7 @@ def _mongo_ready(url: str) -> bool:
     from pymongo import MongoClient
     from pymongo.errors import PyMongoError
 
-    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=500)
+    client: MongoClient[dict[str, object]] = MongoClient(url, serverSelectionTimeoutMS=500)
     try:
         return bool(client.admin.command("hello").get("isWritablePrimary"))
     except PyMongoError:

@@ -17,7 +17,6 @@ from typing import Any
 
 from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch
-from pymongo.collection import Collection
 
 from indexer.changes import Batch, SnapshotPosition
 from indexer.checkpoint import Checkpoints
@@ -26,6 +25,7 @@ from indexer.pipeline import Pipeline
 from indexer.settings import IndexerSettings
 from indexer.snapshot import SnapshotSource
 from indexer.source import server_time
+from runtime.clients import MongoCollection
 
 # (documents handed out so far, estimated total) after every saved page
 OnProgress = Callable[[int, int], None]
@@ -40,7 +40,7 @@ class BackfillReport:
     done: bool
 
 
-def backfill(items: Collection, es: Elasticsearch, pipeline: Pipeline,
+def backfill(items: MongoCollection, es: Elasticsearch, pipeline: Pipeline,
              checkpoints: Checkpoints, index: str, stop: threading.Event,
              settings: IndexerSettings, on_progress: OnProgress | None = None) -> BackfillReport:
     """Fill ``index`` from a scan of ``items`` (resuming a started backfill)."""

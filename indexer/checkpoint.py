@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson.timestamp import Timestamp
-from pymongo.collection import Collection
 
 from indexer.changes import Position, SnapshotPosition
+from runtime.clients import MongoCollection
 
 # a few idle heartbeats (source.HEARTBEAT_S): an idle confirmation older than this no
 # longer proves the index is caught up; a position saved longer ago than FOLLOWED_WITHIN_S
@@ -61,7 +61,7 @@ def backfill_state_id(index: str) -> str:
 
 
 class Checkpoints:
-    def __init__(self, collection: Collection, source: str) -> None:
+    def __init__(self, collection: MongoCollection, source: str) -> None:
         self.collection = collection
         self.source = source
 

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 
 from bson.timestamp import Timestamp
-from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from indexer.changes import Batch, Position
@@ -36,6 +35,7 @@ from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target
 from indexer.settings import IndexerSettings
 from indexer.source import HISTORY_LOST_CODES, ChangeStreamSource, HistoryLost, server_time
+from runtime.clients import MongoCollection
 from runtime.errors import Refused
 from runtime.health import Health
 from runtime.retry import Backoff, retry
@@ -67,7 +67,7 @@ class ServerClock:
 
 
 class Indexer:
-    def __init__(self, items: Collection, pipeline: Pipeline, checkpoints: Checkpoints,
+    def __init__(self, items: MongoCollection, pipeline: Pipeline, checkpoints: Checkpoints,
                  settings: IndexerSettings, metrics: IndexerMetrics, stop: threading.Event,
                  health: Health, follower: Follower | None = None,
                  resync: Resync | None = None) -> None:

@@ -12,9 +12,8 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo.collection import Collection
-
 from indexer.changes import Change
+from runtime.clients import MongoCollection
 from runtime.errors import Refused
 
 MAX_STORED_DOCUMENT_CHARS = 10_000  # enough to debug, bounded for oversized documents
@@ -25,7 +24,7 @@ class ErrorBudgetExceeded(Refused):
 
 
 class DeadLetters:
-    def __init__(self, collection: Collection, ratio: float, window: int) -> None:
+    def __init__(self, collection: MongoCollection, ratio: float, window: int) -> None:
         self.collection = collection
         self.ratio = ratio
         self.recent: deque[bool] = deque(maxlen=window)

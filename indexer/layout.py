@@ -117,11 +117,13 @@ def knn_clause(vector: np.ndarray, k: int, num_candidates: int,
 
 def model_of(es: Elasticsearch, index: str) -> dict[str, Any]:
     """The ``_meta`` of a concrete index: which model version built it."""
-    return es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
+    meta: dict[str, Any] = es.indices.get_mapping(index=index)[index]["mappings"].get(
+        "_meta", {})
+    return meta
 
 
 def item_document(vector: Sequence[float], projected: Mapping[str, Any], version: int,
-                  indexed_at: str) -> dict:
+                  indexed_at: str) -> dict[str, Any]:
     """The indexed form of an item (a numpy vector is fine: the client serializes it);
     ``indexed_at``: ISO-8601, one per batch."""
     return {**projected, VECTOR: vector, DELETED: False, VERSION: version,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from elasticsearch import Elasticsearch
@@ -44,7 +45,7 @@ def measure_int8_recall(es: Elasticsearch, vectors: np.ndarray, similarity: str,
         "type": "dense_vector", "dims": vectors.shape[1], "index": True,
         "similarity": similarity, "index_options": {"type": "int8_hnsw"}}}})
     try:
-        operations: list[dict] = []
+        operations: list[dict[str, Any]] = []
         for row, vector in enumerate(vectors):
             operations += [{"index": {"_index": index, "_id": str(row)}}, {"vector": vector}]
         es.bulk(operations=operations, refresh=True, filter_path="errors")
@@ -59,7 +60,8 @@ def measure_int8_recall(es: Elasticsearch, vectors: np.ndarray, similarity: str,
         es.indices.delete(index=index, ignore_unavailable=True)
 
 
-def choose_index_options(es: Elasticsearch, artifact: ModelArtifact, documents: list[dict],
+def choose_index_options(es: Elasticsearch, artifact: ModelArtifact,
+                         documents: list[dict[str, Any]],
                          threshold: float) -> QuantizationChoice:
     if len(documents) < 2 * K:
         return QuantizationChoice("hnsw", None, len(documents))  # float is the safe default

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from elasticsearch import Elasticsearch
-from pymongo.collection import Collection
-from pymongo.database import Database
 
 from indexer.backfill import BackfillReport, OnProgress, backfill
 from indexer.checkpoint import Checkpoints
@@ -24,6 +23,7 @@ from indexer.pipeline import Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, choose_index_options
 from indexer.settings import IndexerConfig
 from indexer.sink import ElasticsearchSink
+from runtime.clients import MongoCollection, MongoDatabase
 from runtime.errors import Refused
 from runtime.health import Health
 from runtime.retry import Backoff
@@ -41,14 +41,14 @@ class MissingIndex(Refused):
 class Services:
     settings: IndexerConfig
     es: Elasticsearch
-    db: Database
+    db: MongoDatabase
     registry: ModelRegistry
     metrics: IndexerMetrics
     stop: threading.Event
     health: Health = field(default_factory=Health)
 
     @classmethod
-    def create(cls, settings: IndexerConfig, es: Elasticsearch, db: Database,
+    def create(cls, settings: IndexerConfig, es: Elasticsearch, db: MongoDatabase,
                stop: threading.Event | None = None) -> Services:
         """The usual wiring: the registry in ``db``, fresh metrics, a stop flag, and a
         health whose "stalled" allows for the longest retry wait."""
@@ -61,7 +61,7 @@ class Services:
         return Checkpoints(self.db[self.settings.mongo.collections.checkpoints], SOURCE)
 
     @property
-    def items(self) -> Collection:
+    def items(self) -> MongoCollection:
         return self.db[self.settings.mongo.collections.items]
 
     def index_of(self, ref: str) -> str | None:
@@ -88,7 +88,8 @@ class Services:
         """A fresh concrete index for a version; ``point_alias`` makes it the version's."""
         artifact = self.registry.pull(ref)
         indexer = self.settings.indexer
-        options, measured = indexer.index_options, {}
+        options: str = indexer.index_options
+        measured: dict[str, Any] = {}
         if options == "auto":
             sample = list(self.items.find().limit(SAMPLE_ITEMS))
             choice = choose_index_options(self.es, artifact, sample, indexer.int8_min_recall)

@@ -17,6 +17,9 @@ from runtime.settings import KafkaSettings, MongoSettings, Section
 _ES_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 ProjectedType = Literal["keyword", "text", "float", "long", "date", "boolean"]
+DEFAULT_PROJECTION: dict[str, ProjectedType] = {
+    "title": "text", "category": "keyword", "tags": "keyword", "created_at": "date",
+    "price": "float", "popularity": "float"}
 
 
 class IndexSettings(Section):
@@ -43,10 +46,7 @@ class IndexerSettings(Section):
     batch_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     batch_max_wait_ms: int = Field(default=50, ge=0)
     # source fields copied into the index document for the other recall channels
-    projection: dict[str, ProjectedType] = Field(default_factory=lambda: {
-        "title": "text", "category": "keyword", "tags": "keyword", "created_at": "date",
-        "price": "float", "popularity": "float",
-    })
+    projection: dict[str, ProjectedType] = Field(default_factory=lambda: dict(DEFAULT_PROJECTION))
     # a document without one goes to dead letters
     required_fields: list[str] = Field(default_factory=list)
     max_document_bytes: int = Field(default=1024 * 1024, gt=0)  # BSON size of the source doc
@@ -82,8 +82,9 @@ class RolloutSettings(Section):
     max_p99_ms: float = Field(default=250.0, gt=0)  # kNN latency probe on the new index
 
 
-class IndexerConfig(Protocol):
-    """The sections the indexer reads (the shell's ``Settings`` has them all)."""
+class IndexConfig(Protocol):
+    """What anything that reads or writes the index layout needs: the servers' names,
+    the index names and the projected fields (the shell's ``Settings`` has them all)."""
 
     @property
     def mongo(self) -> MongoSettings: ...
@@ -93,5 +94,10 @@ class IndexerConfig(Protocol):
     def index(self) -> IndexSettings: ...
     @property
     def indexer(self) -> IndexerSettings: ...
+
+
+class IndexerConfig(IndexConfig, Protocol):
+    """The sections the indexer reads: the layout's, and the rollouts'."""
+
     @property
     def rollout(self) -> RolloutSettings: ...

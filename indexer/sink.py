@@ -10,6 +10,7 @@ A whole request that fails to connect, times out or gets 429/5xx is retried as a
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class ElasticsearchSink:
         outcome = BulkOutcome()
         pending, attempt = actions, 0
         while pending:
-            pending = retry(lambda p=pending: self._attempt(p, outcome), what="bulk",
+            pending = retry(functools.partial(self._attempt, pending, outcome), what="bulk",
                             backoff=self.backoff, stop=self.stop,
                             retry_on=(TransportConnectionError, ConnectionTimeout, ApiError),
                             on_retry=lambda _: self.metrics.retries.labels("bulk").inc(),
@@ -113,9 +114,9 @@ class ElasticsearchSink:
             elif status in TRANSIENT_STATUSES:
                 transient.append(action)
             else:
-                error = result.get("error", {})
-                outcome.rejected.append((action, f"{status} {error.get('type', '')}: "
-                                                 f"{error.get('reason', error)}"))
+                refusal = result.get("error", {})
+                outcome.rejected.append((action, f"{status} {refusal.get('type', '')}: "
+                                                 f"{refusal.get('reason', refusal)}"))
         return transient
 
     def _one_by_one(self, actions: list[Action], outcome: BulkOutcome,

@@ -24,10 +24,10 @@ from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.regex import Regex
 from bson.timestamp import Timestamp
-from pymongo.collection import Collection
 
 from indexer.changes import Batch, Change, SnapshotPosition, id_problem
 from indexer.versioning import external_version
+from runtime.clients import MongoCollection
 
 # BSON comparison order of the types an _id can have (arrays cannot be ids)
 _TYPE_ORDER: list[tuple[tuple[type, ...], list[str]]] = [
@@ -57,7 +57,7 @@ def types_after(value: Any) -> list[str]:
 class SnapshotSource:
     """Pages of the collection in ``_id`` order, resuming after ``position.last_id``."""
 
-    def __init__(self, collection: Collection, position: SnapshotPosition) -> None:
+    def __init__(self, collection: MongoCollection, position: SnapshotPosition) -> None:
         self.collection = collection
         self.position = position
         self.version = external_version(position.operation_time, 0)

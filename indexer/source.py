@@ -19,11 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from bson.timestamp import Timestamp
-from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from indexer.changes import Batch, Change, Position, id_problem
 from indexer.versioning import Sequencer, VersionOverflow
+from runtime.clients import MongoCollection
 from runtime.errors import DataLost
 
 # Server error codes for "your resume point is gone" (mongo/src/mongo/base/error_codes.yml)
@@ -40,7 +40,7 @@ class StreamInvalidated(DataLost):
     """The watched collection was dropped or renamed: the stream cannot go on."""
 
 
-def server_time(collection: Collection) -> Timestamp:
+def server_time(collection: MongoCollection) -> Timestamp:
     """The cluster's current operation time: what "now" is for versions and lag."""
     hello = collection.database.client.admin.command("hello")
     operation_time: Timestamp = hello.get("operationTime") or hello["$clusterTime"][
@@ -49,7 +49,7 @@ def server_time(collection: Collection) -> Timestamp:
 
 
 class ChangeStreamSource:
-    def __init__(self, collection: Collection, position: Position, await_ms: int = 50,
+    def __init__(self, collection: MongoCollection, position: Position, await_ms: int = 50,
                  on_overflow: Callable[[], None] = lambda: None) -> None:
         self.collection = collection
         self.sequencer = Sequencer(position.cluster_time if position.token else None,
@@ -106,7 +106,7 @@ class ChangeStreamSource:
             batch.watermark = batch.changes[-1].cluster_time if batch.changes else None
             return
         self.next_heartbeat = time.monotonic() + HEARTBEAT_S
-        token = self.stream.resume_token or self.last_position.token
+        token = dict(self.stream.resume_token or {}) or self.last_position.token
         batch.position = Position(token, self.sequencer.cluster_time, self.sequencer.seq) \
             if token is not None else self.last_position
         batch.watermark, batch.idle = now, True

@@ -126,8 +126,9 @@ def create_app(recaller: Recaller) -> FastAPI:
         return JSONResponse({"detail": str(known), "kind": known.kind.value},
                             status_code=HTTP_STATUSES[known.kind])
 
-    for handled in (EsrecError, *SERVER_ERRORS):
-        app.add_exception_handler(handled, failed)
+    handled: list[type[Exception]] = [EsrecError, *SERVER_ERRORS]
+    for kind in handled:
+        app.add_exception_handler(kind, failed)
 
     @app.post("/v1/recall", response_model=RecallResponse,
               dependencies=[Depends(authorized)],

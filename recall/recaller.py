@@ -18,7 +18,6 @@ import torch
 from elasticsearch import Elasticsearch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
-from pymongo.database import Database
 
 from indexer.layout import VECTOR
 from recall.channels import CHANNELS, Channel, Context
@@ -27,6 +26,7 @@ from recall.request import RecallResponse, filter_clauses, request_model
 from recall.serving import ServingResolver, ServingVersion
 from recall.settings import RecallConfig
 from recall.state import UserStates
+from runtime.clients import MongoDatabase
 from towers.dataset import RECENT_ITEMS
 from towers.registry import ModelRegistry
 
@@ -81,7 +81,7 @@ class Stopwatch:
 
 
 class Recaller:
-    def __init__(self, es: Elasticsearch, db: Database, registry: ModelRegistry,
+    def __init__(self, es: Elasticsearch, db: MongoDatabase, registry: ModelRegistry,
                  settings: RecallConfig, metrics: RecallMetrics | None = None) -> None:
         self.es = es
         self.settings = settings

@@ -105,7 +105,7 @@ def request_model(settings: RecallConfig) -> type[BaseModel]:
         "RecallRequest", __config__=ConfigDict(extra="forbid"),
         user_id=(ItemId, ...),
         k=(int, Field(default=recall.default_k, ge=1, le=recall.max_k)),
-        channels=(dict[channel_name, Weight] | None, Field(  # type: ignore[valid-type]
+        channels=(dict[channel_name, Weight] | None, Field(
             default=None, description=f"channel -> weight (0..{MAX_WEIGHT:g}); default: "
                                       "every enabled channel with its configured weight")),
         filters=(filters, Field(default_factory=filters)),
@@ -118,7 +118,7 @@ def request_model(settings: RecallConfig) -> type[BaseModel]:
 
 def filter_clauses(filters: BaseModel) -> list[dict[str, Any]]:
     """Elasticsearch filter clauses for a validated Filters instance."""
-    clauses = []
+    clauses: list[dict[str, Any]] = []
     for name, value in filters:
         if value is None:
             continue

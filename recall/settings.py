@@ -10,8 +10,12 @@ from typing import Literal, Protocol
 
 from pydantic import Field, SecretStr
 
-from indexer.settings import IndexerSettings, IndexSettings
-from runtime.settings import KafkaSettings, MongoSettings, Section
+from indexer.settings import IndexConfig
+from runtime.settings import Section
+
+FilterKind = Literal["term", "range"]
+DEFAULT_FILTERS: dict[str, FilterKind] = {
+    "category": "term", "tags": "term", "price": "range", "created_at": "range"}
 
 
 class ChannelSettings(Section):
@@ -47,24 +51,16 @@ class RecallSettings(Section):
     hot_window_days: float = Field(default=30.0, gt=0)
     fresh_half_life_days: float = Field(default=14.0, gt=0)  # i2i re-weighting by age
     # the only fields a request may filter on (no query injection): field -> "term" | "range"
-    filter_fields: dict[str, Literal["term", "range"]] = Field(default_factory=lambda: {
-        "category": "term", "tags": "term", "price": "range", "created_at": "range"})
+    filter_fields: dict[str, FilterKind] = Field(default_factory=lambda: dict(DEFAULT_FILTERS))
     api_token: SecretStr | None = None  # when set, POST /v1/recall needs "Bearer <token>"
     port: int = Field(default=8080, ge=0, le=65535)
     retry_max_delay_s: float = Field(default=30.0, gt=0)  # servers down: wait this at most
     shutdown_timeout_s: float = Field(default=30.0, gt=0)  # `recall events` drain limit
 
 
-class RecallConfig(Protocol):
-    """The sections recall reads (the shell's ``Settings`` has them all)."""
+class RecallConfig(IndexConfig, Protocol):
+    """The sections recall reads: the index layout's (it queries the indexer's indices
+    and filters on its projected fields), and its own."""
 
-    @property
-    def mongo(self) -> MongoSettings: ...
-    @property
-    def kafka(self) -> KafkaSettings: ...
-    @property
-    def index(self) -> IndexSettings: ...
-    @property
-    def indexer(self) -> IndexerSettings: ...
     @property
     def recall(self) -> RecallSettings: ...

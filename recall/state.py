@@ -24,10 +24,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pymongo import UpdateOne
-from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from recall.settings import RecallConfig
+from runtime.clients import MongoDatabase
 from towers.dataset import ITEM_TAGS_FIELD, behaviour, usable_tags
 
 DUPLICATE_KEY = 11000
@@ -63,7 +63,7 @@ class Applied:
 
 
 class UserStates:
-    def __init__(self, db: Database, settings: RecallConfig) -> None:
+    def __init__(self, db: MongoDatabase, settings: RecallConfig) -> None:
         names = settings.mongo.collections
         self.states = db[names.user_state]
         self.users = db[names.users]

@@ -10,10 +10,16 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
 from runtime.errors import EsrecError, Refused, Unavailable
 from runtime.settings import ElasticsearchSettings, KafkaSettings, MongoSettings
+
+Document = dict[str, Any]
+MongoDatabase = Database[Document]
+MongoCollection = Collection[Document]
 
 
 class OrjsonNdjsonSerializer(NdjsonSerializer):
@@ -47,7 +53,7 @@ def elasticsearch_client(settings: ElasticsearchSettings, **overrides: Any) -> E
     return Elasticsearch(**options)
 
 
-def mongo_client(settings: MongoSettings, **overrides: Any) -> MongoClient:
+def mongo_client(settings: MongoSettings, **overrides: Any) -> MongoClient[Document]:
     """A MongoDB client with the configured server-selection timeout."""
     options: dict[str, Any] = {
         "serverSelectionTimeoutMS": settings.server_selection_timeout_ms,
@@ -77,7 +83,8 @@ def kafka_options(settings: KafkaSettings) -> dict[str, Any]:
 def _kafka_error() -> type[Exception]:
     from kafka.errors import KafkaError
 
-    return KafkaError
+    error: type[Exception] = KafkaError
+    return error
 
 
 # every client library's error base: what server_error translates

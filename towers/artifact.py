@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -107,18 +108,16 @@ def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, na
     return ModelArtifact.load(directory)
 
 
+@dataclass(frozen=True, eq=False)
 class ModelArtifact:
     """A verified model version, ready to embed items and users."""
 
-    def __init__(self, directory: Path, manifest: Manifest, sha256: str,
-                 item_tower: torch.nn.Module, user_tower: torch.nn.Module,
-                 featurizer: Featurizer) -> None:
-        self.directory = directory
-        self.manifest = manifest
-        self.sha256 = sha256
-        self.item_tower = item_tower
-        self.user_tower = user_tower
-        self.featurizer = featurizer
+    directory: Path
+    manifest: Manifest
+    sha256: str
+    item_tower: torch.nn.Module
+    user_tower: torch.nn.Module
+    featurizer: Featurizer
 
     @classmethod
     def load(cls, directory: Path, expected_sha256: str | None = None) -> ModelArtifact:
@@ -187,4 +186,5 @@ class ModelArtifact:
 
 def _run(tower: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
     with torch.inference_mode():
-        return tower(inputs).numpy()
+        vectors: np.ndarray = tower(inputs).numpy()
+    return vectors

@@ -210,7 +210,7 @@ class Collections:
     interactions: str = "interactions"
 
 
-def load_mongo(db: Database, names: Collections) -> Dataset:
+def load_mongo(db: Database[dict[str, Any]], names: Collections) -> Dataset:
     return Dataset(
         items=list(db[names.items].find()),
         users=list(db[names.users].find()),
@@ -218,7 +218,8 @@ def load_mongo(db: Database, names: Collections) -> Dataset:
     )
 
 
-def write_mongo(dataset: Dataset, db: Database, names: Collections, batch: int = 5000) -> None:
+def write_mongo(dataset: Dataset, db: Database[dict[str, Any]], names: Collections,
+                batch: int = 5000) -> None:
     """Load a dataset into MongoDB (timestamps as BSON dates), replacing what was there."""
     def dated(document: dict[str, Any]) -> dict[str, Any]:
         return {k: datetime.fromisoformat(v) if k.endswith("_at") and isinstance(v, str) else v

@@ -144,20 +144,21 @@ def scalar_count(features: list[Feature]) -> int:
 
 def default_spec(dim: int = 32) -> FeatureSpec:
     """The spec for the catalog shape esrec's synthetic data (and many feeds) have."""
-    tags = {"table": "tags", "dim": dim, "max_vocab": 5000}
-    item_ids = {"table": "item_id", "dim": dim, "max_vocab": 200_000}
+    tag_vocab, id_vocab = 5000, 200_000
     return FeatureSpec(
         item=[
-            ItemId(name="item_id", field="_id", **item_ids),
+            ItemId(name="item_id", field="_id", table="item_id", dim=dim, max_vocab=id_vocab),
             Categorical(name="category", field="category", dim=dim, max_vocab=1000),
-            Tags(name="item_tags", field="tags", max_len=16, **tags),
+            Tags(name="item_tags", field="tags", max_len=16, table="tags", dim=dim,
+                 max_vocab=tag_vocab),
             Text(name="title", field="title", dim=dim, hash_buckets=1 << 14, max_len=16),
             Numeric(name="price", field="price", log=True),
         ],
         user=[
             RecentItems(name="recent_items", field="recent_items", max_len=50, half_life=3.0,
-                        **item_ids),
-            TagCounts(name="recent_tags", field="tag_counts", max_len=64, **tags),
+                        table="item_id", dim=dim, max_vocab=id_vocab),
+            TagCounts(name="recent_tags", field="tag_counts", max_len=64, table="tags",
+                      dim=dim, max_vocab=tag_vocab),
             Categorical(name="country", field="country", dim=8, max_vocab=300),
             Numeric(name="age", field="age"),
             Age(name="account_age", field="signup_at"),

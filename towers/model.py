@@ -15,6 +15,12 @@ from towers.features import PAD, Feature, FeatureSpec, RecentItems, embedded, sc
 from towers.featurizer import EXAMPLE_AGE, NUMERIC, FittedState, table_size
 
 
+def _embedding(tables: nn.ModuleDict, name: str) -> nn.Embedding:
+    table = tables[name]
+    assert isinstance(table, nn.Embedding)
+    return table
+
+
 def _pool(embedded: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean over the bag dimension; an all-padding bag pools to zeros."""
     total = weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
@@ -33,7 +39,8 @@ class Tower(nn.Module):
             if isinstance(feature, RecentItems) and feature.half_life > 0:
                 decay = 0.5 ** (torch.arange(feature.max_len) / feature.half_life)
                 self.register_buffer(f"decay_{feature.name}", decay, persistent=True)
-        width = sum(tables[table].embedding_dim for _, table, _ in self.embedded) + numeric_dim
+        width = sum(_embedding(tables, table).embedding_dim
+                    for _, table, _ in self.embedded) + numeric_dim
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -72,9 +79,10 @@ class TwoTower(nn.Module):
             if feature.table_name not in tables:
                 tables[feature.table_name] = nn.Embedding(
                     table_size(feature, state), feature.dim, padding_idx=PAD)
-                nn.init.normal_(tables[feature.table_name].weight, std=0.05)
+                weight = _embedding(tables, feature.table_name).weight
+                nn.init.normal_(weight, std=0.05)
                 with torch.no_grad():
-                    tables[feature.table_name].weight[PAD].zero_()
+                    weight[PAD].zero_()
         self.item_tower = Tower(spec.item, tables, scalar_count(spec.item), hidden, out_dim)
         self.user_tower = UserTower(  # + 1: the example age
             spec.user, tables, scalar_count(spec.user) + 1, hidden, out_dim)

@@ -64,7 +64,7 @@ def parse_ref(ref: str) -> tuple[str, str]:
 
 
 class ModelRegistry:
-    def __init__(self, db: Database, collection: str) -> None:
+    def __init__(self, db: Database[dict[str, Any]], collection: str) -> None:
         self.documents = db[collection]
         self.files = gridfs.GridFSBucket(db, bucket_name=collection)  # connects lazily
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def generate(config: SynthConfig = SynthConfig()) -> Dataset:
 
     item_topic = rng.permutation(np.arange(config.items) % config.topics)  # no empty topic
     popularity = 1.0 / (1.0 + rng.permutation(config.items)) ** config.zipf
-    items = []
+    items: list[dict[str, Any]] = []
     for i in range(config.items):
         t = int(item_topic[i])
         tags = list(rng.choice(topic_tags[t], rng.integers(2, 5), replace=False))
@@ -95,6 +96,6 @@ def generate(config: SynthConfig = SynthConfig()) -> Dataset:
             topic = int(item_topic[item])
             interactions.append(Interaction(f"u{u}", f"i{item}", round(float(ts), 3)))  # BSON: ms
     counts = Counter(interaction.item_id for interaction in interactions)
-    for item in items:  # the counter a feed keeps for its "hot" channel
-        item["popularity"] = float(counts[item["_id"]])
+    for document in items:  # the counter a feed keeps for its "hot" channel
+        document["popularity"] = float(counts[str(document["_id"])])
     return Dataset(items=items, users=users, interactions=interactions)

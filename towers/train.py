@@ -99,7 +99,8 @@ def user_vectors_for(model: TwoTower, featurizer: Featurizer,
         return np.zeros((0, model.out_dim), np.float32)
     inputs = featurizer.users([c.user for c in cases], at=[c.ts for c in cases])
     with torch.no_grad():
-        return model.user_tower(inputs).numpy()
+        vectors: np.ndarray = model.user_tower(inputs).numpy()
+    return vectors
 
 
 def in_batch_softmax_loss(users: torch.Tensor, items: torch.Tensor, item_rows: torch.Tensor,
@@ -162,7 +163,7 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
                                            generator))
             loss = in_batch_softmax_loss(u, v, rows, log_q[rows], config.temperature)
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total += loss.item() * len(batch)
             bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -7,11 +7,10 @@ import sys
 from typing import Any, NoReturn
 
 import click
-from pymongo.database import Database
 
 from esrec.settings import Settings, load_settings
 from indexer.service import Services
-from runtime.clients import elasticsearch_client, mongo_client, server_error
+from runtime.clients import MongoDatabase, elasticsearch_client, mongo_client, server_error
 from runtime.errors import EXIT_CODES, EsrecError, Kind
 
 
@@ -24,13 +23,13 @@ def settings_from(ctx: click.Context) -> Settings:
     return settings
 
 
-def mongo_database(ctx: click.Context) -> Database:
+def mongo_database(ctx: click.Context) -> MongoDatabase:
     """The configured MongoDB database, one client per invocation."""
     root = ctx.find_root()
     if root.obj.get("mongo") is None:
         settings = settings_from(ctx)
         root.obj["mongo"] = mongo_client(settings.mongo)[settings.mongo.database]
-    database: Database = root.obj["mongo"]
+    database: MongoDatabase = root.obj["mongo"]
     return database
 
 

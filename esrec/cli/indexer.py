@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Never
 
 import click
 from elastic_transport import TransportError
@@ -32,7 +33,7 @@ log = logging.getLogger("esrec.indexer")
 def progress_bar(what: str) -> Iterator[OnProgress]:
     """A progress callback drawing a bar on stderr once there is progress to show (none
     when stderr is not a terminal)."""
-    bars: list[tqdm] = []
+    bars: list[tqdm[Never]] = []
 
     def update(done: int, total: int) -> None:
         if not bars:

@@ -93,12 +93,12 @@ def _print_gates(results: list[GateResult]) -> None:
 
 def _with_services(command: Callable[..., None]) -> Callable[..., None]:
     """Run ``command(services, ...)`` with logging set up."""
-    @click.pass_context
-    @functools.wraps(command)
-    def wrapper(ctx: click.Context, **kwargs: object) -> None:
+    def wrapper(ctx: click.Context, /, **kwargs: object) -> None:
         configure()
         command(services_from(ctx), **kwargs)
-    return wrapper
+
+    functools.update_wrapper(wrapper, command)
+    return click.pass_context(wrapper)
 
 
 @models.command("build")

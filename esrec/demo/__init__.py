@@ -29,7 +29,6 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from pymongo import UpdateOne
-from pymongo.collection import Collection
 
 from esrec.demo.processes import Background, environment, esrec, scrape_counter
 from esrec.demo.report import Record, write
@@ -39,7 +38,7 @@ from indexer.lifecycle import Versions
 from indexer.service import Services
 from recall.recaller import Recaller
 from recall.request import RecallResponse
-from runtime.clients import elasticsearch_client, kafka_options, mongo_client
+from runtime.clients import MongoCollection, elasticsearch_client, kafka_options, mongo_client
 from runtime.errors import Refused
 from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
@@ -218,7 +217,7 @@ class Demo:
         return users
 
     @staticmethod
-    def _has_recent(states: Collection, user: str, items: list[str]) -> bool:
+    def _has_recent(states: MongoCollection, user: str, items: list[str]) -> bool:
         state = states.find_one({"_id": user}) or {}
         return set(items) <= {entry["item_id"] for entry in state.get("recent", [])}
 

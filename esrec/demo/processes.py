@@ -27,7 +27,8 @@ def environment(settings: Settings, metrics_port: int, events_port: int) -> dict
             "ESREC_ROLLOUT__ANN_QUERIES": str(rollout.ann_queries)}
 
 
-def esrec(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+def esrec(env: dict[str, str], *args: str,
+          timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
     """Run one `esrec` command to completion, capturing its output."""
     return subprocess.run([sys.executable, "-m", "esrec", *args], env=env, text=True,
                           capture_output=True, timeout=timeout_s)

@@ -1,0 +1,39 @@
+"""The walls between the packages, checked on the source: a core package never reaches
+into the shell, and the leaf imports none of the packages (see DESIGN.md, "Packages")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# package -> the esrec packages it may import (besides itself and third-party code)
+ALLOWED = {
+    "runtime": set(),
+    "towers": {"runtime"},
+    "indexer": {"runtime", "towers"},
+    "recall": {"runtime", "towers", "indexer"},
+    "esrec": {"runtime", "towers", "indexer", "recall"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_what_its_layer_allows(package: str) -> None:
+    ours = set(ALLOWED)
+    wrong = {str(path.relative_to(ROOT)): sorted((_imports(path) & ours) - {package}
+                                                 - ALLOWED[package])
+             for path in (ROOT / package).rglob("*.py")}
+    assert {path: names for path, names in wrong.items() if names} == {}
