@@ -237,7 +237,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dataset = generate(SynthConfig(items=2000, users=1000))
-        result = train(dataset, TrainConfig(epochs=1), progress=False)
+        result = train(dataset, TrainConfig(epochs=1))
         model_dir = Path(tmp) / "model"
         export_artifact(result.model, result.featurizer, model_dir, "bench", "1", {})
         settings, pids, stack = stack_settings(args.configured, Path(tmp) / "stack")

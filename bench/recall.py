@@ -163,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(generate(SynthConfig(items=args.items, users=500, seed=4)),
-                       TrainConfig(epochs=1), progress=False)
+                       TrainConfig(epochs=1))
         model_dir = Path(tmp) / "model"
         export_artifact(result.model, result.featurizer, model_dir, "bench", "1", {})
         settings, _pids, stack = stack_settings(args.configured, Path(tmp) / "stack")

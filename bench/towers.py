@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = generate(SynthConfig(items=args.items, users=args.users))
-    result = train(dataset, TrainConfig(epochs=2), progress=False)
+    result = train(dataset, TrainConfig(epochs=2))
     with tempfile.TemporaryDirectory() as tmp:
         artifact = export_artifact(result.model, result.featurizer, Path(tmp) / "m", "bench",
                                    "1", {})

@@ -25,10 +25,10 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from recall.metrics import EventMetrics
 from recall.settings import RecallConfig
 from recall.state import UserEvent, UserStates, problems
 from runtime.clients import kafka_options
@@ -49,23 +49,6 @@ class EventCounts:
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0  # to the dead-letter topic (malformed, or refused by MongoDB)
-
-
-class EventMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.events = Counter("esrec_user_events", "User events by outcome", ["outcome"],
-                              registry=self.registry)
-        self.dead_letter_failures = Counter(
-            "esrec_user_events_dead_letter_failures",
-            "Dead letters that could not be sent (the record stays in the source topic)",
-            registry=self.registry)
-        self.apply_seconds = Histogram("esrec_user_events_apply_seconds",
-                                       "MongoDB user-state update per batch",
-                                       registry=self.registry)
-        self.lag = Gauge("esrec_user_events_lag",
-                         "Records in the assigned partitions not yet consumed",
-                         registry=self.registry)
 
 
 def parse(value: bytes | None) -> UserEvent:

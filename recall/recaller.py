@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from elasticsearch import Elasticsearch
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 
 from indexer.layout import VECTOR
 from recall.channels import CHANNELS, Channel, Context
 from recall.fusion import quota, rrf
+from recall.metrics import RecallMetrics
 from recall.request import RecallResponse, filter_clauses, request_model
 from recall.serving import ServingResolver, ServingVersion
 from recall.settings import RecallConfig
@@ -39,26 +39,6 @@ def serve_with_one_torch_thread() -> None:
     at one client in bench/recall.py). Process-wide, so the service calls it, not the
     library."""
     torch.set_num_threads(1)
-
-
-LATENCY_BUCKETS = (.001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1)
-
-
-class RecallMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.latency = Histogram("esrec_recall_seconds", "Full recall latency", ["outcome"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.channel_took = Histogram("esrec_recall_channel_seconds",
-                                      "Elasticsearch time per channel search ('took')",
-                                      ["channel"], buckets=LATENCY_BUCKETS,
-                                      registry=self.registry)
-        self.degraded = Counter("esrec_recall_degraded_total",
-                                "Responses missing a channel (error) or with a partial one",
-                                ["channel", "why"], registry=self.registry)
-        self.stage = Histogram("esrec_recall_stage_seconds",
-                               "Time per request in each stage (STAGES)", ["stage"],
-                               buckets=LATENCY_BUCKETS, registry=self.registry)
 
 
 # the stages of a request, in order: resolve (request validation, serving version; an

@@ -104,7 +104,7 @@ def small_dataset() -> Dataset:
 
 @pytest.fixture(scope="session")
 def trained(small_dataset: Dataset) -> TrainResult:
-    return train(small_dataset, QUICK, progress=False)
+    return train(small_dataset, QUICK)
 
 
 @pytest.fixture(scope="session")

@@ -6,5 +6,7 @@
         serving:  artifact.ModelArtifact (exported towers + manifest, checksummed)
                   <- registry.ModelRegistry (MongoDB GridFS) -> embed_items / embed_users
 
-Depends on nothing else in esrec.
+Depends only on the ``runtime`` leaf (its error family). ``dataset.behaviour`` and
+``dataset.usable_tags`` are the one definition of a user document and of an item's tags
+that training, the indexer and recall share.
 """

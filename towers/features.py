@@ -104,7 +104,6 @@ Feature = Annotated[
 ]
 EmbeddedFeature = Categorical | Tags | Text | ItemId | RecentItems | TagCounts
 ScalarFeature = Numeric | Age
-BAG_KINDS = ("tags", "text", "recent_items", "tag_counts")
 
 
 class FeatureSpec(BaseModel):

@@ -9,15 +9,13 @@ bias. A repeated item in one batch would be a false negative, so those logits ar
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from towers.dataset import Dataset, EvalCase, Split, leave_last_out
 from towers.evaluate import K_VALUES, evaluate_popularity, evaluate_vectors, usable_cases
@@ -119,8 +117,10 @@ def in_batch_softmax_loss(users: torch.Tensor, items: torch.Tensor, item_rows: t
 
 
 def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
-          spec: FeatureSpec | None = None, progress: bool = True) -> TrainResult:
-    """Fit the featurizer and the towers; evaluate after every epoch on the held-out split."""
+          spec: FeatureSpec | None = None,
+          on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+    """Fit the featurizer and the towers; evaluate after every epoch on the held-out split
+    (each epoch's log goes to ``on_epoch``: the CLI prints it)."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     spec = spec or default_spec(config.embedding_dim)
@@ -153,10 +153,7 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
         order = torch.randperm(len(examples), generator=generator)
         batches = [order[s:s + config.batch_size] for s in range(0, len(order), config.batch_size)]
         total = 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}",  # no bar when not a TTY
-                   disable=None if progress else True,
-                   unit="batch", leave=False)
-        for batch in bar:
+        for batch in batches:
             rows = targets[batch]
             u = model.user_tower(_rows(users, batch))
             v = model.item_tower(_drop_ids(_rows(catalog, rows), spec, config.id_dropout,
@@ -166,7 +163,6 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total += loss.item() * len(batch)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
         train_seconds += time.perf_counter() - started
         trained += len(examples)
         model.eval()
@@ -175,10 +171,8 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
                                    config.k_values)
         result.history.append(EpochLog(epoch, total / len(examples),
                                        time.perf_counter() - started, metrics))
-        if progress:
-            tqdm.write(f"epoch {epoch}: loss {total / len(examples):.4f}  "
-                       + "  ".join(f"hr@{k} {metrics[f'hr@{k}']:.3f}" for k in config.k_values),
-                       file=sys.stderr)  # stdout stays for results
+        if on_epoch is not None:
+            on_epoch(result.history[-1])
     result.examples_per_second = trained / train_seconds if train_seconds else 0.0
     return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,9 @@ from esrec.cli.context import mongo_database, settings_from
 from runtime.errors import Refused
 from towers.artifact import ModelArtifact, export_artifact
 from towers.dataset import Collections, Dataset, load_files, load_mongo, write_jsonl, write_mongo
+
+if TYPE_CHECKING:  # torch is imported only by the commands that train
+    from towers.train import EpochLog
 
 
 def _collections(ctx: click.Context) -> Collections:
@@ -36,6 +40,13 @@ def _load_dataset(ctx: click.Context, data: Path | None) -> Dataset:
 _data_option = click.option(
     "--data", type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Directory with items/users/interactions .jsonl or .parquet (default: MongoDB).")
+
+
+def print_epoch(log: EpochLog) -> None:
+    """One line per epoch on stderr (stdout stays for results)."""
+    click.echo(f"epoch {log.epoch}: loss {log.loss:.4f}  {log.seconds:.1f}s  "
+               + "  ".join(f"{name} {value:.3f}" for name, value in log.metrics.items()
+                           if name.startswith("hr@")), err=True)
 
 
 @click.group()
@@ -90,7 +101,7 @@ def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, v
         raise Refused(f"{out} already holds an artifact", "pick a new --out directory")
     dataset = _load_dataset(ctx, data)
     config = TrainConfig(epochs=epochs, dims=dims, batch_size=batch_size, seed=seed)
-    result = train(dataset, config)
+    result = train(dataset, config, on_epoch=print_epoch)
     summary = training_summary(result, config)
     artifact = export_artifact(result.model, result.featurizer, out, name, version, summary)
     write_report(summary, out, f"{name}@{version}")

@@ -30,6 +30,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from pymongo import UpdateOne
 
+from esrec.cli.towers import print_epoch
 from esrec.demo.processes import Background, environment, esrec, scrape_counter
 from esrec.demo.report import Record, write
 from esrec.settings import Settings
@@ -146,7 +147,7 @@ class Demo:
         ref = f"demo-two-tower@{version}"
         with self.step(f"train and publish {ref}") as notes:
             config = TrainConfig(epochs=self.size.epochs, dims=dims, seed=seed)
-            result = train(self.dataset, config)
+            result = train(self.dataset, config, on_epoch=print_epoch)
             summary = training_summary(result, config)
             directory = self.out / "models" / version
             export_artifact(result.model, result.featurizer, directory, "demo-two-tower",

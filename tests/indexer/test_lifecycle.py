@@ -44,8 +44,7 @@ V1, V2 = "test-model@1", "test-model@2"
 
 @pytest.fixture(scope="module")
 def v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    result = train(generate(SMALL), replace(QUICK, dims=16, epochs=2),
-                   progress=False)
+    result = train(generate(SMALL), replace(QUICK, dims=16, epochs=2))
     directory = tmp_path_factory.mktemp("v2") / "model"
     export_artifact(result.model, result.featurizer, directory, "test-model", "2", {})
     return directory

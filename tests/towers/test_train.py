@@ -18,7 +18,7 @@ def test_trained_towers_beat_most_popular(trained: TrainResult) -> None:
 
 def test_training_is_deterministic_with_a_seed(small_dataset: Dataset,
                                                trained: TrainResult) -> None:
-    again = train(small_dataset, TrainConfig(**{**QUICK.__dict__, "epochs": 1}), progress=False)
+    again = train(small_dataset, TrainConfig(**{**QUICK.__dict__, "epochs": 1}))
     assert again.history[0].loss == trained.history[0].loss
 
 
