@@ -149,6 +149,7 @@ def server_environment(settings: Settings) -> dict[str, str]:
         "ESREC_KAFKA__BOOTSTRAP_SERVERS": ",".join(kafka.bootstrap_servers),
         "ESREC_KAFKA__TOPICS__USER_EVENTS": kafka.topics.user_events,
         "ESREC_KAFKA__TOPICS__ITEM_CHANGES": kafka.topics.item_changes,
+        "ESREC_KAFKA__TOPICS__ITEM_BACKFILL": kafka.topics.item_backfill,
         "ESREC_KAFKA__TOPICS__DEAD_LETTERS": kafka.topics.dead_letters,
         "ESREC_INDEX__PREFIX": settings.index.prefix,
         "ESREC_INDEX__SERVING_ALIAS": settings.index.serving_alias,

@@ -1,8 +1,12 @@
 """Backfill: fill a new index from a scan of the collection, then hand over to the stream.
 
     T = the cluster's operation time now  ->  stream position of the index := T
-    SnapshotSource (pages by _id, version (T, 0)) -> drive -> save the last _id, in order
-    the stream then replays every change from T on, each with a higher version
+    embedded:    SnapshotSource (pages by _id, version (T, 0)) -> drive -> save the last
+                 _id, in order; the stream then replays every change from T on, each with
+                 a higher version
+    distributed: the snapshot's ids in chunks -> the backfill topic -> every worker
+                 writes its share (version (T, 0)) -> the build waits for all chunks; the
+                 workers feed the index the item-changes topic from T on
 
 A crash resumes the scan after the last saved _id with the same T. Progress goes to a
 callback (the CLI draws a bar with it); the core prints nothing.
@@ -21,11 +25,13 @@ from elasticsearch import Elasticsearch
 from indexer.changes import Batch, SnapshotPosition
 from indexer.checkpoint import Checkpoints
 from indexer.driver import drive
-from indexer.pipeline import Pipeline
-from indexer.settings import IndexerSettings
+from indexer.messages import Chunk, encode_chunk
+from indexer.offsets import TopicOffsets
+from indexer.pipeline import Pipeline, Target
+from indexer.settings import IndexerConfig, IndexerSettings
 from indexer.snapshot import SnapshotSource
 from indexer.source import server_time
-from runtime.clients import MongoCollection
+from runtime.clients import MongoCollection, ensure_topic, kafka_options
 
 # (documents handed out so far, estimated total) after every saved page
 OnProgress = Callable[[int, int], None]
@@ -66,3 +72,63 @@ def backfill(items: MongoCollection, es: Elasticsearch, pipeline: Pipeline,
         checkpoints.finish_backfill(index)
     return BackfillReport(index, start.operation_time, last.documents,
                           start.last_id if start.documents else None, done)
+
+
+def backfill_via_workers(items: MongoCollection, es: Elasticsearch, checkpoints: Checkpoints,
+                         target: Target, stop: threading.Event, settings: IndexerConfig,
+                         on_progress: OnProgress | None = None) -> BackfillReport:
+    """Fill ``target``'s index through the workers: publish the snapshot's ids in chunks
+    to the backfill topic, each written by whichever worker gets it, then wait until every
+    chunk is written. Resumable: publishing goes on after the last chunk sent, and chunks
+    are idempotent. The index's live changes reach it through the workers from T on."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    index, indexer, kafka = target.index, settings.indexer, settings.kafka
+    saved = checkpoints.backfill_state(index)
+    if saved is not None and saved[1]:
+        return BackfillReport(index, saved[0].operation_time, saved[0].documents, None, True)
+    start = checkpoints.start_backfill(index, server_time(items))
+    for topic in (kafka.topics.item_changes, kafka.topics.item_backfill):
+        ensure_topic(kafka, topic, indexer.partitions)
+    consumer = KafkaConsumer(**kafka_options(kafka))
+    try:  # the workers pick the index up at T: the first change message at or after it
+        changes = [TopicPartition(kafka.topics.item_changes, p) for p in
+                   consumer.partitions_for_topic(kafka.topics.item_changes) or ()]
+        found = consumer.offsets_for_times({tp: start.operation_time.time * 1000
+                                            for tp in changes})
+        ends = consumer.end_offsets(changes)
+        TopicOffsets(checkpoints.collection, kafka.topics.item_changes).set_start(index, {
+            tp.partition: int(found[tp].offset if found.get(tp) else ends[tp])
+            for tp in changes})
+    finally:
+        consumer.close()
+    published, _ = checkpoints.chunks(index)
+    producer = KafkaProducer(**kafka_options(kafka), acks="all")
+    source = SnapshotSource(items, start, fields={"_id": 1})
+    position = start
+    try:
+        while not stop.is_set():
+            batch = source.poll(indexer.batch_max_docs, indexer.batch_max_bytes, 0)
+            if batch.last:
+                break
+            assert isinstance(batch.position, SnapshotPosition)
+            chunk = Chunk(index, target.artifact.manifest.ref, start.operation_time,
+                          published, [change.doc_id for change in batch.changes])
+            producer.send(kafka.topics.item_backfill, key=str(published).encode(),
+                          value=encode_chunk(chunk)).get(timeout=30)
+            position, published = batch.position, published + 1
+            checkpoints.save_backfill(index, position, chunks=published)
+    finally:
+        producer.close()
+    while not stop.is_set():
+        _, written = checkpoints.chunks(index)
+        if on_progress is not None:
+            on_progress(written, published)
+        if written >= published:
+            es.indices.refresh(index=index)
+            checkpoints.finish_backfill(index)
+            return BackfillReport(index, start.operation_time, position.documents,
+                                  start.last_id if start.documents else None, True)
+        stop.wait(0.5)
+    return BackfillReport(index, start.operation_time, position.documents,
+                          start.last_id if start.documents else None, False)

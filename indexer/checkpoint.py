@@ -121,9 +121,24 @@ class Checkpoints:
                 "watermark": operation_time, "idle": False}}, upsert=True)
         return SnapshotPosition(state["operation_time"], state["last_id"], state["documents"])
 
-    def save_backfill(self, index: str, position: SnapshotPosition) -> None:
-        self.collection.update_one({"_id": backfill_state_id(index)}, {"$set": {
-            "last_id": position.last_id, "documents": position.documents}})
+    def save_backfill(self, index: str, position: SnapshotPosition,
+                      chunks: int | None = None) -> None:
+        """``chunks``: a distributed build's chunks published so far."""
+        fields = {"last_id": position.last_id, "documents": position.documents}
+        if chunks is not None:
+            fields["chunks"] = chunks
+        self.collection.update_one({"_id": backfill_state_id(index)}, {"$set": fields})
+
+    def chunk_done(self, index: str, number: int) -> None:
+        """A worker wrote chunk ``number`` of ``index``'s distributed build (idempotent)."""
+        self.collection.update_one({"_id": backfill_state_id(index)},
+                                   {"$addToSet": {"chunks_done": number}})
+
+    def chunks(self, index: str) -> tuple[int, int]:
+        """(chunks published, chunks written) of a distributed build."""
+        state = self.collection.find_one({"_id": backfill_state_id(index)},
+                                         {"chunks": 1, "chunks_done": 1}) or {}
+        return int(state.get("chunks", 0)), len(state.get("chunks_done", []))
 
     def finish_backfill(self, index: str) -> None:
         self.collection.update_one({"_id": backfill_state_id(index)}, {"$set": {

@@ -12,17 +12,21 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from indexer.backfill import BackfillReport, OnProgress, backfill
-from indexer.checkpoint import Checkpoints
+from indexer.backfill import BackfillReport, OnProgress, backfill, backfill_via_workers
+from indexer.changes import Position
+from indexer.checkpoint import Checkpoints, earliest
 from indexer.daemon import Indexer, Resync
 from indexer.dead_letters import DeadLetters
 from indexer.follower import Follower
 from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
+from indexer.lease import Lease
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, choose_index_options
+from indexer.relay import Relay
 from indexer.settings import IndexerConfig
 from indexer.sink import ElasticsearchSink
+from indexer.worker import Worker
 from runtime.clients import MongoCollection, MongoDatabase
 from runtime.errors import Refused
 from runtime.health import Health
@@ -132,16 +136,38 @@ class Services:
         return Pipeline(targets, sink, self.dead_letters, indexer, self.metrics)
 
     def backfill(self, target: Target, on_progress: OnProgress | None = None) -> BackfillReport:
-        """Fill ``target``'s index from a scan of the items (resumable)."""
+        """Fill ``target``'s index from a scan of the items (resumable): in this process,
+        or shared by the workers in the distributed mode."""
+        if self.settings.indexer.mode == "distributed":
+            return backfill_via_workers(self.items, self.es, self.checkpoints, target,
+                                        self.stop, self.settings, on_progress)
         return backfill(self.items, self.es, self.pipeline([target]), self.checkpoints,
                         target.index, self.stop, self.settings.indexer, on_progress)
+
+    def follower(self) -> Follower:
+        return Follower(self.active_indices, self.target, self.settings.rollout.follow_interval_s)
 
     def indexer(self, targets: list[Target], follow: bool = False,
                 resync: Resync | None = None) -> Indexer:
         """The daemon; ``follow``: pick up versions that start or stop building, live;
         ``resync``: what to do when the history is lost (None: stop with the reason)."""
-        follower = Follower(self.active_indices, self.target,
-                            self.settings.rollout.follow_interval_s) if follow else None
         return Indexer(self.items, self.pipeline(targets), self.checkpoints,
                        self.settings.indexer, self.metrics, self.stop, self.health,
-                       follower, resync)
+                       self.follower() if follow else None, resync)
+
+    def worker(self, targets: list[Target], follow: bool = True,
+               resync: Resync | None = None) -> Worker:
+        """An indexer worker (distributed mode): its share of the item-changes topic."""
+        return Worker(self, targets, self.follower() if follow else None, self.health, resync)
+
+    def relay(self, holder: str) -> Relay:
+        """The change-stream relay (distributed mode); ``holder`` names it in the lease."""
+        lease = Lease(self.checkpoints.collection, SOURCE, holder,
+                      self.settings.indexer.lease_ttl_s)
+
+        def first_position() -> Position | None:  # where an embedded daemon left off
+            positions = [p for index in self.active_indices().values()
+                         if (p := self.checkpoints.load(index)) is not None]
+            return earliest(positions) if positions else None
+
+        return Relay(self.settings, self.items, lease, first_position, self.stop, self.health)

@@ -63,6 +63,22 @@ class IndexerSettings(Section):
     # delete tombstones older than this (and only when no backfill writes to the index):
     # long enough for any replay from a checkpoint to have happened
     tombstone_retention_hours: float = Field(default=72.0, gt=0)
+    # embedded: `esrec indexer run` does everything; distributed: `esrec indexer relay`
+    # ships changes through Kafka to `esrec indexer worker`s, and a build publishes its
+    # backfill in chunks that every worker shares
+    mode: Literal["embedded", "distributed"] = "embedded"
+    # item-changes / item-backfill partitions when the relay or a build creates the topic:
+    # the most workers that can share the load (a few per expected worker, for rebalancing)
+    partitions: int = Field(default=12, gt=0, le=1000)
+    # a relay that stops renewing loses the lease after this; a standby then takes over.
+    # Several heartbeats (1 s) long, so a busy relay never loses it by accident
+    lease_ttl_s: float = Field(default=10.0, gt=1)
+    worker_group: str = "esrec-indexer-workers"
+    # a killed worker's partitions move to the others after this (Kafka session timeout)
+    worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    # Kafka's default message.max.bytes is 1 MB: a bigger change travels as a reference
+    # and the worker reads the document by id
+    max_message_bytes: int = Field(default=1_000_000, gt=4096)
 
 
 class RolloutSettings(Section):

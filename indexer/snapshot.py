@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import bson
@@ -57,9 +58,11 @@ def types_after(value: Any) -> list[str]:
 class SnapshotSource:
     """Pages of the collection in ``_id`` order, resuming after ``position.last_id``."""
 
-    def __init__(self, collection: MongoCollection, position: SnapshotPosition) -> None:
+    def __init__(self, collection: MongoCollection, position: SnapshotPosition,
+                 fields: Mapping[str, Any] | None = None) -> None:
         self.collection = collection
         self.position = position
+        self.fields = fields  # a projection: a distributed build needs only the ids
         self.version = external_version(position.operation_time, 0)
 
     def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch:
@@ -76,14 +79,14 @@ class SnapshotSource:
                      size_bytes=sum(change.size_bytes for change in changes))
 
     def _page(self, limit: int) -> list[dict[str, Any]]:
-        last = self.position.last_id
+        last, find = self.position.last_id, self.collection.find
         if last is None and self.position.documents == 0:
-            return list(self.collection.find().sort("_id", 1).limit(limit))
-        page = list(self.collection.find({"_id": {"$gt": last}}).sort("_id", 1).limit(limit))
+            return list(find({}, self.fields).sort("_id", 1).limit(limit))
+        page = list(find({"_id": {"$gt": last}}, self.fields).sort("_id", 1).limit(limit))
         if len(page) < limit:  # this type's ids are done: the types after it
             later = types_after(page[-1]["_id"] if page else last)
             if later:
-                page += self.collection.find({"_id": {"$type": later}}).sort("_id", 1).limit(
+                page += find({"_id": {"$type": later}}, self.fields).sort("_id", 1).limit(
                     limit - len(page))
         return page
 

@@ -80,6 +80,20 @@ def kafka_options(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
+def ensure_topic(settings: KafkaSettings, name: str, partitions: int) -> None:
+    """Create a topic unless it is there (with ``partitions`` partitions)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(**kafka_options(settings))
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
 def _kafka_error() -> type[Exception]:
     from kafka.errors import KafkaError
 

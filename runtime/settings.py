@@ -120,7 +120,8 @@ class MongoSettings(Section):
 
 class TopicNames(Section):
     user_events: str = "esrec.user-events"
-    item_changes: str = "esrec.item-changes"
+    item_changes: str = "esrec.item-changes"  # the relay's changes, for indexer workers
+    item_backfill: str = "esrec.item-backfill"  # a distributed build's chunks
     dead_letters: str = "esrec.dead-letters"
 
     @field_validator("*")

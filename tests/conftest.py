@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ def settings(es: Elasticsearch, es_url: str, mongo_client: MongoClient, mongo_ur
         mongo={"uri": mongo_url, "database": stem.replace("-", "_")},
         kafka={"bootstrap_servers": [kafka_bootstrap],
                "topics": {"user_events": f"{stem}.events", "item_changes": f"{stem}.changes",
-                          "dead_letters": f"{stem}.dead"}},
+                          "item_backfill": f"{stem}.backfill", "dead_letters": f"{stem}.dead"}},
         index={"prefix": stem, "serving_alias": f"{stem}-serving"},
     )
     delete_indices(es, f"{stem}-*")
@@ -118,3 +119,13 @@ def artifact_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def artifact(artifact_dir: Path) -> ModelArtifact:
     return ModelArtifact.load(artifact_dir)
+
+
+@pytest.fixture(scope="session")
+def v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test-model@2: another training with other dims (16 vs 32), so a query that mixed
+    the two versions' vectors would fail outright, not just rank badly."""
+    result = train(generate(SMALL), replace(QUICK, dims=16, epochs=2))
+    directory = tmp_path_factory.mktemp("v2") / "model"
+    export_artifact(result.model, result.featurizer, directory, "test-model", "2", {})
+    return directory

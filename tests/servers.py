@@ -84,28 +84,39 @@ class ServerPool:
 
     def __init__(self, stack_dir: Path) -> None:
         self._stack = LocalStack(stack_dir)
+        self._expiring = LocalStack(stack_dir / "expiring-kafka")
         self._exit = contextlib.ExitStack()
         self._urls: dict[str, str] = {}
         self._docker: bool | None = None
 
-    def url(self, service: str, kafka_engine: str = "noida") -> str:
+    def url(self, service: str) -> str:
         if service not in self._urls:
-            self._urls[service] = self._resolve(service, kafka_engine)
+            self._urls[service] = self._resolve(service)
         return self._urls[service]
 
-    def _resolve(self, service: str, kafka_engine: str) -> str:
-        if os.environ.get(ENV_URLS[service]):
-            return os.environ[ENV_URLS[service]]
+    def expiring_kafka(self) -> str:
+        """A Kafka whose group coordinator expires a killed member (crash tests): a real
+        or containerised Kafka if there is one, else tansu (noida never expires one)."""
+        if os.environ.get(ENV_URLS["kafka"]) or self._docker_up():
+            return self.url("kafka")
+        if "expiring-kafka" not in self._urls:
+            self._urls["expiring-kafka"] = self._expiring.up(
+                ["kafka"], pick_free_ports=True, kafka_engine="tansu")["kafka"].url
+        return self._urls["expiring-kafka"]
+
+    def _docker_up(self) -> bool:
         if self._docker is None:
             self._docker = docker_available()
-        if self._docker:
-            return self._exit.enter_context(CONTAINERS[service]())
-        record = self._stack.up([service], pick_free_ports=True, kafka_engine=kafka_engine)
-        return record[service].url
+        return self._docker
 
-    def local_stack(self) -> LocalStack:
-        return self._stack
+    def _resolve(self, service: str) -> str:
+        if os.environ.get(ENV_URLS[service]):
+            return os.environ[ENV_URLS[service]]
+        if self._docker_up():
+            return self._exit.enter_context(CONTAINERS[service]())
+        return self._stack.up([service], pick_free_ports=True)[service].url
 
     def close(self) -> None:
         self._exit.close()
         self._stack.down()
+        self._expiring.down()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,11 +14,13 @@ from typing import Never
 
 import click
 from elastic_transport import TransportError
+from prometheus_client import CollectorRegistry
 from pymongo.errors import ConnectionFailure, PyMongoError
 from tqdm import tqdm
 
 from esrec.cli.context import services_from, settings_from
 from indexer.backfill import OnProgress
+from indexer.daemon import Resync
 from indexer.lifecycle import Versions
 from indexer.pipeline import Target
 from indexer.service import Services
@@ -91,10 +95,7 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
     services = services_from(ctx)
     settings = services.settings.indexer
     install_signal_handlers(services.stop, settings.shutdown_timeout_s)
-    port = settings.metrics_port if metrics_port is None else metrics_port
-    if port:  # up before the servers are: /healthz says what the daemon waits for
-        serve_http(settings_from(ctx).http.host, port, services.metrics.registry,
-                   services.health)
+    _serve_health(ctx, services, metrics_port, services.metrics.registry)
     try:  # a server that is not up yet is waited for, like one that goes away later
         targets = retry(_targets(services, refs), what="servers",
                         backoff=Backoff(max_s=settings.retry_max_delay_s), stop=services.stop,
@@ -104,9 +105,8 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
     if not targets:
         raise Refused("no model version has an index yet",
                       "run `esrec indexer backfill NAME@VERSION` first")
-    policy = on_history_lost or settings.on_history_lost
     daemon = services.indexer(targets, follow=not refs,
-                              resync=Versions(services).resync if policy == "resync" else None)
+                              resync=_history_policy(services, on_history_lost))
     services.health.detail = daemon.detail
     try:
         daemon.run()
@@ -115,6 +115,61 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
             log.info("stopped before the last batch was acknowledged; it will be replayed")
             return
         raise
+
+
+def _history_policy(services: Services, choice: str | None) -> Resync | None:
+    policy = choice or services.settings.indexer.on_history_lost
+    return Versions(services).resync if policy == "resync" else None
+
+
+def _serve_health(ctx: click.Context, services: Services, port: int | None,
+                  registry: CollectorRegistry) -> None:
+    """/healthz, /livez and /metrics, up before the servers are (they say what is awaited)."""
+    chosen = services.settings.indexer.metrics_port if port is None else port
+    if chosen:
+        serve_http(settings_from(ctx).http.host, chosen, registry, services.health)
+
+
+@indexer.command("relay")
+@click.option("--name", help="This relay's name in the lease (default: host and PID).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Port for /healthz, /livez and /metrics (0: none).")
+@click.pass_context
+def relay_command(ctx: click.Context, name: str | None, metrics_port: int | None) -> None:
+    """Distributed mode: read the change stream and publish every change to the
+    item-changes topic for `esrec indexer worker`s. Run two or more: one leads (a lease
+    in MongoDB, fenced by an epoch), the others stand by and take over when it stops."""
+    configure()
+    services = services_from(ctx)
+    install_signal_handlers(services.stop, services.settings.indexer.shutdown_timeout_s)
+    relay = services.relay(name or f"{socket.gethostname()}-{os.getpid()}")
+    _serve_health(ctx, services, metrics_port, relay.metrics.registry)
+    relay.run()
+
+
+@indexer.command("worker")
+@click.option("--on-history-lost", type=click.Choice(["fail", "resync"]),
+              help="If an offset fell off the topic: stop (default) or rebuild.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Port for /healthz, /livez and /metrics (0: none).")
+@click.pass_context
+def worker_command(ctx: click.Context, on_history_lost: str | None,
+                   metrics_port: int | None) -> None:
+    """Distributed mode: index a share of the item-changes topic (and of any build's
+    backfill chunks) into every active model version, in a Kafka consumer group. Run as
+    many as the topic has partitions."""
+    configure()
+    services = services_from(ctx)
+    settings = services.settings.indexer
+    install_signal_handlers(services.stop, settings.shutdown_timeout_s)
+    _serve_health(ctx, services, metrics_port, services.metrics.registry)
+    try:  # a server that is not up yet is waited for
+        targets = retry(services.active_targets, what="servers",
+                        backoff=Backoff(max_s=settings.retry_max_delay_s), stop=services.stop,
+                        retry_on=(TransportError, ConnectionFailure), health=services.health)
+    except (TransportError, ConnectionFailure):
+        return
+    services.worker(targets, resync=_history_policy(services, on_history_lost)).run()
 
 
 @indexer.command("status")

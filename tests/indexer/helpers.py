@@ -114,3 +114,50 @@ def wait_caught_up(svc: Services, index: str, after: float, timeout_s: float,
             return
         time.sleep(0.2)
     pytest.fail(f"{index} not caught up after {timeout_s}s:\n{alive()[1]}")
+
+
+class ServingProbe:
+    """Recall-like kNN queries on three threads through the serving alias, each checking
+    that the user vector and the index it queries come from one model version."""
+
+    def __init__(self, svc: Services, es: Elasticsearch) -> None:
+        from recall.serving import ServingResolver
+
+        self.resolver = ServingResolver(es, svc.registry, svc.settings.index.serving_alias,
+                                        ttl_s=0.02)
+        self.es = es
+        self.users = list(svc.db["users"].find().limit(5)) or [{}]
+        self.halt = threading.Event()
+        self.failures: list[str] = []
+        self.answered: dict[str, int] = {}
+        self.threads = [threading.Thread(target=self._load) for _ in range(3)]
+
+    def start(self) -> ServingProbe:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def _load(self) -> None:
+        from indexer.layout import LIVE, knn_clause, model_of
+
+        while not self.halt.is_set():
+            try:
+                serving = self.resolver.current()
+                vector = serving.artifact.embed_users(self.users[:1])[0]
+                hits = self.es.search(index=serving.index, size=10, source=False,
+                                      knn=knn_clause(vector, 10, 50, LIVE))["hits"]["hits"]
+                meta = model_of(self.es, serving.index)
+                if not hits or any(hit["_index"] != serving.index for hit in hits):
+                    self.failures.append(f"bad hits from {serving.index}: {hits[:2]}")
+                elif meta["model"] != serving.model or meta["dims"] != len(vector):
+                    self.failures.append(f"{serving.model} vector on {serving.index}")
+                else:
+                    self.answered[serving.model] = self.answered.get(serving.model, 0) + 1
+            except Exception as error:
+                self.failures.append(repr(error))
+
+    def stop(self) -> tuple[list[str], dict[str, int]]:
+        self.halt.set()
+        for thread in self.threads:
+            thread.join()
+        return self.failures, self.answered

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,34 +19,24 @@ from click.testing import CliRunner
 from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
-from indexer.layout import LIVE, VECTOR, model_of, resolve_alias
+from indexer.layout import LIVE, resolve_alias
 from indexer.lifecycle import VersionError, Versions
 from indexer.service import Services
-from recall.serving import ServingResolver
-from tests.conftest import QUICK, SMALL
 from tests.indexer.helpers import (
     CATALOG,
+    ServingProbe,
     cli_env,
     mismatches,
     services,
     wait_caught_up,
     write_changes,
 )
-from towers.artifact import ModelArtifact, export_artifact
+from towers.artifact import ModelArtifact
 from towers.dataset import Collections, write_mongo
 from towers.synth import generate
-from towers.train import train
 
 pytestmark = pytest.mark.slow
 V1, V2 = "test-model@1", "test-model@2"
-
-
-@pytest.fixture(scope="module")
-def v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    result = train(generate(SMALL), replace(QUICK, dims=16, epochs=2))
-    directory = tmp_path_factory.mktemp("v2") / "model"
-    export_artifact(result.model, result.featurizer, directory, "test-model", "2", {})
-    return directory
 
 
 class DaemonThread:
@@ -167,40 +156,13 @@ def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
     svc, versions, daemon = rollout
     v2_index = versions.build(V2).index
     _wait_for_target(daemon, v2_index, present=True)
-    resolver = ServingResolver(es, svc.registry, svc.settings.index.serving_alias, ttl_s=0.02)
-    users = list(svc.db["users"].find())
-    meta = {index: model_of(es, index) for index in (svc.index_of(V1), v2_index)}
-    stop, failures, answered = threading.Event(), [], {V1: 0, V2: 0}
-
-    def recall_load() -> None:
-        while not stop.is_set():
-            try:
-                serving = resolver.current()
-                vector = serving.artifact.embed_users(users[:1])[0]
-                hits = es.search(index=serving.index, size=10, source=False, knn={
-                    "field": VECTOR, "query_vector": vector.tolist(), "k": 10,
-                    "num_candidates": 50, "filter": LIVE})["hits"]["hits"]
-                if not hits or any(hit["_index"] != serving.index for hit in hits):
-                    failures.append(f"bad hits from {serving.index}: {hits[:2]}")
-                elif meta[serving.index]["model"] != serving.model or \
-                        meta[serving.index]["dims"] != len(vector):
-                    failures.append(f"{serving.model} vector on {serving.index}")
-                else:
-                    answered[serving.model] += 1
-            except Exception as error:
-                failures.append(repr(error))
-
-    loaders = [threading.Thread(target=recall_load) for _ in range(3)]
-    for loader in loaders:
-        loader.start()
+    probe = ServingProbe(svc, es).start()
     for _ in range(4):
         versions.promote(V2)
         time.sleep(0.3)
         assert versions.rollback() == (V2, V1)
         time.sleep(0.3)
-    stop.set()
-    for loader in loaders:
-        loader.join()
+    failures, answered = probe.stop()
     assert failures == []
     assert answered[V1] > 10 and answered[V2] > 10
     assert resolve_alias(es, svc.settings.index.serving_alias) == svc.index_of(V1)

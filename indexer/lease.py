@@ -1,0 +1,98 @@
+"""The relay's lease: one active relay at a time, fenced by an epoch.
+
+    {_id: "relay|<source>", holder, epoch, expires_at, token, cluster_time, seq,
+     watermark, idle, updated_at}
+
+A relay that finds the lease expired (by the server's clock, ``$$NOW``) takes it and
+raises the epoch by one: that epoch is its fencing token. Renewing and saving the stream
+position are conditional updates on (holder, epoch), in the same document, so a relay
+that was paused past its lease (GC, SIGSTOP) and wakes up can neither extend it nor move
+the position: its update matches nothing and it is told ``Fenced``. The position lives
+in the lease document so that "is this still my lease" and "save" are one atomic write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+from bson.timestamp import Timestamp
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from indexer.changes import Position
+from runtime.clients import MongoCollection
+from runtime.errors import Refused
+
+EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Fenced(Refused):
+    """This relay's lease was taken over: it may neither publish nor save a position."""
+
+
+class Lease:
+    def __init__(self, collection: MongoCollection, source: str, holder: str,
+                 ttl_s: float) -> None:
+        self.collection = collection
+        self.id = f"relay|{source}"
+        self.holder = holder
+        self.ttl_ms = int(ttl_s * 1000)
+        self.epoch: int | None = None  # set while this relay holds the lease
+
+    def acquire(self) -> bool:
+        """Take the lease if it is free or expired (server clock); True when held."""
+        with contextlib.suppress(DuplicateKeyError):  # two relays creating it at once
+            self.collection.update_one({"_id": self.id}, {"$setOnInsert": {
+                "epoch": 0, "expires_at": EPOCH_ZERO}}, upsert=True)
+        document = self.collection.find_one_and_update(
+            {"_id": self.id, "$expr": {"$lt": ["$expires_at", "$$NOW"]}},
+            [{"$set": {"holder": self.holder, "epoch": {"$add": ["$epoch", 1]},
+                       "expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}],
+            return_document=ReturnDocument.AFTER)
+        self.epoch = None if document is None else int(document["epoch"])
+        return self.epoch is not None
+
+    def renew(self) -> None:
+        """Extend the lease; Fenced if another relay took it meanwhile."""
+        self._fenced_update([{"$set": {"expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}])
+
+    def save(self, position: Position, watermark: Timestamp | None, idle: bool) -> None:
+        """Save the stream position (and extend the lease), only under this epoch."""
+        fields: dict[str, Any] = {"token": position.token, "cluster_time": position.cluster_time,
+                                  "seq": position.seq, "idle": idle,
+                                  "updated_at": datetime.now(UTC)}
+        if watermark is not None:
+            fields["watermark"] = watermark
+        self._fenced_update([{"$set": {**{k: {"$literal": v} for k, v in fields.items()},
+                                       "expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}])
+
+    def _fenced_update(self, update: list[dict[str, Any]]) -> None:
+        if self.epoch is None:
+            raise Fenced("this relay does not hold the lease")
+        result = self.collection.update_one(
+            {"_id": self.id, "holder": self.holder, "epoch": self.epoch}, update)
+        if result.matched_count == 0:
+            lost, self.epoch = self.epoch, None
+            raise Fenced(f"the relay lease was taken over (this relay held epoch {lost}); "
+                         "its publishing and saving are refused")
+
+    def release(self) -> None:
+        """Give the lease up at once (a clean stop), so a standby need not wait it out."""
+        if self.epoch is not None:
+            self.collection.update_one({"_id": self.id, "holder": self.holder,
+                                        "epoch": self.epoch},
+                                       {"$set": {"expires_at": EPOCH_ZERO}})
+            self.epoch = None
+
+    def position(self) -> Position | None:
+        document = self.collection.find_one({"_id": self.id})
+        if document is None or document.get("cluster_time") is None:
+            return None
+        return Position(document.get("token"), document.get("cluster_time"),
+                        document.get("seq", 0))
+
+    def state(self) -> dict[str, Any]:
+        """The lease as it is (holder, epoch, expiry, position) for status and health."""
+        return self.collection.find_one({"_id": self.id}, {"token": 0}) or {}

@@ -1,0 +1,57 @@
+"""Where each index stands in the item-changes topic: one offset per (index, partition)
+in MongoDB, the workers' counterpart of the daemon's per-index stream positions.
+
+    {_id: "offsets|<topic>|<index>", offsets: {"<partition>": next offset}}
+    {_id: "epochs|<topic>", epochs: {"<partition>": highest relay epoch seen}}
+
+Saves use ``$max``: a worker that lost a partition and still finishes a batch can never
+move an index backwards past what the partition's new owner saved. An index no worker
+wrote yet gets its start offsets once (the first worker to look decides, ``$setOnInsert``),
+so every worker that gains one of its partitions starts it at the same place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from runtime.clients import MongoCollection
+
+
+class TopicOffsets:
+    def __init__(self, collection: MongoCollection, topic: str) -> None:
+        self.collection = collection
+        self.topic = topic
+
+    def _id(self, index: str) -> str:
+        return f"offsets|{self.topic}|{index}"
+
+    def start(self, index: str, partition: int,
+              initial: Callable[[str], dict[int, int]]) -> int:
+        """The next offset of ``partition`` for ``index``; a new index gets ``initial``."""
+        document = self.collection.find_one({"_id": self._id(index)})
+        if document is None:
+            self.set_start(index, initial(index))
+            document = self.collection.find_one({"_id": self._id(index)}) or {}
+        offsets = document.get("offsets", {})
+        return int(offsets.get(str(partition), 0))
+
+    def set_start(self, index: str, offsets: dict[int, int]) -> None:
+        """Where ``index`` starts (only if nothing decided it before)."""
+        self.collection.update_one({"_id": self._id(index)}, {"$setOnInsert": {
+            "offsets": {str(p): offset for p, offset in offsets.items()}}}, upsert=True)
+
+    def save(self, indices: list[str], offsets: dict[int, int], epochs: dict[int, int]) -> None:
+        """Every index in ``indices`` holds everything before these offsets."""
+        moved = {f"offsets.{p}": offset for p, offset in offsets.items()}
+        for index in indices:
+            self.collection.update_one({"_id": self._id(index)}, {"$max": moved}, upsert=True)
+        if epochs:
+            self.collection.update_one({"_id": f"epochs|{self.topic}"}, {"$max": {
+                f"epochs.{p}": epoch for p, epoch in epochs.items()}}, upsert=True)
+
+    def epoch(self, partition: int) -> int:
+        document = self.collection.find_one({"_id": f"epochs|{self.topic}"}) or {}
+        return int(document.get("epochs", {}).get(str(partition), 0))
+
+    def forget(self, index: str) -> None:
+        self.collection.delete_one({"_id": self._id(index)})

@@ -1,0 +1,206 @@
+"""The relay: the change stream -> the item-changes topic, for N indexer workers.
+
+    standby: try the lease every ttl/3 (one relay leads; /healthz says which)
+    leader:  resume at the lease's position -> poll a batch -> renew the lease (fenced)
+             -> send every change, keyed by item id, timestamped with its cluster time,
+             acks=all -> flush -> every send acknowledged -> save the position under the
+             epoch (fenced). A lost lease stops publishing at once; the position saved
+             last is where the next leader resumes, so nothing is skipped.
+
+The relay embeds nothing and writes nothing to Elasticsearch: it only orders and ships
+changes with their external versions. A first relay starts at the oldest position of
+the active indices (where an embedded daemon left off), or at the server's time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from bson.timestamp import Timestamp
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from indexer.changes import Batch, Change, Position
+from indexer.checkpoint import lag_seconds
+from indexer.daemon import ServerClock
+from indexer.lease import Fenced, Lease
+from indexer.messages import encode_change, key
+from indexer.settings import IndexerConfig
+from indexer.source import ChangeStreamSource, server_time
+from runtime.clients import MongoCollection, ensure_topic, kafka_options
+from runtime.health import Health
+from runtime.retry import Backoff, retry
+
+log = logging.getLogger("esrec.relay")
+SEND_TIMEOUT_S = 30.0
+
+
+class RelayMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.published = Counter("esrec_relay_published", "Changes sent to the topic",
+                                 registry=r)
+        self.leader = Gauge("esrec_relay_leader", "1 while this relay holds the lease",
+                            registry=r)
+        self.epoch = Gauge("esrec_relay_lease_epoch", "The lease epoch this relay holds "
+                           "(0: standby)", registry=r)
+        self.fenced = Counter("esrec_relay_fenced", "Times this relay found its lease "
+                              "taken over (its sends and saves refused)", registry=r)
+        self.retries = Counter("esrec_relay_retries", "Transient failures retried",
+                               ["stage"], registry=r)
+        self.lag = Gauge("esrec_relay_lag_seconds", "How far the topic is behind the "
+                         "newest change in MongoDB (server clock; 0 while caught up)",
+                         registry=r)
+
+
+class Relay:
+    def __init__(self, settings: IndexerConfig, items: MongoCollection, lease: Lease,
+                 first_position: Callable[[], Position | None], stop: threading.Event,
+                 health: Health, metrics: RelayMetrics | None = None) -> None:
+        self.settings = settings
+        self.items = items
+        self.lease = lease
+        self.first_position = first_position  # the active indices' oldest position
+        self.stop = stop
+        self.health = health
+        self.metrics = metrics or RelayMetrics()
+        self.backoff = Backoff(max_s=settings.indexer.retry_max_delay_s)
+        self.clock = ServerClock()
+        self.watermark: Timestamp | None = None
+        self.idle = False
+        self.topic = settings.kafka.topics.item_changes
+        self.metrics.lag.set_function(lambda: self.lag_s() or 0.0)
+        health.detail = self.detail
+
+    def lag_s(self) -> float | None:
+        now = self.clock.now()
+        if now is None or self.lease.epoch is None:
+            return None
+        return lag_seconds(self.watermark, self.idle, now)
+
+    def detail(self) -> dict[str, object]:
+        return {"role": "leader" if self.lease.epoch is not None else "standby",
+                "epoch": self.lease.epoch, "lag_s": self.lag_s()}
+
+    def run(self) -> None:
+        """Lead or stand by until ``stop`` is set."""
+        producer = self._producer()
+        if producer is None:
+            return  # stopped while waiting for Kafka
+        try:
+            while not self.stop.is_set():
+                self.health.turned()
+                if not self._try_lease():
+                    self.stop.wait(self.settings.indexer.lease_ttl_s / 3)
+                    continue
+                try:
+                    self._lead(producer)
+                except Fenced as error:
+                    self.metrics.fenced.inc()
+                    log.error("lease lost: this relay stops publishing", extra={
+                        "error": str(error)})
+                self._standby()
+        finally:
+            self.lease.release()
+            producer.close(timeout=SEND_TIMEOUT_S)
+            log.info("relay stopped")
+
+    def _producer(self) -> KafkaProducer | None:
+        kafka, indexer = self.settings.kafka, self.settings.indexer
+
+        def connect() -> KafkaProducer:
+            ensure_topic(kafka, self.topic, indexer.partitions)
+            return KafkaProducer(**kafka_options(kafka), acks="all", retries=5,
+                                 max_in_flight_requests_per_connection=1, linger_ms=5,
+                                 batch_size=256 * 1024,
+                                 max_request_size=indexer.max_message_bytes + 64 * 1024)
+
+        try:
+            return retry(connect, what="kafka", backoff=self.backoff, stop=self.stop,
+                         retry_on=(KafkaError,), health=self.health)
+        except KafkaError:
+            return None
+
+    def _try_lease(self) -> bool:
+        try:
+            held = self.lease.acquire()
+        except PyMongoError as error:
+            self.health.retrying("mongodb", error)
+            return False
+        self.health.recovered("mongodb")
+        if held:
+            log.info("relay leads", extra={"epoch": self.lease.epoch})
+            self.metrics.leader.set(1)
+            self.metrics.epoch.set(self.lease.epoch or 0)
+        return held
+
+    def _standby(self) -> None:
+        self.metrics.leader.set(0)
+        self.metrics.epoch.set(0)
+
+    def _lead(self, producer: KafkaProducer) -> None:
+        self.clock.observe(server_time(self.items))
+        position = self.lease.position() or self.first_position() or Position(
+            None, server_time(self.items), 0)
+        log.info("relay starting", extra={"from": position.cluster_time,
+                                          "epoch": self.lease.epoch})
+        source = ChangeStreamSource(self.items, position)
+        indexer = self.settings.indexer
+        try:
+            while not self.stop.is_set():
+                self.health.turned()
+                try:
+                    batch = source.poll(indexer.batch_max_docs, indexer.batch_max_bytes,
+                                        indexer.batch_max_wait_ms / 1000)
+                except ConnectionFailure as error:
+                    self.metrics.retries.labels("mongo").inc()
+                    self.health.retrying("mongodb", error)
+                    self.stop.wait(self.backoff.delay(2))
+                    source.close()
+                    source = ChangeStreamSource(self.items, self.lease.position() or position)
+                    continue
+                if batch.position is None:
+                    continue
+                if batch.changes:
+                    self.lease.renew()  # fenced: a relay that lost its lease sends nothing
+                    self._publish(producer, batch.changes)
+                self._save(batch)
+        finally:
+            source.close()
+
+    def _publish(self, producer: KafkaProducer, changes: list[Change]) -> None:
+        """Send every change and wait until each is acknowledged (acks=all)."""
+        epoch, limit = self.lease.epoch or 0, self.settings.indexer.max_message_bytes
+
+        def send_all() -> None:
+            futures = [producer.send(self.topic, key=key(change.doc_id),
+                                     value=encode_change(change, epoch, limit),
+                                     timestamp_ms=change.cluster_time.time * 1000)
+                       for change in changes]
+            producer.flush(timeout=SEND_TIMEOUT_S)
+            for future in futures:
+                future.get(timeout=SEND_TIMEOUT_S)  # raises the send's error
+
+        retry(send_all, what="kafka", backoff=self.backoff, stop=self.stop,
+              retry_on=(KafkaError,), health=self.health,
+              on_retry=lambda _: self.metrics.retries.labels("send").inc())
+        self.metrics.published.inc(len(changes))
+
+    def _save(self, batch: Batch) -> None:
+        position = batch.position
+        assert isinstance(position, Position)
+        retry(lambda: self.lease.save(position, batch.watermark, batch.idle),
+              what="mongodb", backoff=self.backoff, stop=self.stop,
+              retry_on=(ConnectionFailure,), health=self.health,
+              on_retry=lambda _: self.metrics.retries.labels("checkpoint").inc())
+        self.health.recovered("mongodb")
+        self.idle = batch.idle
+        if batch.watermark is not None:
+            self.watermark = batch.watermark
+            if batch.idle:
+                self.clock.observe(batch.watermark)
+
