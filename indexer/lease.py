@@ -3,7 +3,8 @@
     {_id: "relay|<source>", holder, epoch, expires_at, token, cluster_time, seq,
      watermark, idle, updated_at}
 
-A relay that finds the lease expired (by the server's clock, ``$$NOW``) takes it and
+A relay that finds the lease expired (by the server's clock: expiries are set with
+``$$NOW`` and compared with the cluster time ``hello`` reports) takes it and
 raises the epoch by one: that epoch is its fencing token. Renewing and saving the stream
 position are conditional updates on (holder, epoch), in the same document, so a relay
 that was paused past its lease (GC, SIGSTOP) and wakes up can neither extend it nor move
@@ -22,6 +23,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from indexer.changes import Position
+from indexer.source import server_time
 from runtime.clients import MongoCollection
 from runtime.errors import Refused
 
@@ -46,8 +48,9 @@ class Lease:
         with contextlib.suppress(DuplicateKeyError):  # two relays creating it at once
             self.collection.update_one({"_id": self.id}, {"$setOnInsert": {
                 "epoch": 0, "expires_at": EPOCH_ZERO}}, upsert=True)
+        now = datetime.fromtimestamp(server_time(self.collection).time, UTC)
         document = self.collection.find_one_and_update(
-            {"_id": self.id, "$expr": {"$lt": ["$expires_at", "$$NOW"]}},
+            {"_id": self.id, "expires_at": {"$lt": now}},
             [{"$set": {"holder": self.holder, "epoch": {"$add": ["$epoch", 1]},
                        "expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}],
             return_document=ReturnDocument.AFTER)

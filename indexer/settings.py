@@ -76,6 +76,9 @@ class IndexerSettings(Section):
     worker_group: str = "esrec-indexer-workers"
     # a killed worker's partitions move to the others after this (Kafka session timeout)
     worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    # the longest a worker may take between polls, and (Kafka uses the same figure) how
+    # long a rebalance waits for every member to rejoin: a drain must fit in it
+    worker_rebalance_timeout_ms: int = Field(default=300_000, ge=5000)
     # Kafka's default message.max.bytes is 1 MB: a bigger change travels as a reference
     # and the worker reads the document by id
     max_message_bytes: int = Field(default=1_000_000, gt=4096)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, OffsetOutOfRangeError
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -41,7 +41,7 @@ from indexer.settings import IndexerConfig
 from indexer.source import HistoryLost
 from indexer.versioning import external_version
 from indexer.writers import Writers
-from runtime.clients import kafka_options
+from runtime.clients import ensure_topic, kafka_options
 from runtime.health import Health
 from runtime.retry import Backoff, retry
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # the wiring builds workers: only its type is needed here
 
 log = logging.getLogger("esrec.worker")
 LAG_EVERY_S = 5.0
+METADATA_EVERY_MS = 15_000  # partitions added to a topic reach the group within this
 
 
 class WorkerMetrics:
@@ -94,8 +95,13 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumer: KafkaConsumer | None = None
         self.epochs: dict[int, int] = {}  # partition -> highest relay epoch seen
         self.saved: dict[TopicPartition, int] = {}  # written and saved, to commit to Kafka
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # self.saved, shared with the writer threads
+        # the reader's batch hand-off and the rebalance callbacks (Kafka's IO thread) take
+        # turns: a drain never races a submit into the writers it closes
+        self.batches = threading.Lock()
         self.chunk_targets: dict[str, Target] = {}
+        self.unpositioned: set[TopicPartition] = set()  # assigned, not yet sought
+        self.expected: dict[TopicPartition, int] = {}  # the next offset each must have
         self.next_lag = 0.0
         health.detail = self.detail
 
@@ -123,19 +129,24 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             while not self.stop.is_set():
                 self.health.turned()
                 self._follow()
-                try:
-                    polled = self.consumer.poll(
-                        timeout_ms=self.settings.indexer.batch_max_wait_ms or 50,
-                        max_records=self.settings.indexer.batch_max_docs)
-                except OffsetOutOfRangeError as error:
-                    self._history_lost(error)
+                polled = self.consumer.poll(
+                    timeout_ms=self.settings.indexer.batch_max_wait_ms or 50,
+                    max_records=self.settings.indexer.batch_max_docs)
+                positioned = self._position()  # fetched before the seek: read again
+                polled = {tp: records for tp, records in polled.items()
+                          if tp not in positioned}
+                gap = self._gap(polled)
+                if gap is not None:
+                    self._history_lost(gap)
                     continue
-                self._handle(polled)
+                with self.batches:
+                    self._handle(polled)
                 self._commit()
                 self._measure_lag()
         finally:
             try:
-                self.writers.close()  # drains: written batches get their offsets saved
+                with self.batches:
+                    self.writers.close()  # drains: written batches get their offsets saved
                 self._commit()
             finally:
                 self.consumer.close()
@@ -143,14 +154,25 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _connect(self) -> KafkaConsumer:
         indexer = self.settings.indexer
+        for topic in (self.changes_topic, self.backfill_topic):  # subscribed: they must exist
+            ensure_topic(self.settings.kafka, topic, indexer.partitions)
         consumer = KafkaConsumer(**kafka_options(self.settings.kafka),
+                                 metadata_max_age_ms=METADATA_EVERY_MS,
                                  group_id=indexer.worker_group, enable_auto_commit=False,
-                                 auto_offset_reset="none",
+                                 # only before the loop seeks a new partition (it is paused
+                                 # until then); a reset past a gap is caught by _gap
+                                 auto_offset_reset="earliest",
                                  session_timeout_ms=indexer.worker_session_timeout_ms,
                                  heartbeat_interval_ms=indexer.worker_session_timeout_ms // 4,
-                                 max_poll_interval_ms=300_000,
+                                 max_poll_interval_ms=indexer.worker_rebalance_timeout_ms,
                                  fetch_max_bytes=64 * 1024 * 1024,
                                  max_partition_fetch_bytes=indexer.max_message_bytes * 2)
+        for topic in (self.changes_topic, self.backfill_topic):
+            # the group leader assigns only topics its metadata knows: a topic created a
+            # moment ago may be missing from it, and its partitions would go to no one
+            if not consumer.partitions_for_topic(topic):
+                consumer.close()
+                raise KafkaError(f"no partitions of {topic} in the metadata yet")
         consumer.subscribe([self.changes_topic, self.backfill_topic], listener=self)
         return consumer
 
@@ -163,17 +185,48 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     # -- rebalancing and following ------------------------------------------------------
 
+    # kafka-python runs these two on its IO thread, where no blocking consumer call may
+    # run: revoke drains the writers (ES and MongoDB only) once the reader has handed off
+    # its batch; a new assignment is paused here and positioned by the loop once poll()
+    # returns (it needs offset lookups)
+
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before a partition moves: finish what was read, save and commit it."""
-        self._drain()
-        self._commit()
-        self.metrics.partitions.set(len(self._owned()))
+        """Before a partition moves: finish what was read and save it, so its next owner
+        starts where this one stopped (a replay would only cost 409s)."""
+        with self.batches:
+            self._drain()
+            with self.lock:
+                self.saved = {tp: offset for tp, offset in self.saved.items()
+                              if tp not in revoked}
+            self.unpositioned -= revoked
+            for tp in revoked:
+                self.expected.pop(tp, None)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._seek([tp for tp in assigned if tp.topic == self.changes_topic])
-        self.metrics.partitions.set(len(self._owned()))
+        assert self.consumer is not None
+        self.consumer.pause(*assigned)
+        with self.batches:
+            self.unpositioned |= assigned
         log.info("partitions assigned", extra={"partitions": ",".join(
             f"{tp.topic}:{tp.partition}" for tp in sorted(assigned))})
+
+    def _position(self) -> set[TopicPartition]:
+        """Seek newly assigned partitions (main thread), then let them be fetched; returns
+        them. One assigned while this runs waits for the next turn of the loop."""
+        assert self.consumer is not None
+        owned: set[TopicPartition] = self.consumer.assignment()
+        with self.batches:
+            pending = self.unpositioned & owned
+            self.unpositioned -= pending
+        if not pending:
+            return pending
+        self._seek([tp for tp in pending if tp.topic == self.changes_topic])
+        for tp in pending:  # chunks: where the group left off, or every chunk there is
+            if tp.topic == self.backfill_topic and self.consumer.committed(tp) is None:
+                self.consumer.seek_to_beginning(tp)
+        self.consumer.resume(*pending)
+        self.metrics.partitions.set(len(self._owned()))
+        return pending
 
     def _owned(self) -> list[TopicPartition]:
         if self.consumer is None:
@@ -188,8 +241,10 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                       for index in self.indices]
             if starts:
                 self.consumer.seek(tp, min(starts))
+                self.expected[tp] = min(starts)
             else:  # no version to write yet: a new one starts at its own offsets
                 self.consumer.seek_to_end(tp)
+                self.expected.pop(tp, None)
             self.epochs[tp.partition] = self.offsets.epoch(tp.partition)
 
     def _initial_offsets(self, index: str) -> dict[int, int]:
@@ -215,9 +270,10 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         targets = self.follower.changed(self.pipeline.targets)
         if targets is None:
             return
-        self._drain()
-        before = set(self.indices)
-        self.pipeline.targets = targets
+        with self.batches:
+            self._drain()
+            before = set(self.indices)
+            self.pipeline.targets = targets
         log.info("model versions changed", extra={
             "added": ",".join(sorted(set(self.indices) - before)) or "-",
             "removed": ",".join(sorted(before - set(self.indices))) or "-"})
@@ -335,7 +391,21 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             except KafkaError as error:
                 log.debug("worker lag unknown", extra={"error": repr(error)})
 
-    def _history_lost(self, error: OffsetOutOfRangeError) -> None:
+    def _gap(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> str | None:
+        """Records of a partition must follow on from where the worker sought or left off:
+        a jump forward means the offsets in between are gone (the topic is never
+        compacted), which Kafka's reset to the earliest offset would otherwise hide."""
+        for tp, records in polled.items():
+            if tp.topic != self.changes_topic:
+                continue
+            expected = self.expected.get(tp)
+            if expected is not None and records[0].offset > expected:
+                return (f"partition {tp.partition} resumed at offset {records[0].offset}, "
+                        f"{records[0].offset - expected} after the {expected} it needed")
+            self.expected[tp] = records[-1].offset + 1
+        return None
+
+    def _history_lost(self, error: str) -> None:
         """An offset off the topic. With the resync policy, one worker (the first to
         claim the resync) rebuilds every target into a fresh index; every worker's
         follower then moves to the fresh indices, which start after the gap."""
@@ -345,7 +415,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             "rebuild with `esrec indexer worker --on-history-lost=resync`")
         if self.resync is None:
             raise lost
-        self._drain()
+        with self.batches:
+            self._drain()
         claim = self.services.checkpoints.collection
         try:
             claim.insert_one({"_id": f"resync|{self.changes_topic}", "at": time.time()})

@@ -33,6 +33,7 @@ class Writers(Generic[Item]):
         self.lock = threading.Lock()
         self.finished: dict[int, Item] = {}
         self.submitted = self.saved = 0
+        self.closed = False
         self.threads = [threading.Thread(target=self._work, daemon=True, name=f"esrec-writer-{i}")
                         for i in range(threads)]
         for thread in self.threads:
@@ -54,6 +55,8 @@ class Writers(Generic[Item]):
                 self.error = error
 
     def submit(self, item: Item) -> None:
+        if self.closed:
+            raise RuntimeError("submit after close: the item would never be written")
         entry = (self.submitted, item)
         while True:
             if self.error is not None:
@@ -71,7 +74,10 @@ class Writers(Generic[Item]):
         return self.submitted - self.saved
 
     def close(self) -> None:
-        """Finish what was submitted (drain), then stop the threads."""
+        """Finish what was submitted (drain), then stop the threads (once)."""
+        if self.closed:
+            return
+        self.closed = True
         for _ in self.threads:
             self.queue.put(None)
         for thread in self.threads:

@@ -130,12 +130,15 @@ class ServingProbe:
         self.halt = threading.Event()
         self.failures: list[str] = []
         self.answered: dict[str, int] = {}
-        self.threads = [threading.Thread(target=self._load) for _ in range(3)]
+        self.threads = [threading.Thread(target=self._load, daemon=True) for _ in range(3)]
 
-    def start(self) -> ServingProbe:
+    def __enter__(self) -> ServingProbe:
         for thread in self.threads:
             thread.start()
         return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()  # also when the test failed first: no probe outlives its test
 
     def _load(self) -> None:
         from indexer.layout import LIVE, knn_clause, model_of

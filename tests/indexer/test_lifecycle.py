@@ -156,13 +156,13 @@ def test_promote_and_rollback_under_recall_load_never_mix_versions(rollout, es):
     svc, versions, daemon = rollout
     v2_index = versions.build(V2).index
     _wait_for_target(daemon, v2_index, present=True)
-    probe = ServingProbe(svc, es).start()
-    for _ in range(4):
-        versions.promote(V2)
-        time.sleep(0.3)
-        assert versions.rollback() == (V2, V1)
-        time.sleep(0.3)
-    failures, answered = probe.stop()
+    with ServingProbe(svc, es) as probe:
+        for _ in range(4):
+            versions.promote(V2)
+            time.sleep(0.3)
+            assert versions.rollback() == (V2, V1)
+            time.sleep(0.3)
+        failures, answered = probe.stop()
     assert failures == []
     assert answered[V1] > 10 and answered[V2] > 10
     assert resolve_alias(es, svc.settings.index.serving_alias) == svc.index_of(V1)

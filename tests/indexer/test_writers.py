@@ -68,3 +68,16 @@ def test_backpressure_blocks_the_reader_while_writes_wait() -> None:
     blocked.join(5)
     writers.close()
     assert writers.saved == 3
+
+
+def test_a_submit_after_close_is_refused_and_a_second_close_is_harmless() -> None:
+    """A rebalance drains (closes) the writers from Kafka's thread: an item handed to the
+    closed ones would never be written, so the hand-off must fail loudly, not hang."""
+    written: list[int] = []
+    writers: Writers[int] = Writers(written.append, lambda item: None)
+    writers.submit(1)
+    writers.close()
+    writers.close()
+    assert written == [1]
+    with pytest.raises(RuntimeError, match="after close"):
+        writers.submit(2)
