@@ -154,7 +154,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _connect(self) -> KafkaConsumer:
         indexer = self.settings.indexer
-        for topic in (self.changes_topic, self.backfill_topic):  # subscribed: they must exist
+        topics = [self.changes_topic, self.backfill_topic]
+        for topic in topics:  # subscribed: they must exist
             ensure_topic(self.settings.kafka, topic, indexer.partitions)
         consumer = KafkaConsumer(**kafka_options(self.settings.kafka),
                                  metadata_max_age_ms=METADATA_EVERY_MS,
@@ -167,13 +168,13 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                                  max_poll_interval_ms=indexer.worker_rebalance_timeout_ms,
                                  fetch_max_bytes=64 * 1024 * 1024,
                                  max_partition_fetch_bytes=indexer.max_message_bytes * 2)
-        for topic in (self.changes_topic, self.backfill_topic):
+        for topic in topics:
             # the group leader assigns only topics its metadata knows: a topic created a
             # moment ago may be missing from it, and its partitions would go to no one
             if not consumer.partitions_for_topic(topic):
                 consumer.close()
                 raise KafkaError(f"no partitions of {topic} in the metadata yet")
-        consumer.subscribe([self.changes_topic, self.backfill_topic], listener=self)
+        consumer.subscribe(topics, listener=self)
         return consumer
 
     def _writers(self) -> Writers[tuple[Prepared | None, Done]]:
@@ -207,6 +208,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumer.pause(*assigned)
         with self.batches:
             self.unpositioned |= assigned
+        self.metrics.partitions.set(len(self._owned()))  # local state: no broker call
         log.info("partitions assigned", extra={"partitions": ",".join(
             f"{tp.topic}:{tp.partition}" for tp in sorted(assigned))})
 
@@ -225,7 +227,6 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             if tp.topic == self.backfill_topic and self.consumer.committed(tp) is None:
                 self.consumer.seek_to_beginning(tp)
         self.consumer.resume(*pending)
-        self.metrics.partitions.set(len(self._owned()))
         return pending
 
     def _owned(self) -> list[TopicPartition]:
