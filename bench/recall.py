@@ -140,7 +140,7 @@ def _idle_wake(recaller: Recaller, user_id: str, pause_s: float) -> dict[str, fl
     waits for an _msearch: how much slower CPU work runs on a core that just woke up
     (cold caches, clock ramp-up) on this machine, which inflates every stage at 1 client."""
     artifact = recaller.resolver.current().artifact
-    user = recaller.states.user_document(user_id)
+    user = recaller.states.read(user_id).document
     figures = {}
     for name, pause in (("back_to_back", 0.0), ("after_pause", pause_s)):
         seconds = []

@@ -3,8 +3,10 @@
 int8 quantization saves ~75% of vector memory but is known to hurt recall for
 low-dimensional dot-product vectors like two-tower outputs. Before a version's index is
 created, a sample of real item vectors goes into a scratch int8 index; kNN results there
-are compared with exact top-k over the same vectors, and int8 is used only if its
-recall@k clears the threshold.
+for the version's own probe queries (user-tower vectors of held-out users, shipped in the
+artifact: the real query distribution) are compared with exact top-K over the same
+vectors, at the K recall asks for, and int8 is used only if its recall@K clears the
+threshold. An artifact without probe queries is probed with mixes of two item vectors.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from towers.artifact import ModelArtifact
 log = logging.getLogger("esrec.indexer")
 SAMPLE_ITEMS = 2000  # enough for a stable recall estimate, small enough to index in seconds
 QUERIES = 50
-K = 10
+K = 100  # recall's kNN channel asks for 100 candidates: the depth int8 must keep
+MIN_ITEMS = 2 * K  # fewer: nothing worth measuring (or quantizing)
 
 
 @dataclass(frozen=True)
@@ -30,16 +33,26 @@ class QuantizationChoice:
     index_options: str
     int8_recall: float | None  # None: too few items to measure
     sample: int
+    queries: str  # "users" (the artifact's probe queries) or "item_mixes"
 
 
-def measure_int8_recall(es: Elasticsearch, vectors: np.ndarray, similarity: str,
-                        seed: int = 0) -> float:
-    """recall@K of int8_hnsw kNN against exact top-K, on query vectors that mix two items."""
+def probe_queries(artifact: ModelArtifact, vectors: np.ndarray,
+                  seed: int = 0) -> tuple[np.ndarray, str]:
+    """The artifact's held-out user vectors, or else unit mixes of two item vectors."""
     rng = np.random.default_rng(seed)
+    if artifact.probe_queries is not None and len(artifact.probe_queries):
+        rows = rng.permutation(len(artifact.probe_queries))[:QUERIES]
+        return artifact.probe_queries[rows], "users"
     pairs = rng.integers(0, len(vectors), size=(QUERIES, 2))
     queries = vectors[pairs[:, 0]] + vectors[pairs[:, 1]]
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :K]
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True), "item_mixes"
+
+
+def measure_int8_recall(es: Elasticsearch, vectors: np.ndarray, queries: np.ndarray,
+                        similarity: str) -> float:
+    """recall@K of int8_hnsw kNN against exact top-K over the same vectors."""
+    k = min(K, len(vectors))
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
     index = f"esrec-quantization-probe-{uuid.uuid4().hex[:8]}"
     es.indices.create(index=index, mappings={"properties": {"vector": {
         "type": "dense_vector", "dims": vectors.shape[1], "index": True,
@@ -52,10 +65,10 @@ def measure_int8_recall(es: Elasticsearch, vectors: np.ndarray, similarity: str,
         found = 0
         for query, truth in zip(queries, exact, strict=True):
             hits = es.search(index=index, knn={"field": "vector", "query_vector": query,
-                                               "k": K, "num_candidates": 10 * K},
-                             size=K, source=False)["hits"]["hits"]
+                                               "k": k, "num_candidates": 2 * k},
+                             size=k, source=False)["hits"]["hits"]
             found += len({int(hit["_id"]) for hit in hits} & set(truth.tolist()))
-        return found / (QUERIES * K)
+        return found / (len(queries) * k)
     finally:
         es.indices.delete(index=index, ignore_unavailable=True)
 
@@ -63,12 +76,13 @@ def measure_int8_recall(es: Elasticsearch, vectors: np.ndarray, similarity: str,
 def choose_index_options(es: Elasticsearch, artifact: ModelArtifact,
                          documents: list[dict[str, Any]],
                          threshold: float) -> QuantizationChoice:
-    if len(documents) < 2 * K:
-        return QuantizationChoice("hnsw", None, len(documents))  # float is the safe default
+    if len(documents) < MIN_ITEMS:
+        return QuantizationChoice("hnsw", None, len(documents), "none")  # float: the safe default
     vectors = artifact.embed_items(documents[:SAMPLE_ITEMS])
-    recall = measure_int8_recall(es, vectors, artifact.manifest.similarity)
+    queries, kind = probe_queries(artifact, vectors)
+    recall = measure_int8_recall(es, vectors, queries, artifact.manifest.similarity)
     choice = "int8_hnsw" if recall >= threshold else "hnsw"
     log.info("index options chosen by measurement", extra={
-        "model": artifact.manifest.ref, "int8_recall_at_10": round(recall, 3),
-        "threshold": threshold, "chosen": choice})
-    return QuantizationChoice(choice, recall, len(vectors))
+        "model": artifact.manifest.ref, "int8_recall": round(recall, 4), "k": K,
+        "queries": kind, "threshold": threshold, "chosen": choice})
+    return QuantizationChoice(choice, recall, len(vectors), kind)

@@ -22,7 +22,7 @@ from indexer.layout import create_generation, resolve_alias, switch_alias, versi
 from indexer.lease import Lease
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target
-from indexer.quantization import SAMPLE_ITEMS, choose_index_options
+from indexer.quantization import SAMPLE_ITEMS, K, choose_index_options
 from indexer.relay import Relay
 from indexer.settings import IndexerConfig
 from indexer.sink import ElasticsearchSink
@@ -98,7 +98,8 @@ class Services:
             sample = list(self.items.find().limit(SAMPLE_ITEMS))
             choice = choose_index_options(self.es, artifact, sample, indexer.int8_min_recall)
             options = choice.index_options
-            measured = {"int8_recall_at_10": choice.int8_recall, "recall_sample": choice.sample}
+            measured = {"int8_recall": choice.int8_recall, "int8_recall_k": K,
+                        "recall_sample": choice.sample, "recall_queries": choice.queries}
         index = create_generation(self.es, self.settings.index.prefix, artifact.manifest,
                                   artifact.sha256, indexer.projection, options, measured)
         if point_alias:

@@ -2,8 +2,10 @@
 
 A channel turns the request context into zero or more search bodies (all of them go into
 one ``_msearch``) and turns their responses into ranked (item id, score) pairs. Every
-search is filtered to live items, the request's filters and not-seen items, and carries
-the channel's own size and time budget. Add a channel by subclassing ``Channel`` and
+search is filtered to live items, the request's filters and the newest seen items, asks
+for as many more as the older seen items it cannot exclude in the query (the Recaller
+filters those out of every channel's results), and carries the channel's own time
+budget. Add a channel by subclassing ``Channel`` and
 listing it in ``CHANNELS``; settings pick which run and with what weight.
 """
 
@@ -19,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from indexer.layout import LIVE, knn_clause
+from recall.popularity import Popular
 from recall.settings import ChannelSettings, RecallSettings
 from towers.dataset import TAG_COUNTS
 
@@ -31,15 +34,18 @@ class Context:
 
     user: dict[str, Any]  # profile + behaviour ({} for a cold start)
     user_vector: np.ndarray | None  # None: cold start, no kNN
-    seen: list[str]  # excluded everywhere
+    seen: list[str]  # every item the user has seen, newest first: excluded everywhere
     seeds: dict[str, np.ndarray]  # i2i: the user's newest items' stored vectors
     filters: list[dict[str, Any]]  # Elasticsearch filter clauses from the request
+    popular: Popular  # measured popularity now (recall.popularity)
+    seen_in_query: int  # how many of ``seen`` go into the query's must_not
+    overfetch: int  # extra hits per search: the seen items left out of must_not
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def filter(self) -> dict[str, Any]:
         clauses: dict[str, Any] = {"filter": [LIVE, *self.filters]}
-        if self.seen:
-            clauses["must_not"] = [{"ids": {"values": self.seen}}]
+        if self.seen and self.seen_in_query:
+            clauses["must_not"] = [{"ids": {"values": self.seen[:self.seen_in_query]}}]
         return {"bool": clauses}
 
 
@@ -59,13 +65,17 @@ class Channel(ABC):
         return [(hit["_id"], float(hit["_score"] or 0.0))
                 for response in responses for hit in response["hits"]["hits"]]
 
-    def _body(self, **parts: Any) -> dict[str, Any]:
-        return {"size": self.settings.size, "timeout": f"{self.settings.timeout_ms}ms",
+    def size(self, ctx: Context) -> int:
+        """Hits per search: the channel's size plus the seen items not in the query."""
+        return self.settings.size + ctx.overfetch
+
+    def _body(self, ctx: Context, **parts: Any) -> dict[str, Any]:
+        return {"size": self.size(ctx), "timeout": f"{self.settings.timeout_ms}ms",
                 "_source": False, **parts}
 
-
-def _knn(vector: np.ndarray, size: int, query_filter: dict[str, Any]) -> dict[str, Any]:
-    return knn_clause(vector, size, max(2 * size, 100), query_filter)
+    def _knn(self, ctx: Context, vector: np.ndarray) -> dict[str, Any]:
+        size = self.size(ctx)
+        return self._body(ctx, knn=knn_clause(vector, size, max(2 * size, 100), ctx.filter()))
 
 
 class KnnChannel(Channel):
@@ -76,18 +86,17 @@ class KnnChannel(Channel):
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
         if ctx.user_vector is None:
             return []
-        return [self._body(knn=_knn(ctx.user_vector, self.settings.size, ctx.filter()))]
+        return [self._knn(ctx, ctx.user_vector)]
 
 
 class ItemToItemChannel(Channel):
     """i2i: neighbours of the user's newest items, cut at a similarity, re-weighted lightly
-    towards popular and fresh items."""
+    towards measured-popular and fresh items."""
 
     name = "i2i"
 
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
-        return [self._body(knn=_knn(vector, self.settings.size, ctx.filter()),
-                           _source=["popularity", "created_at"])
+        return [{**self._knn(ctx, vector), "_source": ["created_at"]}
                 for vector in ctx.seeds.values()]
 
     def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
@@ -101,7 +110,7 @@ class ItemToItemChannel(Channel):
                 if similarity < cut:
                     continue
                 source = hit.get("_source") or {}
-                popularity = float(source.get("popularity") or 0.0)
+                popularity = ctx.popular.by_id.get(hit["_id"], 0.0)
                 created = _epoch_s(source.get("created_at"))
                 freshness = 0.5 ** (max(0.0, now - created) / half_life_s) \
                     if created is not None else 0.5
@@ -125,23 +134,29 @@ class TagsChannel(Channel):
         query["bool"]["should"] = [{"term": {"tags": {"value": tag, "boost": float(count)}}}
                                    for tag, count in top]
         query["bool"]["minimum_should_match"] = 1
-        return [self._body(query=query)]
+        return [self._body(ctx, query=query)]
 
 
 class HotChannel(Channel):
-    """Popularity within a freshness window."""
+    """Measured popularity: the items users acted on most lately (recall.popularity),
+    kept to those that are live, pass the request's filters and were not seen."""
 
     name = "hot"
 
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        seen = set(ctx.seen)
+        # twice the size: room for items the filters or tombstones drop
+        ids = [item for item, _ in ctx.popular.items if item not in seen][:2 * self.size(ctx)]
+        if not ids:
+            return []
         query = ctx.filter()
-        query["bool"]["filter"].append({"range": {"created_at": {
-            "gte": f"now-{int(self.recall.hot_window_days * 24)}h"}}})
-        return [self._body(query=query, sort=[{"popularity": {"order": "desc",
-                                                              "unmapped_type": "float"}}])]
+        query["bool"]["filter"].append({"ids": {"values": ids}})
+        return [{**self._body(ctx, query=query), "size": len(ids)}]
 
     def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
-        return _by_sort_value(responses)
+        found = [(hit["_id"], ctx.popular.by_id.get(hit["_id"], 0.0))
+                 for response in responses for hit in response["hits"]["hits"]]
+        return sorted(found, key=lambda pair: -pair[1])
 
 
 class FreshChannel(Channel):
@@ -150,7 +165,7 @@ class FreshChannel(Channel):
     name = "fresh"
 
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
-        return [self._body(query=ctx.filter(), sort=[{"created_at": {"order": "desc"}}])]
+        return [self._body(ctx, query=ctx.filter(), sort=[{"created_at": {"order": "desc"}}])]
 
     def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
         return _by_sort_value(responses)

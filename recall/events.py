@@ -1,8 +1,9 @@
 """`esrec recall events`: the user-events topic -> MongoDB user state, in a consumer group.
 
     poll (<= 500 records) -> validate each (UserEvent) -> apply the good ones (idempotent
-    by event id) -> bad ones, and updates MongoDB refuses for good, to the dead-letter
-    topic with the reason -> commit offsets
+    by event id) -> the newly applied ones into the items' measured popularity -> bad
+    ones, and updates MongoDB refuses for good, to the dead-letter topic with the reason
+    -> commit offsets
 
 Offsets are committed only after the batch's state updates are acknowledged, so a crash
 replays (harmless: replays are skipped), never skips. A dead letter always fits a Kafka
@@ -29,9 +30,10 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from recall.metrics import EventMetrics
+from recall.popularity import Popularity
 from recall.settings import RecallConfig
 from recall.state import UserEvent, UserStates, problems
-from runtime.clients import kafka_options
+from runtime.clients import MongoDatabase, kafka_options
 from runtime.health import Health
 from runtime.retry import Backoff, retry
 
@@ -75,10 +77,11 @@ def dead_letter(record: ConsumerRecord, reason: str) -> bytes:
 
 
 class EventConsumer:
-    def __init__(self, settings: RecallConfig, states: UserStates, stop: threading.Event,
+    def __init__(self, settings: RecallConfig, db: MongoDatabase, stop: threading.Event,
                  health: Health | None = None) -> None:
         self.settings = settings
-        self.states = states
+        self.states = UserStates(db, settings)
+        self.popularity = Popularity(db, settings)
         self.stop = stop
         self.metrics = EventMetrics()
         self.backoff = Backoff(max_s=settings.recall.retry_max_delay_s)
@@ -138,6 +141,9 @@ class EventConsumer:
         applied = retry(lambda: self.states.apply(events), what="mongodb",
                         backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
                         health=self.health)
+        retry(lambda: self.popularity.count(applied.new), what="mongodb",
+              backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
+              health=self.health)
         self.metrics.apply_seconds.observe(time.perf_counter() - started)
         by_event = {id(event): record for event, record in zip(events, origin, strict=True)}
         rejected += [(by_event[id(event)], reason) for event, reason in applied.refused]

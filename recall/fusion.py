@@ -9,7 +9,7 @@ provenance (channel, rank, score) for the ranking stage.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -34,13 +34,11 @@ class Candidate:
 Ranked = Mapping[str, Sequence[tuple[str, float]]]  # channel -> [(item id, score)] best first
 
 
-def _provenance(ranked: Ranked, exclude: Collection[str]) -> dict[str, list[Source]]:
+def _provenance(ranked: Ranked) -> dict[str, list[Source]]:
     found: dict[str, list[Source]] = {}
     for channel, pairs in ranked.items():
         rank = 0
         for item_id, score in pairs:
-            if item_id in exclude:
-                continue
             sources = found.get(item_id)
             if sources is None:
                 found[item_id] = sources = []
@@ -51,10 +49,9 @@ def _provenance(ranked: Ranked, exclude: Collection[str]) -> dict[str, list[Sour
     return found
 
 
-def rrf(ranked: Ranked, weights: Mapping[str, float], k: int, rrf_k: int,
-        exclude: Collection[str] = ()) -> list[Candidate]:
+def rrf(ranked: Ranked, weights: Mapping[str, float], k: int, rrf_k: int) -> list[Candidate]:
     candidates = []
-    for item_id, sources in _provenance(ranked, exclude).items():
+    for item_id, sources in _provenance(ranked).items():
         score = 0.0
         for source in sources:
             score += weights[source.channel] / (rrf_k + source.rank)
@@ -63,9 +60,8 @@ def rrf(ranked: Ranked, weights: Mapping[str, float], k: int, rrf_k: int,
     return candidates[:k]
 
 
-def quota(ranked: Ranked, weights: Mapping[str, float], k: int,
-          exclude: Collection[str] = ()) -> list[Candidate]:
-    provenance = _provenance(ranked, exclude)
+def quota(ranked: Ranked, weights: Mapping[str, float], k: int) -> list[Candidate]:
+    provenance = _provenance(ranked)
     total = sum(weights[channel] for channel in ranked) or 1.0
     queues = {channel: [item for item, _ in pairs if item in provenance]
               for channel, pairs in ranked.items()}

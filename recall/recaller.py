@@ -22,6 +22,8 @@ from indexer.layout import VECTOR
 from recall.channels import CHANNELS, Channel, Context
 from recall.fusion import quota, rrf
 from recall.metrics import RecallMetrics
+from recall.popularity import Popularity
+from recall.refresh import Refreshed
 from recall.request import RecallResponse, filter_clauses, request_model
 from recall.serving import ServingResolver, ServingVersion
 from recall.settings import RecallConfig
@@ -67,6 +69,8 @@ class Recaller:
         self.settings = settings
         self.request_model = request_model(settings)  # validates the channel/filter config
         self.states = UserStates(db, settings)
+        self.popularity = Refreshed(lambda _: Popularity(db, settings).top(),
+                                    settings.recall.popularity_ttl_s, "esrec-popularity")
         self.resolver = ServingResolver(es, registry, settings.index.serving_alias,
                                         settings.recall.alias_ttl_s)
         self.channels: dict[str, Channel] = {
@@ -94,8 +98,10 @@ class Recaller:
     def _recall(self, request: Any, watch: Stopwatch) -> RecallResponse:
         serving = self.resolver.current()
         watch.lap("resolve")
-        user = self.states.user_document(request.user_id, request.recent_items)
+        view = self.states.read(request.user_id, request.recent_items)
+        popular = self.popularity.current()
         watch.lap("state")
+        user = view.document
         weights = request.channels or {name: channel.settings.weight
                                        for name, channel in self.channels.items()}
         recent = user.get(RECENT_ITEMS, [])
@@ -103,9 +109,13 @@ class Recaller:
         seeds = self._pool.submit(self._seeds, serving, recent) if "i2i" in weights else None
         user_vector = serving.artifact.embed_users([user])[0] if user else None
         watch.lap("user_tower")
-        ctx = Context(user=user, user_vector=user_vector, seen=list(recent),
+        in_query = self.settings.recall.seen_in_query
+        ctx = Context(user=user, user_vector=user_vector, seen=view.seen,
                       seeds=seeds.result() if seeds is not None else {},
-                      filters=filter_clauses(request.filters))
+                      filters=filter_clauses(request.filters), popular=popular,
+                      seen_in_query=in_query,
+                      overfetch=min(max(0, len(view.seen) - in_query),
+                                    self.settings.recall.max_overfetch))
         watch.lap("seeds")
         plan: list[tuple[str, int]] = []  # (channel, how many searches)
         searches: list[dict[str, Any]] = []
@@ -120,10 +130,9 @@ class Recaller:
         ranked, reasons = self._rank(plan, responses, ctx)
         fuse_weights = {name: weights[name] for name in ranked}
         if self.settings.recall.fusion == "quota" or not user:  # a cold start gets a mix
-            fused = quota(ranked, fuse_weights, request.k, exclude=set(recent))
+            fused = quota(ranked, fuse_weights, request.k)
         else:
-            fused = rrf(ranked, fuse_weights, request.k, self.settings.recall.rrf_k,
-                        exclude=set(recent))
+            fused = rrf(ranked, fuse_weights, request.k, self.settings.recall.rrf_k)
         watch.lap("fusion")
         # built from values esrec made itself: validating ~100 candidates would cost ~0.5 ms
         return RecallResponse.model_construct(
@@ -145,6 +154,7 @@ class Recaller:
               ctx: Context) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
         ranked: dict[str, list[tuple[str, float]]] = {}
         reasons: dict[str, str] = {}
+        seen = set(ctx.seen)  # the older ones were over-fetched for, not excluded
         position = 0
         for name, count in plan:
             mine, position = responses[position:position + count], position + count
@@ -160,5 +170,7 @@ class Recaller:
             if any(response.get("timed_out") for response in mine):
                 reasons[name] = "timed out: partial results"
                 self.metrics.degraded.labels(name, "timeout").inc()
-            ranked[name] = self.channels[name].rank(mine, ctx)
+            channel = self.channels[name]
+            ranked[name] = [(item, score) for item, score in channel.rank(mine, ctx)
+                            if item not in seen][:channel.settings.size]
         return ranked, reasons

@@ -48,7 +48,17 @@ class RecallSettings(Section):
     max_k: int = Field(default=500, gt=0)
     i2i_items: int = Field(default=3, gt=0)  # the user's newest items used as i2i seeds
     i2i_min_similarity: float = Field(default=0.3, ge=-1, le=1)
+    # seen items: the newest seen_in_query go into every search's must_not; any older ones
+    # are filtered out of the results, each search asking for that many more (at most
+    # max_overfetch), so no served candidate is an item the user has seen
+    seen_in_query: int = Field(default=500, ge=0)
+    max_overfetch: int = Field(default=1000, ge=0)
+    # measured popularity (recall.popularity): events in the window before the newest
+    # event, decayed with this half-life; the top popularity_top kept, re-read every ttl
     hot_window_days: float = Field(default=30.0, gt=0)
+    popularity_half_life_days: float = Field(default=3.0, gt=0)
+    popularity_top: int = Field(default=1000, gt=0)
+    popularity_ttl_s: float = Field(default=5.0, ge=0)
     fresh_half_life_days: float = Field(default=14.0, gt=0)  # i2i re-weighting by age
     # the only fields a request may filter on (no query injection): field -> "term" | "range"
     filter_fields: dict[str, FilterKind] = Field(default_factory=lambda: dict(DEFAULT_FILTERS))

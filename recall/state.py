@@ -2,6 +2,7 @@
 
     user_state: {_id: user_id,
                  recent: [{item_id, type, ts, tags}] newest first (<= history_len),
+                 seen_items: [item_id] every distinct item the user acted on, oldest first,
                  seen: [event_id] (<= seen_event_ids), updated_at}
 
 The item's tags are copied into the history when the event is applied (the item as it
@@ -9,6 +10,10 @@ was then), so reading a user costs one MongoDB read; ``user_document`` turns the
 into the user tower's input with ``towers.dataset.behaviour``, the function training
 uses too, over the same ``history_len`` newest items, in the same order (ties in time
 broken by item id), so serving never sees features training did not.
+
+``seen_items`` is what recall excludes: everything the user has seen, at any history
+length, not only the ``history_len`` newest (``$addToSet`` is idempotent by itself). Its
+bound is the user's distinct items: ~20 bytes each, read with the state on every request.
 
 An event is applied at most once: the update only matches a state whose ``seen`` list does
 not hold the event id, and the upsert that follows a non-match collides with the existing
@@ -60,6 +65,15 @@ class Applied:
     applied: int = 0
     duplicates: int = 0
     refused: list[tuple[UserEvent, str]] = field(default_factory=list)  # (event, why)
+    new: list[UserEvent] = field(default_factory=list)  # the events applied just now
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A user as recall reads it: the user tower's input and everything to exclude."""
+
+    document: dict[str, Any]  # profile + behaviour; {} for a cold start
+    seen: list[str]  # session items, then stored items newest first; no repeats
 
 
 class UserStates:
@@ -79,16 +93,18 @@ class UserStates:
         tags = {str(item["_id"]): usable_tags(item) for item in self.items.find(
             {"_id": {"$in": list({event.item_id for event in events})}}, {ITEM_TAGS_FIELD: 1})}
         updates = [self._update(event, tags.get(event.item_id, [])) for event in events]
+        failed: set[int] = set()  # a duplicate key is a replay; anything else, a refusal
+        refused: list[tuple[UserEvent, str]] = []
         try:
-            result = self.states.bulk_write(updates, ordered=False)
-            written = result.modified_count + result.upserted_count
-            refused: list[tuple[UserEvent, str]] = []
+            self.states.bulk_write(updates, ordered=False)
         except BulkWriteError as error:
-            details = error.details
-            refused = [(events[e["index"]], f"MongoDB refused the update: {e['errmsg']}")
-                       for e in details["writeErrors"] if e["code"] != DUPLICATE_KEY]
-            written = details["nModified"] + details["nUpserted"]
-        return Applied(written, len(events) - written - len(refused), refused)
+            for e in error.details["writeErrors"]:
+                failed.add(e["index"])
+                if e["code"] != DUPLICATE_KEY:
+                    refused.append((events[e["index"]],
+                                    f"MongoDB refused the update: {e['errmsg']}"))
+        new = [event for index, event in enumerate(events) if index not in failed]
+        return Applied(len(new), len(failed) - len(refused), refused, new)
 
     def _update(self, event: UserEvent, tags: Sequence[str]) -> UpdateOne:
         entry = {"item_id": event.item_id, "type": event.type, "ts": event.ts,
@@ -101,16 +117,18 @@ class UserStates:
                            "$slice": self.history_len},
                 "seen": {"$each": [event.event_id], "$slice": -self.seen_event_ids},
             },
+            "$addToSet": {"seen_items": event.item_id},
             "$max": {"updated_at": datetime.now(UTC)},
         }
         return UpdateOne({"_id": event.user_id, "seen": {"$ne": event.event_id}}, update,
                          upsert=True)
 
-    def user_document(self, user_id: str, session_items: Sequence[str] = ()) -> dict[str, Any]:
-        """Profile + behaviour in the shape the user tower reads, in one MongoDB read.
+    def read(self, user_id: str, session_items: Sequence[str] = ()) -> UserView:
+        """Profile + behaviour in the shape the user tower reads, and the items to exclude,
+        in one MongoDB read.
 
         ``session_items``: recent item ids the caller knows (newest first), ahead of the
-        stored history. An unknown user yields ``{}``: a cold start.
+        stored history. An unknown user yields an empty document: a cold start.
         """
         found = list(self.users.aggregate([
             {"$match": {"_id": user_id}},
@@ -123,7 +141,8 @@ class UserStates:
             profile, state = {}, self.states.find_one({"_id": user_id}) or {}
         history = state.get("recent", [])
         recent = [*session_items, *(entry["item_id"] for entry in history)]
+        seen = list(dict.fromkeys([*recent, *reversed(state.get("seen_items", []))]))
         if not recent and not profile:
-            return {}
+            return UserView({}, seen)
         tags = {entry["item_id"]: entry.get("tags") or [] for entry in history}
-        return {**profile, **behaviour(recent, tags, self.history_len)}
+        return UserView({**profile, **behaviour(recent, tags, self.history_len)}, seen)

@@ -94,6 +94,7 @@ class CollectionNames(Section):
     items: str = "items"
     users: str = "users"
     user_state: str = "user_state"
+    item_popularity: str = "item_popularity"  # decayed event counts (recall.popularity)
     interactions: str = "interactions"
     checkpoints: str = "esrec_checkpoints"
     dead_letters: str = "esrec_dead_letters"

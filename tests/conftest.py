@@ -112,7 +112,7 @@ def trained(small_dataset: Dataset) -> TrainResult:
 def artifact_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("artifact") / "model"
     export_artifact(trained.model, trained.featurizer, directory, "test-model", "1",
-                    {"config": {"history_len": QUICK.history_len}})
+                    {"config": {"history_len": QUICK.history_len}}, trained.probe_queries())
     return directory
 
 

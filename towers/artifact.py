@@ -6,6 +6,9 @@
     <dir>/user_tower.pt2     (TorchScript is deprecated as of torch 2.5; torch.export is
                              its successor)
     <dir>/vocabularies.json  fitted vocabularies per embedding table
+    <dir>/probe_queries.npy  optional: user-tower vectors of held-out (validation) users,
+                             the real query distribution of this version, for probes
+                             such as the int8 quantization check
 
 The artifact's identity is the sha256 of manifest.json, which pins every other file.
 Loading verifies all of it and refuses anything corrupt or inconsistent.
@@ -36,7 +39,9 @@ MANIFEST = "manifest.json"
 ITEM_TOWER = "item_tower.pt2"
 USER_TOWER = "user_tower.pt2"
 VOCABULARIES = "vocabularies.json"
+PROBE_QUERIES = "probe_queries.npy"
 REQUIRED_FILES = (ITEM_TOWER, USER_TOWER, VOCABULARIES)
+OPTIONAL_FILES = (PROBE_QUERIES,)
 _MAX_BATCH = 1 << 20
 
 
@@ -81,7 +86,8 @@ def _export(tower: torch.nn.Module, example: dict[str, torch.Tensor], path: Path
 
 
 def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, name: str,
-                    version: str, training: Mapping[str, Any]) -> ModelArtifact:
+                    version: str, training: Mapping[str, Any],
+                    probe_queries: np.ndarray | None = None) -> ModelArtifact:
     """Write a model version to ``directory`` (which must not hold another artifact)."""
     if (directory / MANIFEST).exists():
         raise ArtifactError(f"{directory} already holds an artifact; pick an empty directory")
@@ -90,6 +96,10 @@ def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, na
     _export(model.item_tower, probe.items([{}, {}]), directory / ITEM_TOWER)
     _export(model.user_tower, probe.users([{}, {}]), directory / USER_TOWER)
     (directory / VOCABULARIES).write_text(json.dumps(featurizer.state.vocabularies))
+    files = list(REQUIRED_FILES)
+    if probe_queries is not None and len(probe_queries):
+        np.save(directory / PROBE_QUERIES, probe_queries.astype(np.float32), allow_pickle=False)
+        files.append(PROBE_QUERIES)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         name=name,
@@ -102,7 +112,7 @@ def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, na
         training=dict(training),
         torch_version=torch.__version__,
         created_at=datetime.now(UTC).isoformat(),
-        files={f: sha256_file(directory / f) for f in REQUIRED_FILES},
+        files={f: sha256_file(directory / f) for f in files},
     )
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     return ModelArtifact.load(directory)
@@ -118,6 +128,7 @@ class ModelArtifact:
     item_tower: torch.nn.Module
     user_tower: torch.nn.Module
     featurizer: Featurizer
+    probe_queries: np.ndarray | None = None  # (n, dims) user vectors of held-out users
 
     @classmethod
     def load(cls, directory: Path, expected_sha256: str | None = None) -> ModelArtifact:
@@ -136,9 +147,11 @@ class ModelArtifact:
         if manifest.format_version != FORMAT_VERSION:
             raise ArtifactError(f"{directory}: format {manifest.format_version} is not "
                                 f"supported (this esrec reads format {FORMAT_VERSION})")
-        if set(manifest.files) != set(REQUIRED_FILES):
+        listed = set(manifest.files)
+        if not set(REQUIRED_FILES) <= listed <= {*REQUIRED_FILES, *OPTIONAL_FILES}:
             raise ArtifactError(f"{directory}: manifest lists {sorted(manifest.files)}, "
-                                f"expected {sorted(REQUIRED_FILES)}")
+                                f"expected {sorted(REQUIRED_FILES)} (and optionally "
+                                f"{sorted(OPTIONAL_FILES)})")
         for name, expected in manifest.files.items():
             path = directory / name
             if not path.is_file():
@@ -167,7 +180,14 @@ class ModelArtifact:
             if dims != manifest.dims:
                 raise ArtifactError(f"{directory}: the {side} tower outputs {dims} dims, "
                                     f"the manifest says {manifest.dims}")
-        return cls(directory, manifest, sha256, item_tower, user_tower, featurizer)
+        probe_queries = None
+        if PROBE_QUERIES in listed:
+            probe_queries = np.load(directory / PROBE_QUERIES, allow_pickle=False)
+            if probe_queries.ndim != 2 or probe_queries.shape[1] != manifest.dims:
+                raise ArtifactError(f"{directory}: {PROBE_QUERIES} has shape "
+                                    f"{probe_queries.shape}, not (n, {manifest.dims})")
+        return cls(directory, manifest, sha256, item_tower, user_tower, featurizer,
+                   probe_queries)
 
     def embed_items(self, documents: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Unit-length item vectors, one row per document, float32."""

@@ -7,14 +7,16 @@ over those items), built here by ``behaviour`` so training and serving cannot dr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pymongo import ReplaceOne
 from pymongo.database import Database
 
 RECENT_ITEMS = "recent_items"
@@ -49,6 +51,14 @@ class Interaction:
     item_id: str
     ts: float  # epoch seconds
     event: str = "click"
+    weight: float = 1.0  # a rating or a dwell time, where the log has one
+
+    @property
+    def key(self) -> str:
+        """A stable id: the same interaction imported twice is one document."""
+        digest = hashlib.sha1(f"{self.user_id}\x00{self.item_id}\x00{self.ts!r}\x00"
+                              f"{self.event}".encode(), usedforsecurity=False)
+        return digest.hexdigest()[:24]
 
 
 @dataclass
@@ -94,41 +104,56 @@ class Split:
     cases: list[EvalCase]  # each user's last interaction, with everything before it as history
     item_counts: Counter[str]  # interactions per item in the training part
     train_end: float  # time of the newest training example: "now" for training features
+    # each user's second-to-last interaction (users with >= 3): what training selects its
+    # epoch on, so the test cases never decide anything
+    validation: list[EvalCase] = field(default_factory=list)
+    history: dict[str, list[str]] = field(default_factory=dict)  # user -> training items
 
 
-def leave_last_out(dataset: Dataset, history_len: int = 50,
-                   max_examples_per_user: int = 50) -> Split:
-    """Train on each user's past, evaluate on their last interaction.
+def time_order(interactions: Iterable[Interaction]) -> list[Interaction]:
+    """One user's interactions oldest first; equal times ordered by item id (as a string),
+    the order user state keeps too (recall.state sorts by ts, then item_id)."""
+    return sorted(interactions, key=lambda i: (i.ts, i.item_id))
 
-    ``max_examples_per_user`` keeps the most recent examples of heavy users, so a few of
-    them do not dominate the loss.
+
+def leave_last_out(dataset: Dataset, history_len: int = 50, max_examples_per_user: int = 0,
+                   validation: bool = True) -> Split:
+    """Train on each user's past, validate on their second-to-last interaction, test on
+    their last.
+
+    ``max_examples_per_user`` (> 0) keeps only the most recent examples of heavy users, so
+    a few of them do not dominate the loss; 0 keeps every example.
     """
     by_user: dict[str, list[Interaction]] = {}
     for interaction in dataset.interactions:
         by_user.setdefault(interaction.user_id, []).append(interaction)
     profiles = {str(u["_id"]): u for u in dataset.users}
     tags = dataset.item_tags()
-    train: list[Example] = []
-    cases: list[EvalCase] = []
-    counts: Counter[str] = Counter()
+    split = Split(train=[], cases=[], item_counts=Counter(), train_end=0.0)
     for user_id in sorted(by_user):
-        history = sorted(by_user[user_id], key=lambda i: (i.ts, i.item_id))
+        history = time_order(by_user[user_id])
         profile = profiles.get(user_id, {"_id": user_id})
+        held = 1 if len(history) >= 2 else 0  # one interaction: train on it
+        validated = 1 if validation and len(history) >= 3 else 0
         window: deque[str] = deque(maxlen=history_len)
         examples = []
-        held_out = history[-1] if len(history) >= 2 else None  # one interaction: train on it
-        for interaction in history if held_out is None else history[:-1]:
-            examples.append(Example(_user_doc(profile, window, tags, history_len),
-                                    interaction.item_id, interaction.ts))
+        for position, interaction in enumerate(history):
+            user = _user_doc(profile, window, tags, history_len)
+            held_out = (split.cases if position == len(history) - held else
+                        split.validation if validated and position == len(history) - held - 1
+                        else None)
+            if held_out is None:
+                examples.append(Example(user, interaction.item_id, interaction.ts))
+            else:
+                held_out.append(EvalCase(user, interaction.item_id, interaction.ts,
+                                         {i.item_id for i in history[:position]}))
             window.appendleft(interaction.item_id)
-        train.extend(examples[-max_examples_per_user:])
-        counts.update(e.item_id for e in examples[-max_examples_per_user:])
-        if held_out is not None:
-            cases.append(EvalCase(_user_doc(profile, window, tags, history_len),
-                                  held_out.item_id, held_out.ts,
-                                  seen={i.item_id for i in history[:-1]}))
-    return Split(train=train, cases=cases, item_counts=counts,
-                 train_end=max((e.ts for e in train), default=0.0))
+        split.history[user_id] = [e.item_id for e in examples]
+        kept = examples[-max_examples_per_user:] if max_examples_per_user > 0 else examples
+        split.train.extend(kept)
+        split.item_counts.update(e.item_id for e in kept)
+    split.train_end = max((e.ts for e in split.train), default=0.0)
+    return split
 
 
 def _user_doc(profile: dict[str, Any], window: Iterable[str],
@@ -152,7 +177,7 @@ def _epoch(value: Any) -> float:
 
 def _interaction(row: Mapping[str, Any]) -> Interaction:
     return Interaction(str(row["user_id"]), str(row["item_id"]), _epoch(row["ts"]),
-                       str(row.get("event", "click")))
+                       str(row.get("event", "click")), float(row.get("weight", 1.0)))
 
 
 def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -192,7 +217,7 @@ def write_jsonl(dataset: Dataset, directory: Path) -> None:
         "items": dataset.items,
         "users": dataset.users,
         "interactions": [{"user_id": i.user_id, "item_id": i.item_id, "event": i.event,
-                          "ts": datetime.fromtimestamp(i.ts, UTC).isoformat()}
+                          "weight": i.weight, "ts": datetime.fromtimestamp(i.ts, UTC).isoformat()}
                          for i in dataset.interactions],
     }
     for stem, documents in rows.items():
@@ -219,18 +244,30 @@ def load_mongo(db: Database[dict[str, Any]], names: Collections) -> Dataset:
 
 
 def write_mongo(dataset: Dataset, db: Database[dict[str, Any]], names: Collections,
-                batch: int = 5000) -> None:
-    """Load a dataset into MongoDB (timestamps as BSON dates), replacing what was there."""
+                batch: int = 5000, replace: bool = True,
+                on_progress: Callable[[str, int], None] | None = None) -> None:
+    """Load a dataset into MongoDB (timestamps as BSON dates). ``replace`` drops what was
+    there first; otherwise every document is upserted by its id (an interaction's id is
+    its ``key``), so loading the same data twice leaves the same collections."""
     def dated(document: dict[str, Any]) -> dict[str, Any]:
         return {k: datetime.fromisoformat(v) if k.endswith("_at") and isinstance(v, str) else v
                 for k, v in document.items()}
 
-    interactions = [{"user_id": i.user_id, "item_id": i.item_id, "event": i.event,
+    interactions = [{"_id": i.key, "user_id": i.user_id, "item_id": i.item_id,
+                     "event": i.event, "weight": i.weight,
                      "ts": datetime.fromtimestamp(i.ts, UTC)} for i in dataset.interactions]
     for name, documents in ((names.items, [dated(d) for d in dataset.items]),
                             (names.users, [dated(d) for d in dataset.users]),
                             (names.interactions, interactions)):
-        db[name].drop()
+        if replace:
+            db[name].drop()
         for start in range(0, len(documents), batch):
-            db[name].insert_many(documents[start:start + batch], ordered=False)
+            part = documents[start:start + batch]
+            if replace:
+                db[name].insert_many(part, ordered=False)
+            else:
+                db[name].bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
+                                     for d in part], ordered=False)
+            if on_progress is not None:
+                on_progress(name, start + len(part))
     db[names.interactions].create_index([("user_id", 1), ("ts", 1)])

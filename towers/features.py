@@ -141,7 +141,7 @@ def scalar_count(features: list[Feature]) -> int:
     return sum(isinstance(f, Numeric | Age) for f in features)
 
 
-def default_spec(dim: int = 32) -> FeatureSpec:
+def default_spec(dim: int = 32, recency_half_life: float = 3.0) -> FeatureSpec:
     """The spec for the catalog shape esrec's synthetic data (and many feeds) have."""
     tag_vocab, id_vocab = 5000, 200_000
     return FeatureSpec(
@@ -154,7 +154,8 @@ def default_spec(dim: int = 32) -> FeatureSpec:
             Numeric(name="price", field="price", log=True),
         ],
         user=[
-            RecentItems(name="recent_items", field="recent_items", max_len=50, half_life=3.0,
+            RecentItems(name="recent_items", field="recent_items", max_len=50,
+                        half_life=recency_half_life,
                         table="item_id", dim=dim, max_vocab=id_vocab),
             TagCounts(name="recent_tags", field="tag_counts", max_len=64, table="tags",
                       dim=dim, max_vocab=tag_vocab),

@@ -17,9 +17,13 @@ def training_summary(result: TrainResult, config: TrainConfig) -> dict[str, Any]
         "config": asdict(config),
         "examples": len(result.split.train),
         "eval_cases": len(result.split.cases),
+        "validation_cases": len(result.split.validation),
+        "best_epoch": result.best_epoch,
         "examples_per_second": round(result.examples_per_second, 1),
         "epochs": [{"epoch": e.epoch, "loss": round(e.loss, 5), "seconds": round(e.seconds, 2),
-                    **{k: round(v, 5) for k, v in e.metrics.items()}} for e in result.history],
+                    **{k: round(v, 5) for k, v in e.metrics.items()},
+                    **{f"validation_{k}": round(v, 5) for k, v in e.validation.items()}}
+                   for e in result.history],
         **comparison(result.metrics, result.baseline),
     }
 

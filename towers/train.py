@@ -8,6 +8,7 @@ bias. A repeated item in one batch would be a false negative, so those logits ar
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from towers.featurizer import Featurizer
 from towers.model import TwoTower
 
 _DAY = 86_400.0
+PROBE_USERS = 256  # probe queries kept in an artifact: ~64 KB at 64 dims
 
 
 @dataclass(frozen=True)
@@ -32,14 +34,26 @@ class TrainConfig:
     batch_size: int = 512
     learning_rate: float = 3e-3
     temperature: float = 0.05  # sharpens the softmax over unit-length dot products
+    logq: float = 1.0  # strength of the sampling-bias correction (0: none, 1: full)
     dims: int = 64  # output vector size: the dense_vector dims
     hidden: int = 256
     embedding_dim: int = 32
     history_len: int = 50
-    max_examples_per_user: int = 50
+    max_examples_per_user: int = 0  # > 0 keeps only each user's newest examples; 0: all
     id_dropout: float = 0.1  # teaches the item tower to embed an unseen id from content
+    weight_decay: float = 0.0  # Adam's L2 penalty
+    recency_half_life: float = 3.0  # of the user tower's recent-items pooling, in positions
     seed: int = 0
     k_values: tuple[int, ...] = K_VALUES
+    # the epoch exported is the one with the best validation ``monitor``; training stops
+    # after ``patience`` epochs without a better one (0: run every epoch)
+    monitor: str = "hr@100"
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        allowed = {f"{m}@{k}" for m in ("hr", "ndcg") for k in self.k_values}
+        if self.monitor not in allowed:
+            raise ValueError(f"monitor must be one of {sorted(allowed)}, not {self.monitor!r}")
 
 
 @dataclass
@@ -47,7 +61,8 @@ class EpochLog:
     epoch: int
     loss: float
     seconds: float
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # on the test cases (each user's last interaction)
+    validation: dict[str, float] = field(default_factory=dict)  # second-to-last
 
 
 @dataclass
@@ -58,10 +73,19 @@ class TrainResult:
     baseline: dict[str, float]  # most-popular, on the same split
     history: list[EpochLog] = field(default_factory=list)
     examples_per_second: float = 0.0
+    best_epoch: int = 0  # the epoch whose weights the model holds
 
     @property
     def metrics(self) -> dict[str, float]:
-        return self.history[-1].metrics if self.history else {}
+        """Test metrics of the exported (best validation) epoch."""
+        return self.history[self.best_epoch - 1].metrics if self.history else {}
+
+    def probe_queries(self, limit: int = PROBE_USERS) -> np.ndarray:
+        """User vectors of held-out users (validation, else test): the queries this model
+        will really send, for probes of the index it builds (int8 recall)."""
+        self.model.eval()
+        cases = (self.split.validation or self.split.cases)[:limit]
+        return user_vectors_for(self.model, self.featurizer, cases)
 
 
 def _rows(inputs: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -119,11 +143,12 @@ def in_batch_softmax_loss(users: torch.Tensor, items: torch.Tensor, item_rows: t
 def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
           spec: FeatureSpec | None = None,
           on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
-    """Fit the featurizer and the towers; evaluate after every epoch on the held-out split
-    (each epoch's log goes to ``on_epoch``: the CLI prints it)."""
+    """Fit the featurizer and the towers; evaluate after every epoch on the validation and
+    the test cases (each epoch's log goes to ``on_epoch``: the CLI prints it) and keep the
+    weights of the epoch with the best validation ``config.monitor``."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    spec = spec or default_spec(config.embedding_dim)
+    spec = spec or default_spec(config.embedding_dim, config.recency_half_life)
     split = leave_last_out(dataset, config.history_len, config.max_examples_per_user)
     featurizer = Featurizer.fit(spec, dataset.items, dataset.users, split.item_counts,
                                 now=split.train_end)
@@ -139,14 +164,18 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
         example_age_days=[math.log1p((split.train_end - e.ts) / _DAY) for e in examples])
     targets = torch.tensor([row_of[e.item_id] for e in examples])
     frequency = torch.bincount(targets, minlength=len(item_ids)).float()
-    log_q = torch.log(frequency / frequency.sum()).clamp(min=-30.0)  # unseen rows never sampled
+    # unseen rows are never sampled: their clamp never matters
+    log_q = config.logq * torch.log(frequency / frequency.sum()).clamp(min=-30.0)
     cases = usable_cases(split.cases, row_of)
 
+    validation = usable_cases(split.validation, row_of)
     model = TwoTower(spec, featurizer.state, out_dim=config.dims, hidden=config.hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
     baseline = evaluate_popularity(split.item_counts, item_ids, cases, config.k_values)
     result = TrainResult(model=model, featurizer=featurizer, split=split, baseline=baseline)
     trained, train_seconds = 0, 0.0
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
     for epoch in range(1, config.epochs + 1):
         model.train()
         started = time.perf_counter()
@@ -166,13 +195,25 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
         train_seconds += time.perf_counter() - started
         trained += len(examples)
         model.eval()
-        metrics = evaluate_vectors(item_vectors(model, catalog), item_ids,
-                                   user_vectors_for(model, featurizer, cases), cases,
-                                   config.k_values)
+        vectors = item_vectors(model, catalog)
+        metrics = evaluate_vectors(vectors, item_ids, user_vectors_for(model, featurizer, cases),
+                                   cases, config.k_values)
+        checked = evaluate_vectors(vectors, item_ids,
+                                   user_vectors_for(model, featurizer, validation), validation,
+                                   config.k_values) if validation else {}
         result.history.append(EpochLog(epoch, total / len(examples),
-                                       time.perf_counter() - started, metrics))
+                                       time.perf_counter() - started, metrics, checked))
         if on_epoch is not None:
             on_epoch(result.history[-1])
+        # no validation users (tiny data): the last epoch is the best one known
+        score = checked.get(config.monitor, float(epoch)) if checked else float(epoch)
+        if best is None or score > best[0]:
+            best = (score, copy.deepcopy(model.state_dict()))
+            result.best_epoch = epoch
+        elif config.patience and epoch - result.best_epoch >= config.patience:
+            break
+    if best is not None:
+        model.load_state_dict(best[1])
     result.examples_per_second = trained / train_seconds if train_seconds else 0.0
     return result
 

@@ -13,7 +13,7 @@ from esrec.cli.context import mongo_database, settings_from
 from recall.events import EventConsumer
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.request import RecallResponse
-from recall.state import UserStates, problems
+from recall.state import problems
 from runtime.clients import elasticsearch_client, mongo_client
 from runtime.errors import Refused
 from runtime.logs import configure
@@ -51,7 +51,7 @@ def events(ctx: click.Context, metrics_port: int | None) -> None:
     settings = settings_from(ctx)
     stop = threading.Event()
     install_signal_handlers(stop, settings.recall.shutdown_timeout_s)
-    consumer = EventConsumer(settings, UserStates(mongo_database(ctx), settings), stop)
+    consumer = EventConsumer(settings, mongo_database(ctx), stop)
     port = settings.recall.events_metrics_port if metrics_port is None else metrics_port
     if port:
         serve_http(settings.http.host, port, consumer.metrics.registry, consumer.health)

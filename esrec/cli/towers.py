@@ -79,6 +79,55 @@ def synth(ctx: click.Context, out: Path | None, to_mongo: bool, items: int, user
                            "out": str(out) if out else None, "mongo": to_mongo}))
 
 
+@towers.command("import")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The mapping of files and columns (YAML/JSON; see bench/movielens.yaml).")
+@click.option("--data", required=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The directory the config's paths are relative to.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write the training data format (JSONL) here.")
+@click.option("--to-mongo/--no-mongo", default=True, show_default=True,
+              help="Upsert items, users and interactions into the configured MongoDB.")
+@click.option("--to-kafka", is_flag=True,
+              help="Replay the interactions as user events on the user-events topic, so "
+                   "`esrec recall events` builds user state from them.")
+@click.option("--max-bad-ratio", default=0.5, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Refuse (write nothing) when more of a file's rows than this are bad: "
+                   "a mapping that does not fit the files.")
+@click.pass_context
+def import_command(ctx: click.Context, config_path: Path, data: Path, out: Path | None,
+                   to_mongo: bool, to_kafka: bool, max_bad_ratio: float) -> None:
+    """Import an interaction log, a catalog and user attributes, mapped by a config."""
+    from towers.importer import ImportConfig, import_dataset
+
+    def progress(stem: str, rows: int) -> None:
+        click.echo(f"import: {stem}: {rows} rows", err=True)
+
+    dataset, report = import_dataset(ImportConfig.load(config_path), data, progress)
+    summary = {"items": len(dataset.items), "users": len(dataset.users),
+               "interactions": len(dataset.interactions), **report.as_dict()}
+    worst = report.worst_bad_ratio()
+    if worst[1] > max_bad_ratio or not dataset.interactions:
+        click.echo(json.dumps(summary, indent=2))
+        raise Refused(f"{worst[0] or 'the interactions'}: {worst[1]:.0%} of the rows are bad "
+                      f"(--max-bad-ratio {max_bad_ratio:g}) or nothing is left to import",
+                      "check the config's column names against the files' headers")
+    if out is not None:
+        write_jsonl(dataset, out)
+    if to_mongo:
+        write_mongo(dataset, mongo_database(ctx), _collections(ctx), replace=False,
+                    on_progress=lambda name, done: progress(f"mongodb {name}", done))
+    if to_kafka:
+        from recall.replay import replay
+
+        summary["events_sent"] = replay(settings_from(ctx), dataset.interactions,
+                                        lambda sent: progress("kafka events", sent))
+    click.echo(json.dumps(summary, indent=2))
+
+
 @towers.command("train")
 @_data_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -88,22 +137,41 @@ def synth(ctx: click.Context, out: Path | None, to_mongo: bool, items: int, user
 @click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
 @click.option("--dims", default=64, show_default=True, type=click.IntRange(min=2),
               help="Output vector size.")
-@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=2))
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=2),
+              help="Examples per step; the other examples' items are the negatives.")
+@click.option("--learning-rate", default=3e-3, show_default=True,
+              type=click.FloatRange(min=0, min_open=True))
+@click.option("--temperature", default=0.05, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Softmax temperature over unit-length dot products.")
+@click.option("--max-examples-per-user", default=0, show_default=True,
+              type=click.IntRange(min=0),
+              help="Keep only each user's newest N examples (0: all).")
+@click.option("--patience", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Stop after N epochs without a better validation HR@100 (0: never); "
+                   "the best epoch is exported.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, version: str,
-                  epochs: int, dims: int, batch_size: int, seed: int) -> None:
-    """Train, evaluate against most-popular, and export a versioned artifact."""
+                  epochs: int, dims: int, batch_size: int, learning_rate: float,
+                  temperature: float, max_examples_per_user: int, patience: int,
+                  seed: int) -> None:
+    """Train, select the epoch on validation users, evaluate against most-popular on the
+    test users, and export a versioned artifact."""
     from towers.report import training_summary, write_report
     from towers.train import TrainConfig, train
 
     if (out / "manifest.json").exists():
         raise Refused(f"{out} already holds an artifact", "pick a new --out directory")
     dataset = _load_dataset(ctx, data)
-    config = TrainConfig(epochs=epochs, dims=dims, batch_size=batch_size, seed=seed)
+    config = TrainConfig(epochs=epochs, dims=dims, batch_size=batch_size,
+                         learning_rate=learning_rate, temperature=temperature,
+                         max_examples_per_user=max_examples_per_user, patience=patience,
+                         seed=seed)
     result = train(dataset, config, on_epoch=print_epoch)
     summary = training_summary(result, config)
-    artifact = export_artifact(result.model, result.featurizer, out, name, version, summary)
+    artifact = export_artifact(result.model, result.featurizer, out, name, version, summary,
+                               result.probe_queries())
     write_report(summary, out, f"{name}@{version}")
     click.echo(json.dumps({"artifact": str(out), "sha256": artifact.sha256,
                            "model": summary["model"], "most_popular": summary["most_popular"],

@@ -151,7 +151,7 @@ class Demo:
             summary = training_summary(result, config)
             directory = self.out / "models" / version
             export_artifact(result.model, result.featurizer, directory, "demo-two-tower",
-                            version, summary)
+                            version, summary, result.probe_queries())
             self.registry.publish(directory)
             self.record.training[ref] = summary
             notes.append(f"HR@100 {summary['model']['hr@100']:.3f} vs most popular "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,17 +31,21 @@ def test_recall_is_measured_and_decides(catalog, es: Elasticsearch,  # type: ign
     documents = list(catalog.items.find())
     strict = choose_index_options(es, artifact, documents, threshold=1.01)
     assert strict.index_options == "hnsw" and strict.sample == 1000
+    assert strict.queries == "users"  # the artifact's held-out user vectors
     assert strict.int8_recall is not None and 0.3 < strict.int8_recall <= 1.0
     lenient = choose_index_options(es, artifact, documents, threshold=0.0)
     assert lenient.index_options == "int8_hnsw"
     assert choose_index_options(es, artifact, documents[:5], 0.0).index_options == "hnsw"
+    without = replace(artifact, probe_queries=None)  # an artifact from before probe queries
+    assert choose_index_options(es, without, documents, 0.0).queries == "item_mixes"
     assert not es.indices.get(index="esrec-quantization-probe-*", allow_no_indices=True)
 
 
 def test_auto_records_the_measurement_in_the_mapping(catalog, es: Elasticsearch) -> None:  # type: ignore[no-untyped-def]
     target = catalog.new_generation("test-model@1", point_alias=True)
     meta = model_of(es, target.index)
-    chosen = "int8_hnsw" if meta["int8_recall_at_10"] >= 0.95 else "hnsw"
+    chosen = "int8_hnsw" if meta["int8_recall"] >= 0.99 else "hnsw"
+    assert meta["int8_recall_k"] == 100 and meta["recall_queries"] == "users"
     assert meta["index_options"] == chosen and meta["recall_sample"] == 1000
     field = es.indices.get_mapping(index=target.index)[target.index]["mappings"]["properties"][
         VECTOR]

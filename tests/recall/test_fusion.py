@@ -1,4 +1,5 @@
-"""Fusion arithmetic on hand-made rankings: RRF scores, quotas, dedup, exclusion, provenance."""
+"""Fusion arithmetic on hand-made rankings: RRF scores, quotas, dedup, provenance (seen
+items are filtered out before fusion, in the Recaller)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from recall.fusion import Source, quota, rrf
 
 RANKED = {
     "knn": [("a", 0.9), ("b", 0.8), ("a", 0.7), ("c", 0.6)],  # "a" twice: counted once
-    "hot": [("c", 50.0), ("d", 40.0), ("seen", 30.0)],
+    "hot": [("c", 50.0), ("d", 40.0)],
 }
 
 
 def test_rrf_sums_weighted_reciprocal_ranks_with_provenance() -> None:
-    fused = rrf(RANKED, {"knn": 1.0, "hot": 0.5}, k=10, rrf_k=60, exclude={"seen"})
+    fused = rrf(RANKED, {"knn": 1.0, "hot": 0.5}, k=10, rrf_k=60)
     by_id = {candidate.item_id: candidate for candidate in fused}
     assert set(by_id) == {"a", "b", "c", "d"}
     assert by_id["c"].score == pytest.approx(1 / 63 + 0.5 / 61)
@@ -37,7 +38,7 @@ def test_quota_gives_slots_by_weight_then_fills_from_the_others() -> None:
         (candidate.score for candidate in fused), reverse=True)
 
 
-def test_quota_excludes_seen_and_deduplicates_across_channels() -> None:
-    fused = quota(RANKED, {"knn": 2.0, "hot": 1.0}, k=10, exclude={"seen"})
+def test_quota_deduplicates_across_channels() -> None:
+    fused = quota(RANKED, {"knn": 2.0, "hot": 1.0}, k=10)
     ids = [candidate.item_id for candidate in fused]
     assert sorted(ids) == ["a", "b", "c", "d"] and len(ids) == len(set(ids))

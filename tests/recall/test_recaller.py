@@ -22,7 +22,6 @@ from indexer.lifecycle import Versions
 from recall.channels import Channel, Context
 from recall.events import EventConsumer
 from recall.recaller import STAGES, Recaller
-from recall.state import UserStates
 from tests.indexer.helpers import CATALOG, services
 from towers.dataset import Collections, write_mongo
 from towers.synth import generate
@@ -108,8 +107,7 @@ def consumer(recaller: Recaller) -> Iterator[EventConsumer]:
     settings = recaller.settings
     _topics(settings)
     stop = threading.Event()
-    consumer = EventConsumer(settings, UserStates(recaller.states.items.database, settings),
-                             stop)
+    consumer = EventConsumer(settings, recaller.states.items.database, stop)
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     yield consumer
