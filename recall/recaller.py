@@ -70,7 +70,7 @@ class Recaller:
         self.request_model = request_model(settings)  # validates the channel/filter config
         self.states = UserStates(db, settings)
         self.popularity = Refreshed(lambda _: Popularity(db, settings).top(),
-                                    settings.recall.popularity_ttl_s, "esrec-popularity")
+                                    settings.recall.popularity_ttl_s, "the popular items")
         self.resolver = ServingResolver(es, registry, settings.index.serving_alias,
                                         settings.recall.alias_ttl_s)
         self.channels: dict[str, Channel] = {

@@ -20,11 +20,12 @@ T = TypeVar("T")
 
 
 class Refreshed(Generic[T]):
-    def __init__(self, load: Callable[[T | None], T], ttl_s: float, name: str) -> None:
-        """``load(previous)`` reads the value anew (``previous`` lets it reuse parts)."""
+    def __init__(self, load: Callable[[T | None], T], ttl_s: float, what: str) -> None:
+        """``load(previous)`` reads the value anew (``previous`` lets it reuse parts);
+        ``what`` names it in logs and in the refresh thread's name."""
         self.load = load
         self.ttl_s = ttl_s
-        self.name = name
+        self.what = what
         self._lock = threading.Lock()  # one read at a time
         self._claim = threading.Lock()  # guards _refreshing
         self._value: T | None = None
@@ -38,7 +39,7 @@ class Refreshed(Generic[T]):
                 return self._value if self._value is not None else self._read()
         if time.monotonic() >= self._expires and self._claim_refresh():
             threading.Thread(target=self._refresh_in_background, daemon=True,
-                             name=self.name).start()
+                             name=f"esrec-refresh {self.what}").start()
         return value
 
     def _claim_refresh(self) -> bool:
@@ -54,8 +55,8 @@ class Refreshed(Generic[T]):
             with self._lock:
                 self._read()
         except Exception as error:  # keep serving the last value; the next call retries
-            log.warning("cannot refresh; serving the last value", extra={
-                "what": self.name, "error": repr(error)})
+            log.warning(f"cannot refresh {self.what}; serving the last value",
+                        extra={"error": repr(error)})
         finally:
             self._refreshing = False
 

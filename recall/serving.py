@@ -46,7 +46,7 @@ class ServingResolver:
         self.registry = registry
         self.alias = alias
         self._artifacts: dict[str, ModelArtifact] = {}
-        self._serving = Refreshed(self._resolve, ttl_s, "esrec-serving-alias")
+        self._serving = Refreshed(self._resolve, ttl_s, f"the serving alias {alias}")
 
     def current(self) -> ServingVersion:
         return self._serving.current()

@@ -21,9 +21,12 @@ from esrec.settings import Settings
 from indexer.lifecycle import Versions
 from recall.channels import Channel, Context
 from recall.events import EventConsumer
+from recall.popularity import Popularity
 from recall.recaller import STAGES, Recaller
+from recall.replay import replay
+from recall.state import UserEvent, UserStates
 from tests.indexer.helpers import CATALOG, services
-from towers.dataset import Collections, write_mongo
+from towers.dataset import Collections, Dataset, Interaction, leave_last_out, write_mongo
 from towers.synth import generate
 
 pytestmark = pytest.mark.slow
@@ -32,18 +35,29 @@ V1 = "test-model@1"
 
 @pytest.fixture
 def recall_settings(settings: Settings) -> Settings:
-    # the synthetic catalog was created in 2025: a wide "hot" window keeps that channel busy
     return settings.model_copy(update={"recall": settings.recall.model_copy(
-        update={"hot_window_days": 3650.0, "alias_ttl_s": 0.2})})
+        update={"alias_ttl_s": 0.2, "popularity_ttl_s": 0.2})})
+
+
+def _events(user: str, items: list[str], start: datetime, step_s: float = 60.0
+            ) -> list[UserEvent]:
+    return [UserEvent(event_id=f"{user}-{n}-{item}", user_id=user, item_id=item, type="click",
+                      ts=start + timedelta(seconds=n * step_s)) for n, item in enumerate(items)]
 
 
 @pytest.fixture
 def recaller(recall_settings: Settings, es: Elasticsearch, artifact_dir: Path) -> Recaller:
     svc = services(recall_settings, es, artifact_dir)
-    write_mongo(generate(CATALOG), svc.db, Collections())
+    dataset = generate(CATALOG)
+    write_mongo(dataset, svc.db, Collections())
     versions = Versions(svc)
     assert versions.build(V1).done
     versions.promote(V1)
+    # an old log's events (2016): measured popularity is relative to the newest event
+    popular = [str(item["_id"]) for item in dataset.items[:40]]
+    Popularity(svc.db, recall_settings).count(_events(
+        "crowd", [item for n, item in enumerate(popular) for _ in range(40 - n)],
+        datetime(2016, 5, 1, tzinfo=UTC), step_s=1.0))
     return Recaller(es, svc.db, svc.registry, recall_settings)
 
 
@@ -58,6 +72,31 @@ def test_cold_start_user_gets_a_mix_without_knn(recaller: Recaller) -> None:
     assert _channels(response) == {"hot", "fresh"}
     assert len(response.candidates) == 30
     assert len({c.item_id for c in response.candidates}) == 30  # deduplicated
+
+
+def test_hot_is_measured_popularity_of_an_old_log(recaller: Recaller) -> None:
+    """The fixture's 2016 events: item n of the 40 got 40 - n events."""
+    order = {str(item["_id"]): n for n, item in enumerate(generate(CATALOG).items)}
+    response = recaller.recall({"user_id": "nobody", "k": 10, "channels": {"hot": 1.0}})
+    assert [order[c.item_id] for c in response.candidates] == list(range(10))
+
+
+def test_every_seen_item_is_excluded_past_history_and_query_bounds(
+        recaller: Recaller) -> None:
+    """70 items seen (history_len is 50), only 5 of them in the query's must_not: the
+    other 65 are over-fetched for and filtered out; still k candidates, none seen."""
+    settings = recaller.settings.model_copy(update={"recall": recaller.settings.recall.model_copy(
+        update={"seen_in_query": 5})})
+    db = recaller.states.items.database
+    recaller = Recaller(recaller.es, db, recaller.resolver.registry, settings)
+    items = [str(d["_id"]) for d in recaller.states.items.find({"category": "cat2"}).limit(70)]
+    UserStates(db, settings).apply(_events("heavy", items, datetime.now(UTC) - timedelta(days=1)))
+    view = recaller.states.read("heavy")
+    assert len(view.document["recent_items"]) == 50 and set(view.seen) == set(items)
+    for channels in ({"knn": 1.0}, None):
+        response = recaller.recall({"user_id": "heavy", "k": 60, "channels": channels})
+        served = {c.item_id for c in response.candidates}
+        assert len(served) == 60 and not served & set(items), channels
 
 
 def test_session_items_drive_knn_i2i_and_are_excluded(recaller: Recaller) -> None:
@@ -82,7 +121,7 @@ class BrokenChannel(Channel):
     name = "hot"
 
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
-        return [self._body(query=ctx.filter(), sort=[{"title": "desc"}])]
+        return [self._body(ctx, query=ctx.filter(), sort=[{"title": "desc"}])]
 
 
 def test_a_failing_channel_degrades_instead_of_failing(recaller: Recaller) -> None:
@@ -166,3 +205,43 @@ def test_events_through_kafka_reach_recall_within_seconds(recaller: Recaller,
     dead.close()
     assert "event_id: Field required" in letter["reason"]
     assert "type: Input should be" in letter["reason"]
+
+
+def test_train_and_serve_build_the_same_user_document(recaller: Recaller,
+                                                      consumer: EventConsumer) -> None:
+    """The same events, once through leave_last_out (training) and once through Kafka ->
+    `recall events` -> user state -> read (serving), give the same user document field by
+    field: longer than history_len, with same-second events."""
+    settings = recaller.settings
+    dataset = generate(CATALOG)
+    items = [str(item["_id"]) for item in dataset.items]
+    users = [str(user["_id"]) for user in dataset.users[:4]]
+    start = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    log = [Interaction(user, items[(7 * u + 3 * n) % len(items)],
+                       start + u * 1000 + (n // 3))  # three events per second
+           for u, user in enumerate(users) for n in range(65)]
+    split = leave_last_out(Dataset(dataset.items, dataset.users, log),
+                           settings.recall.history_len, validation=False)
+    held = {(c.user["_id"], c.target, c.ts) for c in split.cases}
+    sent = replay(settings, [i for i in log if (i.user_id, i.item_id, i.ts) not in held])
+    deadline = time.monotonic() + 60
+    while consumer.counts.applied < sent:
+        assert time.monotonic() < deadline, consumer.counts
+        time.sleep(0.2)
+    for case in split.cases:
+        served = recaller.states.read(str(case.user["_id"])).document
+        assert set(served) == set(case.user)
+        for name, value in case.user.items():
+            assert _comparable(served[name]) == _comparable(value), name
+        assert len(served["recent_items"]) == settings.recall.history_len
+
+
+def _comparable(value: Any) -> Any:
+    """Dates as MongoDB keeps them (BSON datetimes, milliseconds) or as files do (ISO
+    strings), alike."""
+    if isinstance(value, str) and value[:4].isdigit() and "T" in value:
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.replace(microsecond=aware.microsecond // 1000 * 1000).timestamp()
+    return value

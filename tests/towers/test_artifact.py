@@ -35,7 +35,10 @@ def test_manifest_names_the_model_and_pins_every_file(artifact: ModelArtifact) -
     manifest = artifact.manifest
     assert (manifest.name, manifest.version, manifest.dims) == ("test-model", "1", 32)
     assert manifest.similarity == "dot_product"
-    assert set(manifest.files) == {"item_tower.pt2", "user_tower.pt2", "vocabularies.json"}
+    assert set(manifest.files) == {"item_tower.pt2", "user_tower.pt2", "vocabularies.json",
+                                   "probe_queries.npy"}
+    assert artifact.probe_queries is not None and artifact.probe_queries.shape[1] == 32
+    assert np.allclose(np.linalg.norm(artifact.probe_queries, axis=1), 1.0, atol=1e-5)
     assert manifest.torch_version == torch.__version__
     assert len(artifact.sha256) == 64
 

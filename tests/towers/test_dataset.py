@@ -29,7 +29,7 @@ TINY = Dataset(
 
 
 def test_leave_last_out_orders_history_and_holds_out_the_last() -> None:
-    split = leave_last_out(TINY, history_len=5)
+    split = leave_last_out(TINY, history_len=5, validation=False)
     assert [(e.item_id, e.user["recent_items"]) for e in split.train if e.user["_id"] == "u"] == [
         ("a", []), ("b", ["a"])]
     (case,) = split.cases  # v has one interaction: nothing to hold out
@@ -44,7 +44,25 @@ def test_per_user_cap_keeps_the_most_recent_examples() -> None:
     many = Dataset(items=[{"_id": str(i)} for i in range(10)], users=[],
                    interactions=[Interaction("u", str(i), float(i)) for i in range(10)])
     split = leave_last_out(many, max_examples_per_user=3)
-    assert [e.item_id for e in split.train] == ["6", "7", "8"]
+    assert [e.item_id for e in split.train] == ["5", "6", "7"]  # 8: validation, 9: test
+    assert len(leave_last_out(many).train) == 8  # no cap by default
+
+
+def test_validation_is_the_second_to_last_and_never_trained_on() -> None:
+    split = leave_last_out(TINY, history_len=5)
+    (check,) = split.validation
+    (case,) = split.cases
+    assert (check.target, check.user["recent_items"], check.seen) == ("b", ["a"], {"a"})
+    assert (case.target, case.user["recent_items"]) == ("c", ["b", "a"])  # history has b
+    assert [e.item_id for e in split.train if e.user["_id"] == "u"] == ["a"]
+    assert split.history == {"u": ["a"], "v": ["a"]}
+
+
+def test_equal_times_are_ordered_by_item_id_as_in_user_state() -> None:
+    same = Dataset(items=[{"_id": i} for i in "xyz"], users=[],
+                   interactions=[Interaction("u", i, 7.0) for i in "zxy"])
+    (case,) = leave_last_out(same, validation=False).cases
+    assert case.target == "z" and case.user["recent_items"] == ["y", "x"]
 
 
 def test_behaviour_counts_tags_over_the_window_only() -> None:

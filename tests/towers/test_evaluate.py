@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from towers.dataset import EvalCase
-from towers.evaluate import comparison, evaluate_popularity, evaluate_vectors, rank_metrics
+from towers.evaluate import (
+    comparison,
+    evaluate_itemknn,
+    evaluate_popularity,
+    evaluate_vectors,
+    rank_metrics,
+)
 
 
 def test_rank_metrics_by_hand() -> None:
@@ -38,3 +44,14 @@ def test_comparison_gives_lift() -> None:
     result = comparison({"hr@10": 0.4, "ndcg@10": 0.2, "cases": 5.0},
                         {"hr@10": 0.1, "ndcg@10": 0.0, "cases": 5.0})
     assert result["lift"] == {"hr@10": 4.0, "ndcg@10": None}
+
+
+def test_itemknn_scores_by_similarity_to_the_history() -> None:
+    """Users who took a also took b; nobody who took a took c: after a, b ranks first."""
+    history = {"u1": ["a", "b"], "u2": ["a", "b"], "u3": ["c", "d"]}
+    case = EvalCase({}, "b", 0.0, seen={"a"})
+    metrics = evaluate_itemknn(history, ["a", "b", "c", "d"], [case], neighbours=0,
+                               k_values=(1,))
+    assert metrics["hr@1"] == 1.0
+    miss = EvalCase({}, "c", 0.0, seen={"a"})
+    assert evaluate_itemknn(history, ["a", "b", "c", "d"], [miss], 1, (1,))["hr@1"] == 0.0

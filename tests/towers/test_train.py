@@ -52,3 +52,22 @@ def test_logq_correction_discounts_popular_negatives() -> None:
     # row 0's negative (popular item 1) now weighs less than without the correction
     plain_row0 = torch.logsumexp(users[0] @ items.T, 0) - users[0] @ items[0]
     assert torch.logsumexp(logits[0], 0) - logits[0, 0] < plain_row0
+
+
+def test_the_best_validation_epoch_is_exported(trained: TrainResult) -> None:
+    """Selection looks at the validation users only; the model holds that epoch's weights
+    and ``metrics`` are that epoch's test figures."""
+    scores = [log.validation["hr@100"] for log in trained.history]
+    assert trained.best_epoch == 1 + scores.index(max(scores))
+    assert trained.metrics == trained.history[trained.best_epoch - 1].metrics
+    assert trained.split.validation and all(log.validation for log in trained.history)
+
+
+def test_patience_stops_early_and_monitor_is_checked(small_dataset: Dataset) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        TrainConfig(monitor="hr@7")
+    result = train(small_dataset, TrainConfig(**{**QUICK.__dict__, "epochs": 30,
+                                                 "learning_rate": 0.05, "patience": 1}))
+    assert len(result.history) == result.best_epoch + 1 < 30
