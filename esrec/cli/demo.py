@@ -17,8 +17,6 @@ from indexer.layout import delete_indices
 from runtime.logs import configure
 
 SERVER_VARIABLES = ("ESREC_ES__HOSTS", "ESREC_MONGO__URI", "ESREC_KAFKA__BOOTSTRAP_SERVERS")
-# the synthetic catalog is dated 2025: a wide "hot" window keeps that channel in the demo
-DEMO_HOT_WINDOW_DAYS = 3650.0
 # the latency gate on the stand-in Elasticsearch: its kNN is a full scan (~30-100 ms for
 # 3000 vectors) and the demo may share two busy cores; 100 queries make a p99 a p99
 DEMO_MAX_P99_MS = 2000.0
@@ -36,7 +34,7 @@ def _namespaced(settings: Settings, namespace: str) -> Settings:
             update={"user_events": f"{namespace}.{run}.user-events",
                     "dead_letters": f"{namespace}.{run}.dead-letters"})}),
         "recall": settings.recall.model_copy(update={
-            "consumer_group": f"{namespace}-{run}", "hot_window_days": DEMO_HOT_WINDOW_DAYS}),
+            "consumer_group": f"{namespace}-{run}"}),
         "rollout": settings.rollout.model_copy(update={
             "max_p99_ms": DEMO_MAX_P99_MS, "ann_queries": DEMO_ANN_QUERIES}),
     })
