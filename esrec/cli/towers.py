@@ -44,7 +44,9 @@ _data_option = click.option(
 
 def print_epoch(log: EpochLog) -> None:
     """One line per epoch on stderr (stdout stays for results)."""
+    validation = log.validation.get("hr@100")
     click.echo(f"epoch {log.epoch}: loss {log.loss:.4f}  {log.seconds:.1f}s  "
+               + (f"validation hr@100 {validation:.3f}  " if validation is not None else "")
                + "  ".join(f"{name} {value:.3f}" for name, value in log.metrics.items()
                            if name.startswith("hr@")), err=True)
 

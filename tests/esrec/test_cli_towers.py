@@ -69,3 +69,39 @@ def test_out_of_range_sizes_are_usage_errors(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--items" in result.stderr and ">=20" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_import_a_log_twice_and_refuse_a_mapping_that_does_not_fit(
+        tmp_path: Path, settings: Settings) -> None:
+    from pymongo import MongoClient
+
+    from esrec.settings import server_environment
+
+    (tmp_path / "log.csv").write_text("who,what,when,stars\nu1,i1,1500000000,4\n"
+                                      "u1,i2,1500000060,5\nu2,i1,oops,3\nu2,i2,1500000100,2\n")
+    (tmp_path / "catalog.csv").write_text("id,name,kinds\ni1,One,a|b\ni2,Two,b\n")
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text(
+        "interactions: {path: log.csv, user: who, item: what, timestamp: when, weight: stars}\n"
+        "items: {path: catalog.csv, id: id, fields: {title: {column: name},"
+        " tags: {column: kinds, split: '|', type: list}}}\n")
+    env = {**os.environ, **server_environment(settings)}
+    for _ in range(2):  # a re-run upserts the same documents
+        done = _run("towers", "import", "--config", str(mapping), "--data", str(tmp_path),
+                    env=env)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["interactions"] == 3 and summary["bad_total"] == 1
+        assert summary["bad_examples"] == {"log: timestamp: not a s timestamp": [3]}
+    client: MongoClient = MongoClient(settings.mongo.uri.get_secret_value())
+    db = client[settings.mongo.database]
+    assert db.interactions.count_documents({}) == 3 and db.items.count_documents({}) == 2
+    assert db.items.find_one({"_id": "i1"})["tags"] == ["a", "b"]
+    client.close()
+
+    mapping.write_text("interactions: {path: log.csv, user: nobody, item: what, "
+                       "timestamp: when}\nitems: {path: catalog.csv, id: id}\n")
+    refused = _run("towers", "import", "--config", str(mapping), "--data", str(tmp_path),
+                   "--no-mongo", env=env)
+    assert refused.returncode == 1 and "100% of the rows are bad" in refused.stderr
+    assert "Traceback" not in refused.stderr
