@@ -69,7 +69,8 @@ class Recaller:
         self.settings = settings
         self.request_model = request_model(settings)  # validates the channel/filter config
         self.states = UserStates(db, settings)
-        self.popularity = Refreshed(lambda _: Popularity(db, settings).top(),
+        popularity = Popularity(db, settings)
+        self.popularity = Refreshed(lambda _: popularity.top(),
                                     settings.recall.popularity_ttl_s, "the popular items")
         self.resolver = ServingResolver(es, registry, settings.index.serving_alias,
                                         settings.recall.alias_ttl_s)
