@@ -18,6 +18,7 @@ the resync policy rebuild every target and go on.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class WorkerMetrics:
                               "relay whose lease had been taken over", registry=r)
         self.chunks = Counter("esrec_worker_backfill_chunks", "Backfill chunks written",
                               registry=r)
+        self.rejoins = Counter("esrec_worker_rejoins", "Group joins retried after an "
+                               "assignment the Kafka client could not decode", registry=r)
 
 
 @dataclass
@@ -129,9 +132,17 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             while not self.stop.is_set():
                 self.health.turned()
                 self._follow()
-                polled = self.consumer.poll(
-                    timeout_ms=self.settings.indexer.batch_max_wait_ms or 50,
-                    max_records=self.settings.indexer.batch_max_docs)
+                try:
+                    polled = self.consumer.poll(
+                        timeout_ms=self.settings.indexer.batch_max_wait_ms or 50,
+                        max_records=self.settings.indexer.batch_max_docs)
+                except struct.error as error:
+                    # kafka-python cannot decode an empty SyncGroup assignment, which a
+                    # coordinator may send mid-rebalance; the next poll joins again
+                    log.warning("undecodable group assignment; rejoining",
+                                extra={"error": repr(error)})
+                    self.metrics.rejoins.inc()
+                    continue
                 positioned = self._position()  # fetched before the seek: read again
                 polled = {tp: records for tp, records in polled.items()
                           if tp not in positioned}
