@@ -42,6 +42,11 @@ class Context:
     overfetch: int  # extra hits per search: the seen items left out of must_not
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    @functools.cached_property
+    def excluded(self) -> frozenset[str]:
+        """``seen`` as a set, built once per request for every channel and the Recaller."""
+        return frozenset(self.seen)
+
     def filter(self) -> dict[str, Any]:
         clauses: dict[str, Any] = {"filter": [LIVE, *self.filters]}
         if self.seen and self.seen_in_query:
@@ -144,9 +149,9 @@ class HotChannel(Channel):
     name = "hot"
 
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
-        seen = set(ctx.seen)
         # twice the size: room for items the filters or tombstones drop
-        ids = [item for item, _ in ctx.popular.items if item not in seen][:2 * self.size(ctx)]
+        ids = [item for item, _ in ctx.popular.items
+               if item not in ctx.excluded][:2 * self.size(ctx)]
         if not ids:
             return []
         query = ctx.filter()

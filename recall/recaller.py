@@ -155,7 +155,6 @@ class Recaller:
               ctx: Context) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
         ranked: dict[str, list[tuple[str, float]]] = {}
         reasons: dict[str, str] = {}
-        seen = set(ctx.seen)  # the older ones were over-fetched for, not excluded
         position = 0
         for name, count in plan:
             mine, position = responses[position:position + count], position + count
@@ -172,6 +171,7 @@ class Recaller:
                 reasons[name] = "timed out: partial results"
                 self.metrics.degraded.labels(name, "timeout").inc()
             channel = self.channels[name]
+            # the older seen items were over-fetched for, not excluded in the query
             ranked[name] = [(item, score) for item, score in channel.rank(mine, ctx)
-                            if item not in seen][:channel.settings.size]
+                            if item not in ctx.excluded][:channel.settings.size]
         return ranked, reasons
