@@ -152,12 +152,15 @@ def import_command(ctx: click.Context, config_path: Path, data: Path, out: Path 
 @click.option("--patience", default=2, show_default=True, type=click.IntRange(min=0),
               help="Stop after N epochs without a better validation HR@100 (0: never); "
                    "the best epoch is exported.")
+@click.option("--example-age/--no-example-age", default=False, show_default=True,
+              help="Feed each example's age to the user tower (0 when serving): only for "
+                   "logs whose every user is served right after them (see README).")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, version: str,
                   epochs: int, dims: int, batch_size: int, learning_rate: float,
                   temperature: float, max_examples_per_user: int, patience: int,
-                  seed: int) -> None:
+                  example_age: bool, seed: int) -> None:
     """Train, select the epoch on validation users, evaluate against most-popular on the
     test users, and export a versioned artifact."""
     from towers.report import training_summary, write_report
@@ -169,7 +172,7 @@ def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, v
     config = TrainConfig(epochs=epochs, dims=dims, batch_size=batch_size,
                          learning_rate=learning_rate, temperature=temperature,
                          max_examples_per_user=max_examples_per_user, patience=patience,
-                         seed=seed)
+                         example_age=example_age, seed=seed)
     result = train(dataset, config, on_epoch=print_epoch)
     summary = training_summary(result, config)
     artifact = export_artifact(result.model, result.featurizer, out, name, version, summary,

@@ -6,7 +6,14 @@ import torch
 
 from tests.conftest import QUICK
 from towers.dataset import Dataset
-from towers.train import TrainConfig, TrainResult, in_batch_softmax_loss, train
+from towers.featurizer import EXAMPLE_AGE
+from towers.train import (
+    TrainConfig,
+    TrainResult,
+    example_inputs,
+    in_batch_softmax_loss,
+    train,
+)
 
 
 def test_trained_towers_beat_most_popular(trained: TrainResult) -> None:
@@ -71,3 +78,17 @@ def test_patience_stops_early_and_monitor_is_checked(small_dataset: Dataset) -> 
     result = train(small_dataset, TrainConfig(**{**QUICK.__dict__, "epochs": 30,
                                                  "learning_rate": 0.05, "patience": 1}))
     assert len(result.history) == result.best_epoch + 1 < 30
+
+
+def test_example_age_is_an_input_only_when_asked(trained: TrainResult) -> None:
+    """Off (the default) the user tower sees 0 as when serving; on, older examples carry
+    a larger age, the newest 0."""
+    examples = sorted(trained.split.train, key=lambda e: e.ts)
+    examples = [examples[0], examples[-1]]
+    end = trained.split.train_end
+    off = example_inputs(trained.featurizer, examples, end, example_age=False)
+    on = example_inputs(trained.featurizer, examples, end, example_age=True)
+    assert off[EXAMPLE_AGE].tolist() == [[0.0], [0.0]]
+    oldest, newest = on[EXAMPLE_AGE][:, 0].tolist()
+    assert oldest > 0 and newest == 0.0
+    assert not TrainConfig().example_age
