@@ -15,14 +15,16 @@ broken by item id), so serving never sees features training did not.
 length, not only the ``history_len`` newest (``$addToSet`` is idempotent by itself). Its
 bound is the user's distinct items: ~20 bytes each, read with the state on every request.
 
-An event is applied at most once: the update only matches a state whose ``seen`` list does
-not hold the event id, and the upsert that follows a non-match collides with the existing
-document (duplicate key), which is how a replayed event is recognised and skipped.
+An event is applied at most once: a user's events of one batch go in one update that
+only matches a state whose ``seen`` list holds none of their ids, and the upsert that
+follows a non-match collides with the existing document (duplicate key). That is how a
+replay is recognised: the user's events then go one by one, each applied only if its own
+id is new, so a partly replayed batch applies exactly the events that are new.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -87,41 +89,79 @@ class UserStates:
 
     def apply(self, events: Sequence[UserEvent]) -> Applied:
         """Apply events: each new one once, replays skipped; an update MongoDB refuses for
-        good is returned with the reason instead of stopping the batch."""
+        good is returned with the reason instead of stopping the batch.
+
+        One update per user and batch (a batch of a busy partition holds many events of
+        few users): it matches only a state that holds none of the events' ids. If some
+        were applied before (a replay after a crash), the upsert that follows the
+        non-match collides with the existing document, and that user's events go again
+        one by one, each idempotent by its own id."""
         if not events:
             return Applied()
+        first: dict[str, UserEvent] = {}
+        for event in events:
+            first.setdefault(event.event_id, event)  # the same event twice in one batch
+        unique = list(first.values())
+        result = Applied(duplicates=len(events) - len(unique))
         tags = {str(item["_id"]): usable_tags(item) for item in self.items.find(
-            {"_id": {"$in": list({event.item_id for event in events})}}, {ITEM_TAGS_FIELD: 1})}
-        updates = [self._update(event, tags.get(event.item_id, [])) for event in events]
-        failed: set[int] = set()  # a duplicate key is a replay; anything else, a refusal
-        refused: list[tuple[UserEvent, str]] = []
+            {"_id": {"$in": list({event.item_id for event in unique})}}, {ITEM_TAGS_FIELD: 1})}
+        by_user: dict[str, list[UserEvent]] = {}
+        for event in unique:
+            by_user.setdefault(event.user_id, []).append(event)
+        groups = list(by_user.values())
+        collided = self._write(
+            [self._update(group, tags) for group in groups], groups, result)
+        one_by_one = [[event] for group in collided for event in group]
+        for _ in self._write([self._update(single, tags) for single in one_by_one],
+                             one_by_one, result):
+            result.duplicates += 1  # this very event was applied before
+        result.applied = len(result.new)
+        return result
+
+    def _write(self, updates: list[UpdateOne], groups: list[list[UserEvent]],
+               result: Applied) -> list[list[UserEvent]]:
+        """Write one update per group; the groups applied go to ``result.new``, the ones
+        MongoDB refused to ``result.refused``; returns the groups whose update collided
+        with a state that holds one of their event ids already."""
+        if not updates:
+            return []
+        failed: dict[int, dict[str, Any]] = {}
         try:
             self.states.bulk_write(updates, ordered=False)
         except BulkWriteError as error:
-            for e in error.details["writeErrors"]:
-                failed.add(e["index"])
-                if e["code"] != DUPLICATE_KEY:
-                    refused.append((events[e["index"]],
-                                    f"MongoDB refused the update: {e['errmsg']}"))
-        new = [event for index, event in enumerate(events) if index not in failed]
-        return Applied(len(new), len(failed) - len(refused), refused, new)
+            failed = {e["index"]: e for e in error.details["writeErrors"]}
+        collided = []
+        for index, group in enumerate(groups):
+            problem = failed.get(index)
+            if problem is None:
+                result.new.extend(group)
+            elif problem["code"] == DUPLICATE_KEY:
+                collided.append(group)
+            else:
+                result.refused.extend((event, f"MongoDB refused the update: "
+                                              f"{problem['errmsg']}") for event in group)
+        return collided
 
-    def _update(self, event: UserEvent, tags: Sequence[str]) -> UpdateOne:
-        entry = {"item_id": event.item_id, "type": event.type, "ts": event.ts,
-                 "tags": list(tags)}
+    def _update(self, events: Sequence[UserEvent],
+                tags: Mapping[str, Sequence[str]]) -> UpdateOne:
+        """One user's events in one update, applied only if none of them was before."""
+        entries = [{"item_id": event.item_id, "type": event.type, "ts": event.ts,
+                    "tags": list(tags.get(event.item_id, ()))} for event in events]
+        ids = [event.event_id for event in events]
         update: dict[str, Any] = {
             "$push": {
                 # newest first; equal times: the larger item id counts as newer, as in
                 # training's (ts, item_id) order
-                "recent": {"$each": [entry], "$sort": {"ts": -1, "item_id": -1},
+                "recent": {"$each": entries, "$sort": {"ts": -1, "item_id": -1},
                            "$slice": self.history_len},
-                "seen": {"$each": [event.event_id], "$slice": -self.seen_event_ids},
+                "seen": {"$each": ids, "$slice": -self.seen_event_ids},
             },
-            "$addToSet": {"seen_items": event.item_id},
+            "$addToSet": {"seen_items": {"$each": list(dict.fromkeys(
+                event.item_id for event in events))}},
             "$max": {"updated_at": datetime.now(UTC)},
         }
-        return UpdateOne({"_id": event.user_id, "seen": {"$ne": event.event_id}}, update,
-                         upsert=True)
+        guard = {"$ne": ids[0]} if len(ids) == 1 else {"$nin": ids}
+        return UpdateOne({"_id": events[0].user_id, "seen": guard}, update, upsert=True)
 
     def read(self, user_id: str, session_items: Sequence[str] = ()) -> UserView:
         """Profile + behaviour in the shape the user tower reads, and the items to exclude,
