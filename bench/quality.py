@@ -150,6 +150,8 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
         nonlocal clock
         timings[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
+        print(f"bench.quality: {name.removesuffix('_s')} done in {timings[name]} s",
+              file=sys.stderr, flush=True)
 
     dataset, report = import_dataset(ImportConfig.load(config), data)
     db = mongo_client(settings.mongo)[settings.mongo.database]
