@@ -23,7 +23,7 @@ import numpy as np
 from indexer.layout import LIVE, knn_clause
 from recall.popularity import Popular
 from recall.settings import ChannelSettings, RecallSettings
-from towers.dataset import TAG_COUNTS
+from towers.dataset import RECENT_ITEMS, TAG_COUNTS
 
 TOP_TAGS = 5
 
@@ -40,6 +40,9 @@ class Context:
     popular: Popular  # measured popularity now (recall.popularity)
     seen_in_query: int  # how many of ``seen`` go into the query's must_not
     overfetch: int  # extra hits per search: the seen items left out of must_not
+    index: str = ""  # the concrete index every search goes to
+    cluster: int | None = None  # the user's cluster under the serving version
+    cluster_popular: Popular | None = None  # that cluster's popular items
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @functools.cached_property
@@ -142,15 +145,18 @@ class TagsChannel(Channel):
         return [self._body(ctx, query=query)]
 
 
-class HotChannel(Channel):
-    """Measured popularity: the items users acted on most lately (recall.popularity),
-    kept to those that are live, pass the request's filters and were not seen."""
+class _PopularChannel(Channel):
+    """Items by a measured popularity, kept to those that are live, pass the request's
+    filters and were not seen."""
 
-    name = "hot"
+    @abstractmethod
+    def popular(self, ctx: Context) -> Popular | None:
+        """Where this channel's items and their decayed counts come from."""
 
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        popular = self.popular(ctx)
         # twice the size: room for items the filters or tombstones drop
-        ids = [item for item, _ in ctx.popular.items
+        ids = [item for item, _ in (popular.items if popular else [])
                if item not in ctx.excluded][:2 * self.size(ctx)]
         if not ids:
             return []
@@ -159,9 +165,49 @@ class HotChannel(Channel):
         return [{**self._body(ctx, query=query), "size": len(ids)}]
 
     def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
-        found = [(hit["_id"], ctx.popular.by_id.get(hit["_id"], 0.0))
+        by_id = popular.by_id if (popular := self.popular(ctx)) else {}
+        found = [(hit["_id"], by_id.get(hit["_id"], 0.0))
                  for response in responses for hit in response["hits"]["hits"]]
         return sorted(found, key=lambda pair: -pair[1])
+
+
+class HotChannel(_PopularChannel):
+    """Measured popularity over everyone: the items users acted on most lately
+    (recall.popularity)."""
+
+    name = "hot"
+
+    def popular(self, ctx: Context) -> Popular | None:
+        return ctx.popular
+
+
+class ClusterChannel(_PopularChannel):
+    """The popular items of the user's cluster (k-means on the serving version's user
+    vectors; counted per cluster by the events consumer)."""
+
+    name = "cluster"
+
+    def popular(self, ctx: Context) -> Popular | None:
+        return ctx.cluster_popular
+
+
+class MoreLikeThisChannel(Channel):
+    """Text: Elasticsearch ``more_like_this`` over the title and tags of the user's newest
+    items (the like-documents themselves are never returned)."""
+
+    name = "mlt"
+
+    def searches(self, ctx: Context) -> list[dict[str, Any]]:
+        newest = (ctx.user.get(RECENT_ITEMS) or [])[:self.recall.mlt_items]
+        if not newest:
+            return []
+        query = ctx.filter()
+        query["bool"]["must"] = [{"more_like_this": {
+            "fields": list(self.recall.mlt_fields),
+            "like": [{"_index": ctx.index, "_id": item} for item in newest],
+            "min_term_freq": 1, "min_doc_freq": 1, "max_query_terms": 25,
+            "minimum_should_match": "10%"}}]
+        return [self._body(ctx, query=query)]
 
 
 class FreshChannel(Channel):
@@ -197,4 +243,5 @@ def _parse_date(value: str) -> float | None:
 
 CHANNELS: dict[str, type[Channel]] = {
     channel.name: channel
-    for channel in (KnnChannel, ItemToItemChannel, TagsChannel, HotChannel, FreshChannel)}
+    for channel in (KnnChannel, ItemToItemChannel, TagsChannel, HotChannel, FreshChannel,
+                    ClusterChannel, MoreLikeThisChannel)}

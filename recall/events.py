@@ -1,7 +1,8 @@
 """`esrec recall events`: the user-events topic -> MongoDB user state, in a consumer group.
 
     poll (<= 500 records) -> validate each (UserEvent) -> apply the good ones (idempotent
-    by event id) -> the newly applied ones into the items' measured popularity -> bad
+    by event id) -> the newly applied ones into the items' measured popularity, over
+    everyone and in the acting user's cluster of each version with clusters -> bad
     ones, and updates MongoDB refuses for good, to the dead-letter topic with the reason
     -> commit offsets
 
@@ -15,6 +16,7 @@ is waited out; /healthz says what is being retried.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,13 +31,15 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from recall.clusters import ClusterTracker
 from recall.metrics import EventMetrics
-from recall.popularity import Popularity
+from recall.popularity import ClusterPopularity, Popularity
 from recall.settings import RecallConfig
 from recall.state import UserEvent, UserStates, problems
 from runtime.clients import MongoDatabase, kafka_options
 from runtime.health import Health
 from runtime.retry import Backoff, retry
+from towers.registry import ModelRegistry
 
 log = logging.getLogger("esrec.recall.events")
 POLL_MS = 200
@@ -82,6 +86,8 @@ class EventConsumer:
         self.settings = settings
         self.states = UserStates(db, settings)
         self.popularity = Popularity(db, settings)
+        self.clusters = ClusterTracker(ModelRegistry(db, settings.mongo.collections.models),
+                                       self.states, ClusterPopularity(db, settings))
         self.stop = stop
         self.metrics = EventMetrics()
         self.backoff = Backoff(max_s=settings.recall.retry_max_delay_s)
@@ -141,9 +147,10 @@ class EventConsumer:
         applied = retry(lambda: self.states.apply(events), what="mongodb",
                         backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
                         health=self.health)
-        retry(lambda: self.popularity.count(applied.new), what="mongodb",
-              backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
-              health=self.health)
+        for count in (self.popularity.count, self.clusters.count):
+            retry(functools.partial(count, applied.new), what="mongodb",
+                  backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
+                  health=self.health)
         self.metrics.apply_seconds.observe(time.perf_counter() - started)
         by_event = {id(event): record for event, record in zip(events, origin, strict=True)}
         rejected += [(by_event[id(event)], reason) for event, reason in applied.refused]

@@ -20,6 +20,7 @@ class Source:
     channel: str
     rank: int  # 1-based, within the channel
     score: float  # the channel's own score
+    cluster: int | None = None  # the ``cluster`` channel: which user cluster's items
 
 
 @dataclass(slots=True)

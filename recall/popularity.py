@@ -1,39 +1,68 @@
-"""Measured popularity: decayed counts of user events per item, kept by the events consumer.
+"""Measured popularity: decayed counts of user events per item, kept by the events consumer,
+over everyone and within each user cluster of a model version.
 
-    item_popularity: {_id: item_id, k: log2(sum over events of 2 ** (ts / half_life)),
-                      last: newest event ts (epoch s), n: events}
+    item_popularity:    {_id: item_id, k: log2(sum over events of 2 ** (ts / half_life)),
+                         last: newest event ts (epoch s), n: events}
+    cluster_popularity: {_id: "model|cluster|item", model, cluster, item, k, last, n}
 
 ``k`` is a log-sum-exp in base 2, so it does not depend on the order events arrive in
-(several consumers, replays of old logs) and one atomic pipeline update per item and
+(several consumers, replays of old logs) and one atomic pipeline update per key and
 batch folds a batch in; it never overflows and never needs rebasing. At a time ``now``
-an item's decayed count is ``2 ** (k - now / half_life)``; every item shares ``now``, so
-the items sorted by ``k`` are the items sorted by popularity at any moment.
+a decayed count is ``2 ** (k - now / half_life)``; every key shares ``now``, so the keys
+sorted by ``k`` are the keys sorted by popularity at any moment.
 
 "Now" is the newest event seen, not the wall clock, and the window (``hot_window_days``)
 is relative to it: a replayed log (MovieLens from the 2010s) has hot items too. Counted
 only for events applied to user state for the first time, after that write: a replay
-never counts twice; a crash between the two writes loses at most one batch's counts.
+never counts twice; a crash between the two writes loses at most that batch's counts.
+A cluster's counts are keyed by the model version whose centroids assigned the user:
+centroids of version V only ever meet vectors of version V, and so do their counts.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 
-from recall.settings import RecallConfig
+from recall.settings import RecallConfig, RecallSettings
 from recall.state import UserEvent
 from runtime.clients import MongoCollection, MongoDatabase
 
 DAY_S = 86_400.0
+Fold = tuple[float, float, int]  # (k, last, n)
 
 
 def _logaddexp2(a: float, b: float) -> float:
     high, low = max(a, b), min(a, b)
     return high + math.log2(1.0 + 2.0 ** (low - high))
+
+
+def fold(keyed_times: Iterable[tuple[str, float]], half_life_s: float) -> dict[str, Fold]:
+    """Events (key, epoch seconds) folded into one (k, last, n) per key."""
+    folds: dict[str, Fold] = {}
+    for key, ts in keyed_times:
+        x = ts / half_life_s
+        k, last, n = folds.get(key, (x, ts, 0))
+        folds[key] = (_logaddexp2(k, x) if n else x, max(last, ts), n + 1)
+    return folds
+
+
+def _update(key: str, values: Fold, fields: Mapping[str, Any]) -> UpdateOne:
+    """k := logaddexp2(k, batch k) on the server, atomically per key."""
+    k, last, n = values
+    old: dict[str, Any] = {"$ifNull": ["$k", k]}
+    high, low = {"$max": [old, k]}, {"$min": [old, k]}
+    merged = {"$add": [high, {"$log": [{"$add": [1, {"$pow": [
+        2, {"$subtract": [low, high]}]}]}, 2]}]}
+    return UpdateOne({"_id": key}, [{"$set": {
+        **{name: {"$literal": value} for name, value in fields.items()},
+        "k": {"$cond": [{"$eq": [{"$type": "$k"}, "missing"]}, k, merged]},
+        "last": {"$max": [{"$ifNull": ["$last", last]}, last]},
+        "n": {"$add": [{"$ifNull": ["$n", 0]}, n]}}}], upsert=True)
 
 
 @dataclass
@@ -48,47 +77,49 @@ class Popular:
         self.by_id = dict(self.items)
 
 
-class Popularity:
-    def __init__(self, db: MongoDatabase, settings: RecallConfig) -> None:
-        self.collection: MongoCollection = db[settings.mongo.collections.item_popularity]
-        recall = settings.recall
+class _Counts:
+    def __init__(self, collection: MongoCollection, recall: RecallSettings) -> None:
+        self.collection = collection
         self.half_life_s = recall.popularity_half_life_days * DAY_S
         self.window_s = recall.hot_window_days * DAY_S
         self.top_n = recall.popularity_top
         self._indexed = False
 
-    def count(self, events: Sequence[UserEvent]) -> int:
-        """Fold events into their items' counts: one update per item. Returns the items."""
-        if not events:
-            return 0
-        batch: dict[str, tuple[float, float, int]] = {}  # item -> (k, last, n)
-        for event in events:
-            ts = event.ts.timestamp()
-            x = ts / self.half_life_s
-            k, last, n = batch.get(event.item_id, (x, ts, 0))
-            batch[event.item_id] = (_logaddexp2(k, x) if n else x, max(last, ts), n + 1)
-        self._ensure_indexes()
-        self.collection.bulk_write([self._fold(item, *values)
-                                    for item, values in batch.items()], ordered=False)
-        return len(batch)
-
-    @staticmethod
-    def _fold(item_id: str, k: float, last: float, n: int) -> UpdateOne:
-        """k := logaddexp2(k, batch k) on the server, atomically per item."""
-        old: dict[str, Any] = {"$ifNull": ["$k", k]}
-        high, low = {"$max": [old, k]}, {"$min": [old, k]}
-        merged = {"$add": [high, {"$log": [{"$add": [1, {"$pow": [
-            2, {"$subtract": [low, high]}]}]}, 2]}]}
-        return UpdateOne({"_id": item_id}, [{"$set": {
-            "k": {"$cond": [{"$eq": [{"$type": "$k"}, "missing"]}, k, merged]},
-            "last": {"$max": [{"$ifNull": ["$last", last]}, last]},
-            "n": {"$add": [{"$ifNull": ["$n", 0]}, n]}}}], upsert=True)
+    def _write(self, updates: list[UpdateOne]) -> None:
+        if updates:
+            self._ensure_indexes()
+            self.collection.bulk_write(updates, ordered=False)
 
     def _ensure_indexes(self) -> None:
         if not self._indexed:
-            self.collection.create_index([("k", DESCENDING)])
-            self.collection.create_index([("last", DESCENDING)])
+            for keys in self._indexes():
+                self.collection.create_index(keys)
             self._indexed = True
+
+    def _indexes(self) -> list[list[tuple[str, int]]]:
+        return [[("k", DESCENDING)], [("last", DESCENDING)]]
+
+    def _top(self, query: dict[str, Any], now: float, item: str) -> Popular:
+        cursor = self.collection.find({**query, "last": {"$gte": now - self.window_s}},
+                                      {"k": 1, item: 1}, sort=[("k", DESCENDING)],
+                                      limit=self.top_n)
+        scale = now / self.half_life_s
+        return Popular([(str(doc[item]), 2.0 ** (float(doc["k"]) - scale)) for doc in cursor],
+                       now)
+
+
+class Popularity(_Counts):
+    """Every user's events, per item: the ``hot`` channel and i2i's re-weighting."""
+
+    def __init__(self, db: MongoDatabase, settings: RecallConfig) -> None:
+        super().__init__(db[settings.mongo.collections.item_popularity], settings.recall)
+
+    def count(self, events: Sequence[UserEvent]) -> int:
+        """Fold events into their items' counts: one update per item. Returns the items."""
+        folds = fold(((event.item_id, event.ts.timestamp()) for event in events),
+                     self.half_life_s)
+        self._write([_update(item, values, {}) for item, values in folds.items()])
+        return len(folds)
 
     def top(self) -> Popular:
         """The ``popularity_top`` items with an event in the window before the newest
@@ -96,9 +127,36 @@ class Popularity:
         newest = self.collection.find_one({}, {"last": 1}, sort=[("last", DESCENDING)])
         if newest is None:
             return Popular([], None)
-        now = float(newest["last"])
-        cursor = self.collection.find({"last": {"$gte": now - self.window_s}}, {"k": 1},
-                                      sort=[("k", DESCENDING)], limit=self.top_n)
-        scale = now / self.half_life_s
-        return Popular([(str(doc["_id"]), 2.0 ** (float(doc["k"]) - scale))
-                        for doc in cursor], now)
+        return self._top({}, float(newest["last"]), "_id")
+
+
+class ClusterPopularity(_Counts):
+    """Events per item within each user cluster of a model version: the ``cluster``
+    channel. The acting user's cluster is the one their vector falls in when the event is
+    applied."""
+
+    def __init__(self, db: MongoDatabase, settings: RecallConfig) -> None:
+        super().__init__(db[settings.mongo.collections.cluster_popularity], settings.recall)
+
+    def _indexes(self) -> list[list[tuple[str, int]]]:
+        return [[("model", ASCENDING), ("cluster", ASCENDING), ("k", DESCENDING)]]
+
+    def count(self, model: str, assigned: Sequence[tuple[int, UserEvent]]) -> int:
+        """Fold (cluster, event) pairs of ``model``'s clusters: one update per cluster and
+        item. Returns the keys written."""
+        folds = fold(((f"{model}|{cluster}|{event.item_id}", event.ts.timestamp())
+                      for cluster, event in assigned), self.half_life_s)
+        updates = []
+        for key, values in folds.items():
+            _, cluster, item = key.rsplit("|", 2)
+            updates.append(_update(key, values, {"model": model, "cluster": int(cluster),
+                                                 "item": item}))
+        self._write(updates)
+        return len(folds)
+
+    def top(self, model: str, cluster: int, now: float | None) -> Popular:
+        """Cluster ``cluster`` of ``model``: its popular items in the window before ``now``
+        (the newest event over everyone, ``Popularity.top().newest``)."""
+        if now is None:
+            return Popular([], None)
+        return self._top({"model": model, "cluster": cluster}, now, "item")

@@ -22,7 +22,7 @@ from indexer.layout import VECTOR
 from recall.channels import CHANNELS, Channel, Context
 from recall.fusion import quota, rrf
 from recall.metrics import RecallMetrics
-from recall.popularity import Popularity
+from recall.popularity import ClusterPopularity, Popular, Popularity
 from recall.refresh import Refreshed
 from recall.request import RecallResponse, filter_clauses, request_model
 from recall.serving import ServingResolver, ServingVersion
@@ -44,9 +44,12 @@ def serve_with_one_torch_thread() -> None:
 
 
 # the stages of a request, in order: resolve (request validation, serving version; an
-# alias lookup once per alias_ttl_s), state (MongoDB read), user_tower, seeds (the wait
-# for the i2i mget that the user tower did not hide), queries, msearch, fusion
-STAGES = ("resolve", "state", "user_tower", "seeds", "queries", "msearch", "fusion")
+# alias lookup once per alias_ttl_s), state (MongoDB read), user_tower, cluster (the
+# nearest centroid and that cluster's popular items, re-read every popularity_ttl_s),
+# seeds (the wait for the i2i mget that the user tower did not hide), queries, msearch,
+# fusion
+STAGES = ("resolve", "state", "user_tower", "cluster", "seeds", "queries", "msearch",
+          "fusion")
 
 
 class Stopwatch:
@@ -72,6 +75,8 @@ class Recaller:
         popularity = Popularity(db, settings)
         self.popularity = Refreshed(lambda _: popularity.top(),
                                     settings.recall.popularity_ttl_s, "the popular items")
+        self.cluster_popularity = ClusterPopularity(db, settings)
+        self._cluster_tops: dict[tuple[str, int], Refreshed[Popular]] = {}
         self.resolver = ServingResolver(es, registry, settings.index.serving_alias,
                                         settings.recall.alias_ttl_s)
         self.channels: dict[str, Channel] = {
@@ -110,13 +115,19 @@ class Recaller:
         seeds = self._pool.submit(self._seeds, serving, recent) if "i2i" in weights else None
         user_vector = serving.artifact.embed_users([user])[0] if user else None
         watch.lap("user_tower")
+        cluster = None if serving.clusters is None or user_vector is None else int(
+            serving.clusters.assign(user_vector[None])[0])
+        cluster_popular = self._cluster_top(serving.model, cluster) if (
+            cluster is not None and "cluster" in weights) else None
+        watch.lap("cluster")
         in_query = self.settings.recall.seen_in_query
         ctx = Context(user=user, user_vector=user_vector, seen=view.seen,
                       seeds=seeds.result() if seeds is not None else {},
                       filters=filter_clauses(request.filters), popular=popular,
                       seen_in_query=in_query,
                       overfetch=min(max(0, len(view.seen) - in_query),
-                                    self.settings.recall.max_overfetch))
+                                    self.settings.recall.max_overfetch),
+                      index=serving.index, cluster=cluster, cluster_popular=cluster_popular)
         watch.lap("seeds")
         plan: list[tuple[str, int]] = []  # (channel, how many searches)
         searches: list[dict[str, Any]] = []
@@ -134,13 +145,29 @@ class Recaller:
             fused = quota(ranked, fuse_weights, request.k)
         else:
             fused = rrf(ranked, fuse_weights, request.k, self.settings.recall.rrf_k)
+        for candidate in fused:
+            for source in candidate.sources:
+                if source.channel == "cluster":
+                    source.cluster = cluster
         watch.lap("fusion")
         # built from values esrec made itself: validating ~100 candidates would cost ~0.5 ms
         return RecallResponse.model_construct(
             user_id=request.user_id, model=serving.model, index=serving.index,
-            cold_start=not user, degraded=bool(reasons), reasons=reasons,
+            cold_start=not user, cluster=cluster, degraded=bool(reasons), reasons=reasons,
             took_ms=round((watch.mark - watch.started) * 1000, 3), stages_ms=watch.stages,
             candidates=fused)
+
+    def _cluster_top(self, model: str, cluster: int) -> Popular:
+        """A cluster's popular items, re-read in the background like ``hot``'s, in the
+        window before the newest event over everyone."""
+        key = (model, cluster)
+        top = self._cluster_tops.get(key)
+        if top is None:
+            top = self._cluster_tops.setdefault(key, Refreshed(
+                lambda _: self.cluster_popularity.top(model, cluster,
+                                                      self.popularity.current().newest),
+                self.settings.recall.popularity_ttl_s, f"cluster {cluster} of {model}"))
+        return top.current()
 
     def _seeds(self, serving: ServingVersion, recent: list[str]) -> dict[str, np.ndarray]:
         """The stored vectors of the user's newest items (same index, same version)."""

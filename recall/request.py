@@ -98,6 +98,10 @@ def request_model(settings: RecallConfig) -> type[BaseModel]:
     if unknown:
         raise RecallSetupError(f"recall.channels: unknown channel(s) {sorted(unknown)}; "
                                f"known: {sorted(CHANNELS)}")
+    for field in recall.mlt_fields:
+        if settings.indexer.projection.get(field) not in ("text", "keyword"):
+            raise RecallSetupError(f"recall.mlt_fields: {field} must be a text or keyword "
+                                   "field in indexer.projection")
     names = tuple(name for name, channel in recall.channels.items() if channel.enabled)
     channel_name = Literal[names]  # type: ignore[valid-type]
     filters = _filters_model(settings)
@@ -140,10 +144,12 @@ class RecallResponse(BaseModel):
     model: str  # the model version whose vectors answered (name@version)
     index: str  # the concrete index queried
     cold_start: bool
+    cluster: int | None  # the user's cluster under the answering version, if it has any
     degraded: bool
     reasons: dict[str, str]  # channel -> why it is missing or partial
     took_ms: float
-    # where took_ms went: resolve, state (MongoDB), user_tower, seeds (i2i mget wait),
-    # queries, msearch (Elasticsearch), fusion
+    # where took_ms went: resolve, state (MongoDB), user_tower, cluster (assignment and
+    # the cluster's popular items), seeds (i2i mget wait), queries, msearch
+    # (Elasticsearch), fusion
     stages_ms: dict[str, float]
     candidates: list[Candidate]

@@ -8,7 +8,8 @@ query therefore changes nothing for that request: the old index stays until reti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 from elasticsearch import Elasticsearch
 
@@ -16,7 +17,10 @@ from indexer.layout import model_of, resolve_alias
 from recall.refresh import Refreshed
 from runtime.errors import Refused, Unavailable
 from towers.artifact import ModelArtifact
+from towers.clusters import ClusterSet
 from towers.registry import ModelRegistry
+
+log = logging.getLogger("esrec.recall")
 
 
 class NoServingVersion(Unavailable):
@@ -33,12 +37,14 @@ class ServingVersion:
     index: str
     model: str  # name@version, from the index's _meta
     artifact: ModelArtifact
+    clusters: ClusterSet | None = None  # the version's newest user clusters, if any
 
 
 class ServingResolver:
     """The serving alias, re-resolved every ``ttl_s`` in the background (stale while
-    revalidate, ``recall.refresh``); towers loaded once per version. A cluster that
-    cannot answer the lookup keeps the last version serving."""
+    revalidate, ``recall.refresh``); towers loaded once per version, its newest user
+    clusters re-read with the alias. A cluster that cannot answer the lookup keeps the
+    last version serving."""
 
     def __init__(self, es: Elasticsearch, registry: ModelRegistry, alias: str,
                  ttl_s: float = 1.0) -> None:
@@ -58,8 +64,23 @@ class ServingResolver:
             raise NoServingVersion(f"the serving alias {self.alias} points at no index; "
                                    "promote a version (`esrec models roll NAME@VERSION`)")
         if previous is not None and previous.index == index:
-            return previous
-        return self._load(index)
+            return self._with_clusters(previous)
+        return self._with_clusters(self._load(index))
+
+    def _with_clusters(self, version: ServingVersion) -> ServingVersion:
+        """``version`` with its newest cluster generation; a set that cannot be read
+        leaves the version without clusters (the cluster channel finds nothing), never
+        without an answer."""
+        try:
+            latest = self.registry.clusters(version.model)
+        except Refused as error:
+            log.warning("cannot read the serving version's clusters", extra={
+                "model": version.model, "error": str(error)})
+            latest = None
+        clusters = latest[0] if latest is not None else None
+        if _generation(clusters) == _generation(version.clusters):
+            return version
+        return replace(version, clusters=clusters)
 
     def _load(self, index: str) -> ServingVersion:
         meta = model_of(self.es, index)
@@ -77,3 +98,7 @@ class ServingResolver:
                                      f"{meta['artifact_sha256'][:12]}, the registry has "
                                      f"{artifact.sha256[:12]}")
         return ServingVersion(index, model, artifact)
+
+
+def _generation(clusters: ClusterSet | None) -> int | None:
+    return None if clusters is None else clusters.generation

@@ -30,7 +30,9 @@ def _default_channels() -> dict[str, ChannelSettings]:
     return {"knn": ChannelSettings(weight=1.0), "i2i": ChannelSettings(weight=0.8, size=50),
             "tags": ChannelSettings(weight=0.5, size=50),
             "hot": ChannelSettings(weight=0.3, size=50),
-            "fresh": ChannelSettings(weight=0.2, size=30)}
+            "fresh": ChannelSettings(weight=0.2, size=30),
+            "cluster": ChannelSettings(weight=0.3, size=50),
+            "mlt": ChannelSettings(weight=0.3, size=50)}
 
 
 class RecallSettings(Section):
@@ -48,6 +50,8 @@ class RecallSettings(Section):
     max_k: int = Field(default=500, gt=0)
     i2i_items: int = Field(default=3, gt=0)  # the user's newest items used as i2i seeds
     i2i_min_similarity: float = Field(default=0.3, ge=-1, le=1)
+    mlt_items: int = Field(default=5, gt=0, le=50)  # the user's newest items mlt starts from
+    mlt_fields: list[str] = Field(default_factory=lambda: ["title", "tags"], min_length=1)
     # seen items: the newest seen_in_query go into every search's must_not; any older ones
     # are filtered out of the results, each search asking for that many more (at most
     # max_overfetch), so no served candidate is an item the user has seen

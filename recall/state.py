@@ -24,7 +24,7 @@ id is new, so a partly replayed batch applies exactly the events that are new.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -179,10 +179,41 @@ class UserStates:
             state = (profile.pop("state") or [{}])[0]
         else:  # no profile: events alone (still one read on the common path above)
             profile, state = {}, self.states.find_one({"_id": user_id}) or {}
+        document, seen = self._view(profile, state, session_items)
+        return UserView(document, seen)
+
+    def _view(self, profile: dict[str, Any], state: Mapping[str, Any],
+              session_items: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+        """The user tower's document ({} for a cold start) and the seen items, newest first."""
         history = state.get("recent", [])
         recent = [*session_items, *(entry["item_id"] for entry in history)]
         seen = list(dict.fromkeys([*recent, *reversed(state.get("seen_items", []))]))
         if not recent and not profile:
-            return UserView({}, seen)
+            return {}, seen
         tags = {entry["item_id"]: entry.get("tags") or [] for entry in history}
-        return UserView({**profile, **behaviour(recent, tags, self.history_len)}, seen)
+        return {**profile, **behaviour(recent, tags, self.history_len)}, seen
+
+    def documents(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The user tower's documents of many users, as ``read`` builds them, in two reads
+        (states, profiles); an unknown user is a cold start ({})."""
+        states = {state["_id"]: state for state in self.states.find(
+            {"_id": {"$in": list(user_ids)}}, {"recent": 1})}
+        profiles = {profile["_id"]: profile for profile in self.users.find(
+            {"_id": {"$in": list(user_ids)}})}
+        return {user: self._view(profiles.get(user, {}), states.get(user, {}))[0]
+                for user in user_ids}
+
+    def active_since(self, since: datetime | None,
+                     batch: int = 1000) -> Iterator[dict[str, dict[str, Any]]]:
+        """In batches, the documents of every user whose state changed at or after
+        ``since`` (every user with a state: None)."""
+        self.states.create_index("updated_at")
+        query = {} if since is None else {"updated_at": {"$gte": since}}
+        ids: list[str] = []
+        for state in self.states.find(query, {"_id": 1}):
+            ids.append(state["_id"])
+            if len(ids) == batch:
+                yield self.documents(ids)
+                ids = []
+        if ids:
+            yield self.documents(ids)

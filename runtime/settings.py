@@ -95,6 +95,7 @@ class CollectionNames(Section):
     users: str = "users"
     user_state: str = "user_state"
     item_popularity: str = "item_popularity"  # decayed event counts (recall.popularity)
+    cluster_popularity: str = "cluster_popularity"  # ... per user cluster and model version
     interactions: str = "interactions"
     checkpoints: str = "esrec_checkpoints"
     dead_letters: str = "esrec_dead_letters"

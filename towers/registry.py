@@ -23,6 +23,7 @@ from pymongo.errors import DuplicateKeyError
 
 from runtime.errors import Refused
 from towers.artifact import MANIFEST, ModelArtifact
+from towers.clusters import ClusterSet
 
 STATES = ("published", "building", "ready", "serving", "retired", "failed")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "models"
@@ -67,6 +68,7 @@ class ModelRegistry:
     def __init__(self, db: Database[dict[str, Any]], collection: str) -> None:
         self.documents = db[collection]
         self.files = gridfs.GridFSBucket(db, bucket_name=collection)  # connects lazily
+        self.cluster_sets = db[f"{collection}.clusters"]
 
     def publish(self, directory: Path) -> ModelRecord:
         """Upload a verified artifact; idempotent for identical bytes, refused otherwise."""
@@ -153,3 +155,33 @@ class ModelRegistry:
         if document is None:
             raise RegistryError(f"{ref} is not in the registry")
         return ModelRecord.from_document(document)
+
+    # -- user clusters of a version: immutable generations ---------------------------------
+
+    def publish_clusters(self, clusters: ClusterSet) -> ClusterSet:
+        """Store a generation of ``clusters.model``'s user clusters (immutable: the same
+        generation with other centroids is refused, the same bytes again are a no-op)."""
+        self.get(clusters.model)  # a registered version only
+        self.cluster_sets.create_index([("model", ASCENDING), ("generation", ASCENDING)])
+        document = {"_id": f"{clusters.model}#g{clusters.generation}",
+                    **clusters.to_document(), "created_at": datetime.now(UTC)}
+        try:
+            self.cluster_sets.insert_one(document)
+        except DuplicateKeyError:
+            existing = self.cluster_sets.find_one({"_id": document["_id"]}) or {}
+            if existing.get("sha256") != clusters.sha256:
+                raise RegistryError(
+                    f"{clusters.model} clusters generation {clusters.generation} exist with "
+                    "other centroids; cluster generations are immutable") from None
+        return clusters
+
+    def clusters(self, ref: str) -> tuple[ClusterSet, datetime] | None:
+        """The newest generation of ``ref``'s user clusters and when it was made, if any."""
+        document = self.cluster_sets.find_one({"model": "@".join(parse_ref(ref))},
+                                              sort=[("generation", -1)])
+        if document is None:
+            return None
+        try:
+            return ClusterSet.from_document(document), document["created_at"]
+        except ValueError as error:
+            raise RegistryError(str(error)) from None

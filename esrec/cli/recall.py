@@ -1,4 +1,5 @@
-"""`esrec recall events|serve|query`: user state from Kafka, the HTTP service, a lookup."""
+"""`esrec recall events|serve|query|clusters`: user state from Kafka, the HTTP service, a
+lookup, the user clusters of a model version."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from esrec.cli.context import mongo_database, settings_from
 from recall.events import EventConsumer
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.request import RecallResponse
-from recall.state import problems
+from recall.state import UserStates, problems
 from runtime.clients import elasticsearch_client, mongo_client
 from runtime.errors import Refused
 from runtime.logs import configure
@@ -109,3 +110,46 @@ def query(ctx: click.Context, user_id: str, k: int, recent: tuple[str, ...],
         click.echo(response.model_dump_json(indent=2))
     else:
         print_table(response, k)
+
+
+@recall.group("clusters")
+def clusters() -> None:
+    """User clusters of a model version: the `cluster` channel's groups."""
+
+
+def _states_and_registry(ctx: click.Context) -> tuple[UserStates, ModelRegistry]:
+    settings = settings_from(ctx)
+    db = mongo_database(ctx)
+    return UserStates(db, settings), ModelRegistry(db, settings.mongo.collections.models)
+
+
+def _users_read(done: int) -> None:
+    click.echo(f"clusters: {done} users read", err=True)
+
+
+@clusters.command("build")
+@click.argument("ref")
+@click.option("--k", type=click.IntRange(min=1),
+              help="Clusters (default: sqrt(users / 2), at least 50 users each, <= 256).")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def clusters_build(ctx: click.Context, ref: str, k: int | None, seed: int) -> None:
+    """k-means over every user's vector of REF (NAME@VERSION): a new generation."""
+    from recall.clusters import build
+
+    states, registry = _states_and_registry(ctx)
+    built = build(registry, states, ref, k, seed, _users_read)
+    click.echo(json.dumps(built.report(), indent=2))
+
+
+@clusters.command("refresh")
+@click.argument("ref")
+@click.pass_context
+def clusters_refresh(ctx: click.Context, ref: str) -> None:
+    """Move REF's centroids toward the users active since the newest generation (no
+    retrain); prints how far they moved."""
+    from recall.clusters import refresh_clusters
+
+    states, registry = _states_and_registry(ctx)
+    click.echo(json.dumps(refresh_clusters(registry, states, ref, _users_read).report(),
+                          indent=2))
