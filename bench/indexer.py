@@ -42,7 +42,6 @@ from indexer.service import Services
 from indexer.sink import BULK_RESPONSE_FIELDS
 from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import elasticsearch_client, mongo_client
-from towers.artifact import export_artifact
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -239,7 +238,7 @@ def main() -> None:
         dataset = generate(SynthConfig(items=2000, users=1000))
         result = train(dataset, TrainConfig(epochs=1))
         model_dir = Path(tmp) / "model"
-        export_artifact(result.model, result.featurizer, model_dir, "bench", "1", {})
+        result.export(model_dir, "bench", "1")
         settings, pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
         try:
             print(json.dumps(measure(settings, args.docs, model_dir, pids), indent=2))

@@ -46,7 +46,6 @@ from indexer.service import Services
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.replay import replay
 from runtime.clients import elasticsearch_client, mongo_client
-from towers.artifact import export_artifact
 from towers.dataset import Collections, EvalCase, Interaction, write_mongo
 from towers.evaluate import (
     evaluate_itemknn,
@@ -161,8 +160,7 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
     result = train(dataset, train_config)
     summary = training_summary(result, train_config)
     model_dir = work / "model"
-    artifact = export_artifact(result.model, result.featurizer, model_dir, NAME, VERSION,
-                               summary, result.probe_queries())
+    artifact = result.export(model_dir, NAME, VERSION, summary)
     lap("train_s")
     services = Services.create(settings, es, db)
     services.registry.publish(model_dir)

@@ -39,7 +39,6 @@ from indexer.service import Services
 from recall.recaller import STAGES, Recaller, serve_with_one_torch_thread
 from recall.state import UserEvent, UserStates
 from runtime.clients import elasticsearch_client, mongo_client
-from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
@@ -165,7 +164,7 @@ def main() -> None:
         result = train(generate(SynthConfig(items=args.items, users=500, seed=4)),
                        TrainConfig(epochs=1))
         model_dir = Path(tmp) / "model"
-        export_artifact(result.model, result.featurizer, model_dir, "bench", "1", {})
+        result.export(model_dir, "bench", "1")
         settings, _pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
         try:
             print(json.dumps(measure(settings, args.items, args.requests, model_dir), indent=2))

@@ -36,7 +36,6 @@ from esrec.settings import Settings, server_environment
 from esrec.stack import free_port
 from indexer.service import Services
 from runtime.clients import elasticsearch_client, mongo_client
-from towers.artifact import export_artifact
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -187,8 +186,7 @@ def main() -> None:
         model_dirs = []
         for version in range(1, args.workers + 2):  # v1 live, one per backfill phase
             directory = Path(tmp) / f"model-{version}"
-            export_artifact(trained.model, trained.featurizer, directory, NAME, str(version),
-                            {})
+            trained.export(directory, NAME, str(version))
             model_dirs.append(directory)
         settings, pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
         if stack is not None:

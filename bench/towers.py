@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from towers.artifact import export_artifact
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -46,8 +45,7 @@ def main() -> None:
     dataset = generate(SynthConfig(items=args.items, users=args.users))
     result = train(dataset, TrainConfig(epochs=2))
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = export_artifact(result.model, result.featurizer, Path(tmp) / "m", "bench",
-                                   "1", {})
+        artifact = result.export(Path(tmp) / "m", "bench", "1")
         documents = (dataset.items * (1 + 1024 // len(dataset.items)))[:1024]
         by_batch = {}
         for batch in BATCHES:

@@ -2,7 +2,8 @@
 users act.
 
     build    every user's vector (the version's user tower over their state, as recall
-             computes it) -> k-means (towers.clusters) -> a new generation in the registry
+             computes it) -> k-means (towers.clusters) -> a new generation in the
+             registry; each cluster's popularity seeded from its users' recent events
     refresh  the users active since the newest generation -> mini-batch update -> the
              next generation (cluster ids kept)
     ClusterTracker (in `esrec recall events`): the acting users' vectors under every
@@ -39,33 +40,42 @@ class ClustersError(Refused):
 
 
 def user_vectors(states: UserStates, artifact: ModelArtifact, since: datetime | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """The user tower's vectors of every user with state (changed since ``since``)."""
+                 on_progress: Callable[[int], None] | None = None
+                 ) -> tuple[list[str], np.ndarray]:
+    """The ids and user-tower vectors of every user with state (changed since ``since``)."""
+    ids: list[str] = []
     parts = []
-    done = 0
     for documents in states.active_since(since):
-        users = [document for document in documents.values() if document]
+        users = {user: document for user, document in documents.items() if document}
         if users:
-            parts.append(artifact.embed_users(users))
-        done += len(documents)
+            ids.extend(users)
+            parts.append(artifact.embed_users(list(users.values())))
         if on_progress is not None:
-            on_progress(done)
-    return np.concatenate(parts) if parts else np.zeros((0, artifact.manifest.dims),
-                                                        np.float32)
+            on_progress(len(ids))
+    return ids, (np.concatenate(parts) if parts else
+                 np.zeros((0, artifact.manifest.dims), np.float32))
 
 
-def build(registry: ModelRegistry, states: UserStates, ref: str, k: int | None = None,
-          seed: int = 0, on_progress: Callable[[int], None] | None = None) -> ClusterSet:
-    """k-means over every user's vector of ``ref``; published as the next generation."""
+def build(registry: ModelRegistry, states: UserStates, popularity: ClusterPopularity,
+          ref: str, k: int | None = None, seed: int = 0,
+          on_progress: Callable[[int], None] | None = None) -> ClusterSet:
+    """k-means over every user's vector of ``ref``, published as the next generation and
+    the start of a new lineage, whose per-cluster popularity starts from the users'
+    stored recent events (so the channel has items before new events arrive)."""
     artifact = registry.pull(ref)
-    vectors = user_vectors(states, artifact, on_progress=on_progress)
+    ids, vectors = user_vectors(states, artifact, on_progress=on_progress)
     k = k or default_k(len(vectors))
     if len(vectors) < k:
         raise ClustersError(f"{len(vectors)} users with state cannot make {k} clusters",
                             "lower --k, or build once users have acted")
     clusters = kmeans(ref, vectors, k, seed)
     latest = registry.clusters(ref)
-    clusters.generation = 1 if latest is None else latest[0].generation + 1
+    clusters.generation = clusters.basis = 1 if latest is None else latest[0].generation + 1
+    cluster_of = dict(zip(ids, clusters.assign(vectors).tolist(), strict=True))
+    for events in states.recent_events():
+        popularity.count(clusters.lineage, ((cluster_of[user], item, ts)
+                                            for user, recent in events.items()
+                                            if user in cluster_of for item, ts in recent))
     return registry.publish_clusters(clusters)
 
 
@@ -77,7 +87,7 @@ def refresh_clusters(registry: ModelRegistry, states: UserStates, ref: str,
         raise ClustersError(f"{ref} has no clusters yet", f"run `esrec recall clusters "
                                                           f"build {ref}` first")
     clusters, made_at = latest
-    vectors = user_vectors(states, registry.pull(ref), made_at, on_progress)
+    _, vectors = user_vectors(states, registry.pull(ref), made_at, on_progress)
     return registry.publish_clusters(refresh(clusters, vectors))
 
 
@@ -136,6 +146,7 @@ class ClusterTracker:
             vectors = version.artifact.embed_users([documents[user] for user in users])
             cluster_of = dict(zip(users, version.clusters.assign(vectors).tolist(),
                                   strict=True))
-            self.popularity.count(version.model, [(cluster_of[event.user_id], event)
-                                                  for event in events])
+            self.popularity.count(version.clusters.lineage, (
+                (cluster_of[event.user_id], event.item_id, event.ts.timestamp())
+                for event in events))
         return len(versions)

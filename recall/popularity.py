@@ -3,7 +3,7 @@ over everyone and within each user cluster of a model version.
 
     item_popularity:    {_id: item_id, k: log2(sum over events of 2 ** (ts / half_life)),
                          last: newest event ts (epoch s), n: events}
-    cluster_popularity: {_id: "model|cluster|item", model, cluster, item, k, last, n}
+    cluster_popularity: {_id: "lineage|cluster|item", lineage, cluster, item, k, last, n}
 
 ``k`` is a log-sum-exp in base 2, so it does not depend on the order events arrive in
 (several consumers, replays of old logs) and one atomic pipeline update per key and
@@ -15,8 +15,9 @@ sorted by ``k`` are the keys sorted by popularity at any moment.
 is relative to it: a replayed log (MovieLens from the 2010s) has hot items too. Counted
 only for events applied to user state for the first time, after that write: a replay
 never counts twice; a crash between the two writes loses at most that batch's counts.
-A cluster's counts are keyed by the model version whose centroids assigned the user:
-centroids of version V only ever meet vectors of version V, and so do their counts.
+A cluster's counts are keyed by the lineage of the centroids that assigned the user (the
+model version and the k-means build, ``ClusterSet.lineage``): centroids of version V
+only ever meet vectors of version V, and so do their counts; a rebuild starts afresh.
 """
 
 from __future__ import annotations
@@ -139,24 +140,28 @@ class ClusterPopularity(_Counts):
         super().__init__(db[settings.mongo.collections.cluster_popularity], settings.recall)
 
     def _indexes(self) -> list[list[tuple[str, int]]]:
-        return [[("model", ASCENDING), ("cluster", ASCENDING), ("k", DESCENDING)]]
+        return [[("lineage", ASCENDING), ("cluster", ASCENDING), ("k", DESCENDING)],
+                [("lineage", ASCENDING), ("last", DESCENDING)]]
 
-    def count(self, model: str, assigned: Sequence[tuple[int, UserEvent]]) -> int:
-        """Fold (cluster, event) pairs of ``model``'s clusters: one update per cluster and
-        item. Returns the keys written."""
-        folds = fold(((f"{model}|{cluster}|{event.item_id}", event.ts.timestamp())
-                      for cluster, event in assigned), self.half_life_s)
+    def count(self, lineage: str, assigned: Iterable[tuple[int, str, float]]) -> int:
+        """Fold (cluster, item id, epoch seconds) events under a clustering ``lineage``:
+        one update per cluster and item. Returns the keys written."""
+        folds = fold(((f"{lineage}|{cluster}|{item}", ts) for cluster, item, ts in assigned),
+                     self.half_life_s)
         updates = []
         for key, values in folds.items():
             _, cluster, item = key.rsplit("|", 2)
-            updates.append(_update(key, values, {"model": model, "cluster": int(cluster),
+            updates.append(_update(key, values, {"lineage": lineage, "cluster": int(cluster),
                                                  "item": item}))
         self._write(updates)
         return len(folds)
 
-    def top(self, model: str, cluster: int, now: float | None) -> Popular:
-        """Cluster ``cluster`` of ``model``: its popular items in the window before ``now``
-        (the newest event over everyone, ``Popularity.top().newest``)."""
-        if now is None:
+    def top(self, lineage: str, cluster: int) -> Popular:
+        """Cluster ``cluster`` of a ``lineage``: its popular items in the window before
+        the lineage's newest event (two indexed reads)."""
+        newest = self.collection.find_one({"lineage": lineage}, {"last": 1},
+                                          sort=[("last", DESCENDING)])
+        if newest is None:
             return Popular([], None)
-        return self._top({"model": model, "cluster": cluster}, now, "item")
+        return self._top({"lineage": lineage, "cluster": cluster}, float(newest["last"]),
+                         "item")

@@ -117,8 +117,9 @@ class Recaller:
         watch.lap("user_tower")
         cluster = None if serving.clusters is None or user_vector is None else int(
             serving.clusters.assign(user_vector[None])[0])
-        cluster_popular = self._cluster_top(serving.model, cluster) if (
-            cluster is not None and "cluster" in weights) else None
+        cluster_popular = self._cluster_top(serving.clusters.lineage, cluster) if (
+            serving.clusters is not None and cluster is not None and "cluster" in weights
+        ) else None
         watch.lap("cluster")
         in_query = self.settings.recall.seen_in_query
         ctx = Context(user=user, user_vector=user_vector, seen=view.seen,
@@ -157,16 +158,14 @@ class Recaller:
             took_ms=round((watch.mark - watch.started) * 1000, 3), stages_ms=watch.stages,
             candidates=fused)
 
-    def _cluster_top(self, model: str, cluster: int) -> Popular:
-        """A cluster's popular items, re-read in the background like ``hot``'s, in the
-        window before the newest event over everyone."""
-        key = (model, cluster)
+    def _cluster_top(self, lineage: str, cluster: int) -> Popular:
+        """A cluster's popular items, re-read in the background like ``hot``'s."""
+        key = (lineage, cluster)
         top = self._cluster_tops.get(key)
         if top is None:
             top = self._cluster_tops.setdefault(key, Refreshed(
-                lambda _: self.cluster_popularity.top(model, cluster,
-                                                      self.popularity.current().newest),
-                self.settings.recall.popularity_ttl_s, f"cluster {cluster} of {model}"))
+                lambda _: self.cluster_popularity.top(lineage, cluster),
+                self.settings.recall.popularity_ttl_s, f"cluster {cluster} of {lineage}"))
         return top.current()
 
     def _seeds(self, serving: ServingVersion, recent: list[str]) -> dict[str, np.ndarray]:

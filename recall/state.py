@@ -217,3 +217,20 @@ class UserStates:
                 ids = []
         if ids:
             yield self.documents(ids)
+
+    def recent_events(self, batch: int = 1000) -> Iterator[dict[str, list[tuple[str, float]]]]:
+        """In batches, every user's stored recent events as (item id, epoch seconds)."""
+        found: dict[str, list[tuple[str, float]]] = {}
+        for state in self.states.find({}, {"recent.item_id": 1, "recent.ts": 1}):
+            found[state["_id"]] = [(entry["item_id"], _epoch(entry["ts"]))
+                                   for entry in state.get("recent", [])]
+            if len(found) == batch:
+                yield found
+                found = {}
+        if found:
+            yield found
+
+
+def _epoch(value: datetime) -> float:
+    """A BSON date as epoch seconds (a naive one is UTC, as MongoDB stores it)."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

@@ -16,7 +16,7 @@ from pymongo.database import Database
 from esrec.settings import Settings
 from indexer.layout import delete_indices
 from tests.servers import ServerPool
-from towers.artifact import ModelArtifact, export_artifact
+from towers.artifact import ModelArtifact
 from towers.dataset import Dataset
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, TrainResult, train
@@ -111,8 +111,8 @@ def trained(small_dataset: Dataset) -> TrainResult:
 @pytest.fixture(scope="session")
 def artifact_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("artifact") / "model"
-    export_artifact(trained.model, trained.featurizer, directory, "test-model", "1",
-                    {"config": {"history_len": QUICK.history_len}}, trained.probe_queries())
+    trained.export(directory, "test-model", "1",
+                   {"config": {"history_len": QUICK.history_len}})
     return directory
 
 
@@ -127,5 +127,5 @@ def v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the two versions' vectors would fail outright, not just rank badly."""
     result = train(generate(SMALL), replace(QUICK, dims=16, epochs=2))
     directory = tmp_path_factory.mktemp("v2") / "model"
-    export_artifact(result.model, result.featurizer, directory, "test-model", "2", {})
+    result.export(directory, "test-model", "2")
     return directory

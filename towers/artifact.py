@@ -9,6 +9,9 @@
     <dir>/probe_queries.npy  optional: user-tower vectors of held-out (validation) users,
                              the real query distribution of this version, for probes
                              such as the int8 quantization check
+    <dir>/known_items.npz    optional: the content-only and full vectors of the items
+                             the version learned by id, for the ``neighbours`` cold start
+                             of items it did not (towers.coldstart)
 
 The artifact's identity is the sha256 of manifest.json, which pins every other file.
 Loading verifies all of it and refuses anything corrupt or inconsistent.
@@ -30,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch.export import Dim
 
 from runtime.errors import Refused
+from towers.coldstart import ColdStart, KnownItems
 from towers.features import FeatureSpec
 from towers.featurizer import Featurizer, FittedState, NumericStats
 from towers.model import TwoTower
@@ -40,8 +44,9 @@ ITEM_TOWER = "item_tower.pt2"
 USER_TOWER = "user_tower.pt2"
 VOCABULARIES = "vocabularies.json"
 PROBE_QUERIES = "probe_queries.npy"
+KNOWN_ITEMS = "known_items.npz"
 REQUIRED_FILES = (ITEM_TOWER, USER_TOWER, VOCABULARIES)
-OPTIONAL_FILES = (PROBE_QUERIES,)
+OPTIONAL_FILES = (PROBE_QUERIES, KNOWN_ITEMS)
 _MAX_BATCH = 1 << 20
 
 
@@ -61,6 +66,7 @@ class Manifest(BaseModel):
     numeric_stats: dict[str, NumericStats]
     vocabulary_sizes: dict[str, int]
     training: dict[str, Any]
+    cold_start: ColdStart = ColdStart()  # how an item unknown by id is embedded
     torch_version: str
     created_at: str
     files: dict[str, str]  # file name -> sha256
@@ -87,10 +93,16 @@ def _export(tower: torch.nn.Module, example: dict[str, torch.Tensor], path: Path
 
 def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, name: str,
                     version: str, training: Mapping[str, Any],
-                    probe_queries: np.ndarray | None = None) -> ModelArtifact:
-    """Write a model version to ``directory`` (which must not hold another artifact)."""
+                    probe_queries: np.ndarray | None = None,
+                    known_items: KnownItems | None = None,
+                    cold_start: ColdStart | None = None) -> ModelArtifact:
+    """Write a model version to ``directory`` (which must not hold another artifact);
+    ``TrainResult.export`` is how a training writes one."""
     if (directory / MANIFEST).exists():
         raise ArtifactError(f"{directory} already holds an artifact; pick an empty directory")
+    cold_start = cold_start or ColdStart()
+    if cold_start.items == "neighbours" and known_items is None:
+        raise ArtifactError("the neighbours cold start needs the known items' vectors")
     directory.mkdir(parents=True, exist_ok=True)
     probe = Featurizer(featurizer.spec, featurizer.state)  # empty docs: valid all-default inputs
     _export(model.item_tower, probe.items([{}, {}]), directory / ITEM_TOWER)
@@ -100,6 +112,9 @@ def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, na
     if probe_queries is not None and len(probe_queries):
         np.save(directory / PROBE_QUERIES, probe_queries.astype(np.float32), allow_pickle=False)
         files.append(PROBE_QUERIES)
+    if known_items is not None and cold_start.items == "neighbours":
+        np.savez(directory / KNOWN_ITEMS, content=known_items.content, full=known_items.full)
+        files.append(KNOWN_ITEMS)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         name=name,
@@ -110,6 +125,7 @@ def export_artifact(model: TwoTower, featurizer: Featurizer, directory: Path, na
         numeric_stats=featurizer.state.numeric,
         vocabulary_sizes={t: len(v) for t, v in featurizer.state.vocabularies.items()},
         training=dict(training),
+        cold_start=cold_start,
         torch_version=torch.__version__,
         created_at=datetime.now(UTC).isoformat(),
         files={f: sha256_file(directory / f) for f in files},
@@ -129,6 +145,7 @@ class ModelArtifact:
     user_tower: torch.nn.Module
     featurizer: Featurizer
     probe_queries: np.ndarray | None = None  # (n, dims) user vectors of held-out users
+    known_items: KnownItems | None = None  # for the neighbours cold start
 
     @classmethod
     def load(cls, directory: Path, expected_sha256: str | None = None) -> ModelArtifact:
@@ -186,14 +203,31 @@ class ModelArtifact:
             if probe_queries.ndim != 2 or probe_queries.shape[1] != manifest.dims:
                 raise ArtifactError(f"{directory}: {PROBE_QUERIES} has shape "
                                     f"{probe_queries.shape}, not (n, {manifest.dims})")
+        known_items = None
+        if KNOWN_ITEMS in listed:
+            with np.load(directory / KNOWN_ITEMS, allow_pickle=False) as arrays:
+                known_items = KnownItems(arrays["content"], arrays["full"])
+            if known_items.full.shape != known_items.content.shape or (
+                    len(known_items.full) and known_items.full.shape[1] != manifest.dims):
+                raise ArtifactError(f"{directory}: {KNOWN_ITEMS} does not fit "
+                                    f"{manifest.dims} dims")
+        if manifest.cold_start.items == "neighbours" and known_items is None:
+            raise ArtifactError(f"{directory}: the manifest's neighbours cold start needs "
+                                f"{KNOWN_ITEMS}")
         return cls(directory, manifest, sha256, item_tower, user_tower, featurizer,
-                   probe_queries)
+                   probe_queries, known_items)
 
     def embed_items(self, documents: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Unit-length item vectors, one row per document, float32."""
+        """Unit-length item vectors, one row per document, float32; an item the version
+        does not know by id as its cold start says (``towers.coldstart``)."""
         if not documents:
             return np.zeros((0, self.manifest.dims), np.float32)
-        return _run(self.item_tower, self.featurizer.items(documents))
+        inputs = self.featurizer.items(documents)
+        vectors = _run(self.item_tower, inputs)
+        if self.known_items is None:
+            return vectors
+        return self.known_items.apply(self.manifest.cold_start, self.featurizer.spec, inputs,
+                                      vectors)
 
     def embed_users(self, documents: Sequence[Mapping[str, Any]],
                     at: Sequence[float] | None = None) -> np.ndarray:

@@ -6,8 +6,9 @@
     assign    the nearest centroid of a user vector (same version's centroids only)
 
 A cluster set is immutable once published (``sha256`` over its centroids); a refresh
-publishes the next generation of the same version, cluster ids kept, so the per-cluster
-popularity the events consumer keeps stays meaningful across refreshes.
+publishes the next generation of the same version with the cluster ids kept, so its
+``lineage`` (the version and the generation its k-means build made) stays the same and
+the per-cluster popularity kept under it stays meaningful. A build starts a new lineage.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class ClusterSet:
     centroids: np.ndarray  # (k, dims) float32
     counts: np.ndarray  # (k,) users each centroid has absorbed (mini-batch learning rates)
     generation: int = 1
+    basis: int = 1  # the generation of the k-means build this one descends from
     inertia: float = 0.0  # mean squared distance of the users to their centroid
     users: int = 0  # users in the last build or refresh
     moved: dict[str, float] = field(default_factory=dict)  # refresh: how far centroids moved
@@ -73,6 +75,12 @@ class ClusterSet:
     @property
     def k(self) -> int:
         return len(self.centroids)
+
+    @property
+    def lineage(self) -> str:
+        """What per-cluster counts are kept under: the version and the build whose
+        cluster ids they mean."""
+        return f"{self.model}#g{self.basis}"
 
     @property
     def sha256(self) -> str:
@@ -88,13 +96,13 @@ class ClusterSet:
 
     def report(self) -> dict[str, Any]:
         """What a build or refresh prints: k, inertia, sizes' spread, movement."""
-        return {"model": self.model, "generation": self.generation, "k": self.k,
-                "users": self.users, "inertia": round(self.inertia, 6),
+        return {"model": self.model, "generation": self.generation, "lineage": self.lineage,
+                "k": self.k, "users": self.users, "inertia": round(self.inertia, 6),
                 "sha256": self.sha256, **({"moved": self.moved} if self.moved else {})}
 
     def to_document(self) -> dict[str, Any]:
-        return {"model": self.model, "generation": self.generation, "k": self.k,
-                "dims": int(self.centroids.shape[1]),
+        return {"model": self.model, "generation": self.generation, "basis": self.basis,
+                "k": self.k, "dims": int(self.centroids.shape[1]),
                 "centroids": np.ascontiguousarray(self.centroids, np.float32).tobytes(),
                 "counts": self.counts.astype(np.float64).tolist(), "inertia": self.inertia,
                 "users": self.users, "moved": self.moved, "sha256": self.sha256}
@@ -104,8 +112,8 @@ class ClusterSet:
         centroids = np.frombuffer(document["centroids"], np.float32).reshape(
             document["k"], document["dims"]).copy()
         clusters = cls(document["model"], centroids, np.asarray(document["counts"]),
-                       document["generation"], document["inertia"], document["users"],
-                       dict(document.get("moved") or {}))
+                       document["generation"], document["basis"], document["inertia"],
+                       document["users"], dict(document.get("moved") or {}))
         if clusters.sha256 != document["sha256"]:
             raise ValueError(f"cluster set {document['model']} generation "
                              f"{document['generation']} is corrupt (sha256 mismatch)")
@@ -140,7 +148,7 @@ def kmeans(model: str, vectors: np.ndarray, k: int, seed: int = 0,
     labels = assign(vectors, centroids)
     inertia = float(((vectors - centroids[labels]) ** 2).sum(1).mean())
     counts = np.bincount(labels, minlength=k).astype(np.float64)
-    return ClusterSet(model, centroids, counts, 1, inertia, len(vectors))
+    return ClusterSet(model, centroids, counts, inertia=inertia, users=len(vectors))
 
 
 def refresh(clusters: ClusterSet, vectors: np.ndarray, batch: int = 1024) -> ClusterSet:
@@ -162,7 +170,7 @@ def refresh(clusters: ClusterSet, vectors: np.ndarray, batch: int = 1024) -> Clu
     inertia = float(((vectors - centroids[assign(vectors, centroids)]) ** 2).sum(1).mean()
                     ) if len(vectors) else clusters.inertia
     return ClusterSet(clusters.model, centroids.astype(np.float32), counts,
-                      clusters.generation + 1, inertia, len(vectors),
+                      clusters.generation + 1, clusters.basis, inertia, len(vectors),
                       {"max": round(float(shift.max(initial=0.0)), 6),
                        "mean": round(float(shift.mean()) if len(shift) else 0.0, 6),
                        "clusters_moved": int((shift > 0).sum())})

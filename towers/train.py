@@ -11,13 +11,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from towers.artifact import ModelArtifact, export_artifact
+from towers.coldstart import DEFAULT_K, ColdStart, KnownItems, Method
 from towers.dataset import Dataset, EvalCase, Example, Split, leave_last_out
 from towers.evaluate import K_VALUES, evaluate_popularity, evaluate_vectors, usable_cases
 from towers.features import OOV, PAD, FeatureSpec, ItemId, default_spec
@@ -49,6 +53,11 @@ class TrainConfig:
     # earlier (MovieLens leave-last-out HR@100: 0.30 with it, 0.41 without; no change on
     # the synthetic set). Turn it on when every request is served right after the log.
     example_age: bool = False
+    # how the version embeds items it does not know by id (towers.coldstart): measured
+    # on held-out new items, content-only won on the synthetic set, the mean of the 5
+    # nearest known items by 0.7 points of HR@100 on MovieLens (README)
+    cold_start: Method = "content"
+    cold_start_k: int = DEFAULT_K
     seed: int = 0
     k_values: tuple[int, ...] = K_VALUES
     # the epoch exported is the one with the best validation ``monitor``; training stops
@@ -77,9 +86,11 @@ class TrainResult:
     featurizer: Featurizer
     split: Split
     baseline: dict[str, float]  # most-popular, on the same split
+    config: TrainConfig = field(default_factory=TrainConfig)
     history: list[EpochLog] = field(default_factory=list)
     examples_per_second: float = 0.0
     best_epoch: int = 0  # the epoch whose weights the model holds
+    known: KnownItems | None = None  # the catalog items learned by id (cold start)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -92,6 +103,16 @@ class TrainResult:
         self.model.eval()
         cases = (self.split.validation or self.split.cases)[:limit]
         return user_vectors_for(self.model, self.featurizer, cases)
+
+    def export(self, directory: Path, name: str, version: str,
+               training: Mapping[str, Any] | None = None,
+               cold_start: ColdStart | None = None) -> ModelArtifact:
+        """Write this model as a version: towers, probe queries, the known items, and
+        the cold start (``config``'s, unless measured and passed in)."""
+        return export_artifact(
+            self.model, self.featurizer, directory, name, version, training or {},
+            self.probe_queries(), self.known,
+            cold_start or ColdStart(items=self.config.cold_start, k=self.config.cold_start_k))
 
 
 def _rows(inputs: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -187,7 +208,8 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
                                  weight_decay=config.weight_decay)
     baseline = evaluate_popularity(split.item_counts, item_ids, cases, config.k_values)
-    result = TrainResult(model=model, featurizer=featurizer, split=split, baseline=baseline)
+    result = TrainResult(model=model, featurizer=featurizer, split=split, baseline=baseline,
+                         config=config)
     trained, train_seconds = 0, 0.0
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     for epoch in range(1, config.epochs + 1):
@@ -228,6 +250,8 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
             break
     if best is not None:
         model.load_state_dict(best[1])
+    model.eval()
+    result.known = KnownItems.of(spec, catalog, lambda inputs: item_vectors(model, inputs))
     result.examples_per_second = trained / train_seconds if train_seconds else 0.0
     return result
 

@@ -136,9 +136,11 @@ def _users_read(done: int) -> None:
 def clusters_build(ctx: click.Context, ref: str, k: int | None, seed: int) -> None:
     """k-means over every user's vector of REF (NAME@VERSION): a new generation."""
     from recall.clusters import build
+    from recall.popularity import ClusterPopularity
 
     states, registry = _states_and_registry(ctx)
-    built = build(registry, states, ref, k, seed, _users_read)
+    built = build(registry, states, ClusterPopularity(mongo_database(ctx), settings_from(ctx)),
+                  ref, k, seed, _users_read)
     click.echo(json.dumps(built.report(), indent=2))
 
 

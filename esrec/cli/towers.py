@@ -10,7 +10,7 @@ import click
 
 from esrec.cli.context import mongo_database, settings_from
 from runtime.errors import Refused
-from towers.artifact import ModelArtifact, export_artifact
+from towers.artifact import ModelArtifact
 from towers.dataset import Collections, Dataset, load_files, load_mongo, write_jsonl, write_mongo
 
 if TYPE_CHECKING:  # torch is imported only by the commands that train
@@ -155,12 +155,17 @@ def import_command(ctx: click.Context, config_path: Path, data: Path, out: Path 
 @click.option("--example-age/--no-example-age", default=False, show_default=True,
               help="Feed each example's age to the user tower (0 when serving): only for "
                    "logs whose every user is served right after them (see README).")
+@click.option("--cold-start", type=click.Choice(["content", "neighbours", "auto"]),
+              default="content", show_default=True,
+              help="How items the model does not know by id are embedded: the content-only "
+                   "vector, the mean of the nearest known items, or auto (measured on "
+                   "held-out new items: one more training).")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, version: str,
                   epochs: int, dims: int, batch_size: int, learning_rate: float,
                   temperature: float, max_examples_per_user: int, patience: int,
-                  example_age: bool, seed: int) -> None:
+                  example_age: bool, cold_start: str, seed: int) -> None:
     """Train, select the epoch on validation users, evaluate against most-popular on the
     test users, and export a versioned artifact."""
     from towers.report import training_summary, write_report
@@ -172,11 +177,18 @@ def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, v
     config = TrainConfig(epochs=epochs, dims=dims, batch_size=batch_size,
                          learning_rate=learning_rate, temperature=temperature,
                          max_examples_per_user=max_examples_per_user, patience=patience,
-                         example_age=example_age, seed=seed)
+                         example_age=example_age, seed=seed,
+                         cold_start="neighbours" if cold_start == "neighbours" else "content")
+    measured = None
+    if cold_start == "auto":
+        from towers.holdout import choose_cold_start
+
+        click.echo("cold start: measuring held-out new items (one more training)", err=True)
+        measured = choose_cold_start(dataset, config)
+        click.echo(f"cold start: {measured.items} (HR@100 {measured.measured})", err=True)
     result = train(dataset, config, on_epoch=print_epoch)
     summary = training_summary(result, config)
-    artifact = export_artifact(result.model, result.featurizer, out, name, version, summary,
-                               result.probe_queries())
+    artifact = result.export(out, name, version, summary, measured)
     write_report(summary, out, f"{name}@{version}")
     click.echo(json.dumps({"artifact": str(out), "sha256": artifact.sha256,
                            "model": summary["model"], "most_popular": summary["most_popular"],

@@ -41,7 +41,6 @@ from recall.recaller import Recaller
 from recall.request import RecallResponse
 from runtime.clients import MongoCollection, elasticsearch_client, kafka_options, mongo_client
 from runtime.errors import Refused
-from towers.artifact import export_artifact
 from towers.dataset import Collections, write_mongo
 from towers.report import training_summary
 from towers.synth import SynthConfig, generate
@@ -150,8 +149,7 @@ class Demo:
             result = train(self.dataset, config, on_epoch=print_epoch)
             summary = training_summary(result, config)
             directory = self.out / "models" / version
-            export_artifact(result.model, result.featurizer, directory, "demo-two-tower",
-                            version, summary, result.probe_queries())
+            result.export(directory, "demo-two-tower", version, summary)
             self.registry.publish(directory)
             self.record.training[ref] = summary
             notes.append(f"HR@100 {summary['model']['hr@100']:.3f} vs most popular "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from towers.artifact import ArtifactError, ModelArtifact, export_artifact
+from towers.artifact import ArtifactError, ModelArtifact
 from towers.dataset import Dataset
 from towers.train import TrainResult
 
@@ -88,4 +88,4 @@ def test_missing_file_and_edited_manifest_are_refused(artifact_dir: Path, tmp_pa
 
 def test_export_refuses_to_overwrite(trained: TrainResult, artifact_dir: Path) -> None:
     with pytest.raises(ArtifactError, match="already holds an artifact"):
-        export_artifact(trained.model, trained.featurizer, artifact_dir, "x", "2", {})
+        trained.export(artifact_dir, "x", "2")
