@@ -14,7 +14,9 @@ events` (a real process: user state and measured popularity) -> for every test u
     towers_exact   the exported towers, brute force over the whole catalog
     es_knn         Recaller with the kNN channel only (Elasticsearch, seen items excluded)
     es_fused       Recaller with the default channels, fused
-    channel_<c>    each channel alone, and its share of the fused hits
+    channel_<c>    each channel alone (user clusters built after the state: `cluster`)
+    fusion         per channel: fused hits it found, hits only it found, fused HR
+                   without it
 
 Targets (issue 14): es_knn HR@100 within 1% of towers_exact; es_fused >= towers_exact;
 towers_exact >= 1.3 x itemknn at HR@100.
@@ -43,8 +45,12 @@ from esrec.settings import Settings, server_environment
 from indexer.layout import model_of
 from indexer.lifecycle import Versions
 from indexer.service import Services
+from recall.clusters import build
+from recall.fusion import rrf
+from recall.popularity import ClusterPopularity
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.replay import replay
+from recall.state import UserStates
 from runtime.clients import elasticsearch_client, mongo_client
 from towers.dataset import Collections, EvalCase, Interaction, write_mongo
 from towers.evaluate import (
@@ -135,13 +141,55 @@ def _served_ranks(recaller: Recaller, cases: Sequence[EvalCase],
     return np.asarray([rank for rank, _ in results]), [response for _, response in results]
 
 
+def _default_weights(recaller: Recaller) -> dict[str, float]:
+    return {name: channel.settings.weight for name, channel in recaller.channels.items()}
+
+
+def _fused_hr(lists: dict[str, list[list[str]]], weights: dict[str, float],
+              targets: Sequence[str], k: int, rrf_k: int) -> float:
+    """HR@k of RRF over the channels' own lists (what the Recaller fuses), offline."""
+    hits = 0
+    for row, target in enumerate(targets):
+        ranked = {name: [(item, 0.0) for item in lists[name][row]] for name in weights}
+        hits += any(c.item_id == target for c in rrf(ranked, weights, k, rrf_k))
+    return round(hits / len(targets), 4) if targets else 0.0
+
+
+def fusion_contributions(recaller: Recaller, cases: Sequence[EvalCase],
+                         lists: dict[str, list[list[str]]], fused: list[Any],
+                         k: int) -> dict[str, Any]:
+    """What each channel adds to the fused answer: the fused hits it found, the hits no
+    other channel in the fused answer found, and the fused HR@k without it (the same
+    fusion recomputed offline from the channels' own lists; ``offline_fused`` checks the
+    recomputation against the served answers)."""
+    targets = [case.target for case in cases]
+    weights = _default_weights(recaller)
+    rrf_k = recaller.settings.recall.rrf_k
+    found: dict[str, int] = dict.fromkeys(weights, 0)
+    alone: dict[str, int] = dict.fromkeys(weights, 0)
+    for answer, target in zip(fused, targets, strict=True):
+        channels = {s.channel for c in answer.candidates if c.item_id == target
+                    for s in c.sources}
+        for name in channels:
+            found[name] += 1
+            alone[name] += len(channels) == 1
+    return {
+        "weights": weights, "offline_fused": _fused_hr(lists, weights, targets, k, rrf_k),
+        "hits": sum(any(c.item_id == t for c in a.candidates) for a, t in zip(
+            fused, targets, strict=True)),
+        "hits_by_channel": found, "hits_only_this_channel": alone,
+        "fused_without": {name: _fused_hr(lists, {n: w for n, w in weights.items()
+                                                 if n != name}, targets, k, rrf_k)
+                          for name in weights}}
+
+
 def _seen_served(responses: list[Any], cases: Sequence[EvalCase]) -> int:
     return sum(candidate.item_id in case.seen for response, case in zip(
         responses, cases, strict=True) for candidate in response.candidates)
 
 
 def measure(settings: Settings, data: Path, config: Path, train_config: TrainConfig,
-            work: Path, users: int | None) -> dict[str, Any]:
+            work: Path, users: int | None, dump: Path | None = None) -> dict[str, Any]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -190,28 +238,34 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
                                                    item_ids, users_at, cases, K_VALUES))
     lap("offline_eval_s")
 
+    states = UserStates(db, settings)
+    clusters = build(services.registry, states, ClusterPopularity(db, settings), REF)
+    figures["clusters"] = {key: value for key, value in clusters.report().items()
+                           if key in ("k", "users", "inertia")}
+    lap("clusters_s")
+
     serve_with_one_torch_thread()
     recaller = Recaller(es, db, services.registry, settings)
     k = max(K_VALUES)
-    ranks, knn_answers = _served_ranks(recaller, cases, {"knn": 1.0}, k)
-    figures["es_knn"] = _hr(rank_metrics(ranks, K_VALUES))
+    lists: dict[str, list[list[str]]] = {}  # channel -> each case's ranked list alone
+    for name in recaller.channels:
+        ranks, answers = _served_ranks(recaller, cases, {name: 1.0}, k)
+        lists[name] = [[c.item_id for c in answer.candidates] for answer in answers]
+        figures["es_knn" if name == "knn" else f"channel_{name}"] = _hr(
+            rank_metrics(ranks, K_VALUES))
+        if name == "knn":
+            knn_answers = answers
     ranks, fused_answers = _served_ranks(recaller, cases, None, k)
     figures["es_fused"] = _hr(rank_metrics(ranks, K_VALUES))
-    hits = [answer for answer, rank in zip(fused_answers, ranks, strict=True) if rank < k]
-    figures["fused_hits_by_channel"] = {
-        name: sum(any(s.channel == name for c in answer.candidates for s in c.sources
-                      if c.item_id == case.target) for answer, case in zip(
-            fused_answers, cases, strict=True)) for name in recaller.channels}
-    figures["fused_hits"] = len(hits)
-    for name in recaller.channels:
-        if name != "knn":
-            ranks, _ = _served_ranks(recaller, cases, {name: 1.0}, k)
-            figures[f"channel_{name}"] = _hr(rank_metrics(ranks, K_VALUES))
+    figures["fusion"] = fusion_contributions(recaller, cases, lists, fused_answers, k)
     lap("served_eval_s")
     figures["seen_items_served"] = _seen_served(knn_answers + fused_answers,
                                                 [*cases, *cases])
     hot = recaller.recall({"user_id": "__nobody__", "k": 20, "channels": {"hot": 1.0}})
     figures["hot_for_a_cold_user"] = len(hot.candidates)
+    if dump is not None:
+        dump.write_text(json.dumps({"targets": [case.target for case in cases],
+                                    "weights": _default_weights(recaller), "lists": lists}))
 
     meta = model_of(es, services.index_of(REF) or "")
     exact, served, fused = (figures[name]["hr@100"]
@@ -245,13 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=None, help="test users (default: all)")
     parser.add_argument("--configured", action="store_true",
                         help="use the configured servers (ESREC_*) instead of a private stack")
+    parser.add_argument("--dump", type=Path,
+                        help="write each test user's target and every channel's own list "
+                             "(JSON) for offline fusion studies")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="esrec-bench-quality-") as tmp:
         work = Path(tmp)
         settings, _, stack = stack_settings(args.configured, work / "stack")
         try:
             figures = measure(settings, args.data, args.config,
-                              TrainConfig(epochs=args.epochs), work, args.users)
+                              TrainConfig(epochs=args.epochs), work, args.users, args.dump)
         finally:
             if stack is not None:
                 stack.down()

@@ -3,7 +3,8 @@
     POST /v1/recall   RecallRequest -> RecallResponse; 422 names the bad field
     GET  /healthz     serving index and model, or 503 with the reason
     GET  /metrics     Prometheus: latency by outcome, per-channel took, degraded count
-    GET  /docs        OpenAPI UI (the schema lists the allowed channels and filters)
+    GET  /docs        OpenAPI UI (the schema lists the allowed channels and filters), its
+                      assets served from the swagger-ui-bundle package: works offline
 
 Bad input never reaches a 500: a body over MAX_BODY_BYTES is a 413, a body that is not
 JSON or does not validate is a 422 listing each field's location with at most a short
@@ -20,10 +21,13 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from recall.recaller import Recaller
 from recall.request import RecallResponse
@@ -33,6 +37,7 @@ from runtime.errors import HTTP_STATUSES, EsrecError, Kind
 log = logging.getLogger("esrec.recall.api")
 MAX_BODY_BYTES = 64 * 1024  # a recall request is a few hundred bytes; 100 session ids ~4 KB
 EXCERPT_CHARS = 40
+DOCS_ASSETS = "/docs-assets"
 
 
 def _excerpt(value: Any) -> str:
@@ -95,11 +100,26 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's script and style from a local package, not a CDN: the
+    service runs where nothing outside the cluster can be reached."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
 def create_app(recaller: Recaller) -> FastAPI:
-    app = FastAPI(title="esrec recall", version="1",
+    app = FastAPI(title="esrec recall", version="1", docs_url=None, redoc_url=None,
                   description="Candidates for a feed: kNN on the user's real-time vector "
                               "next to other Elasticsearch channels, fused, with provenance.")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    _offline_docs(app)
     token = recaller.settings.recall.api_token
     bearer = HTTPBearer(auto_error=False)
     request_model = recaller.request_model

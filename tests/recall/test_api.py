@@ -53,3 +53,16 @@ def test_bearer_token_when_configured(recall_settings: Settings, recaller: Recal
         assert client.post("/v1/recall", json={"user_id": "u1"}, headers=wrong).status_code == 401
         right = {"Authorization": f"Bearer {TOKEN}"}
         assert client.post("/v1/recall", json={"user_id": "u1"}, headers=right).status_code == 200
+
+
+def test_docs_work_offline(client: TestClient) -> None:
+    """/docs loads Swagger UI from the service itself: no CDN address in the page, and
+    every asset it names answers."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "https://" not in page.text and "http://" not in page.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+        assert f"/docs-assets/{asset}" in page.text
+        response = client.get(f"/docs-assets/{asset}")
+        assert response.status_code == 200 and len(response.content) > 500, asset
+    assert client.get("/openapi.json").json()["info"]["title"] == "esrec recall"
