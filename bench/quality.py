@@ -4,17 +4,20 @@
         [--config bench/movielens.yaml] [--epochs 12] [--users N] [--configured]
 
 import (the `esrec towers import` code path, into MongoDB) -> train (validation epoch
-selection) -> publish -> build -> promote -> the interaction log minus each user's
-held-out last interaction replayed as user events through Kafka into `esrec recall
-events` (a real process: user state and measured popularity) -> for every test user
+selection) -> publish -> build -> promote -> the interaction log minus each user's two
+held-out interactions replayed as user events through Kafka into `esrec recall events`
+(a real process: user state and measured popularity) -> user clusters -> every channel's
+own list for each validation user (second-to-last interaction), and the fusion weights
+that serve them best -> the validation interactions replayed -> for every test user
 (leave-last-out by time; every unseen item ranks), HR@10/50/100 of:
 
     most_popular   the training set's most frequent items
     itemknn        item-based CF (cosine, best neighbourhood size of a few, same run)
     towers_exact   the exported towers, brute force over the whole catalog
     es_knn         Recaller with the kNN channel only (Elasticsearch, seen items excluded)
-    es_fused       Recaller with the default channels, fused
-    channel_<c>    each channel alone (user clusters built after the state: `cluster`)
+    es_fused       Recaller with the default channels and weights, fused
+    es_fused_with_validation_weights   the same lists fused with the validation's weights
+    channel_<c>    each channel's own list (what the channel alone serves)
     fusion         per channel: fused hits it found, hits only it found, fused HR
                    without it
 
@@ -40,16 +43,17 @@ from typing import Any
 
 import numpy as np
 
+from bench.fusion import contributions, fused_hr, tune
 from bench.indexer import stack_settings
 from esrec.settings import Settings, server_environment
 from indexer.layout import model_of
 from indexer.lifecycle import Versions
 from indexer.service import Services
 from recall.clusters import build
-from recall.fusion import rrf
 from recall.popularity import ClusterPopularity
 from recall.recaller import Recaller, serve_with_one_torch_thread
 from recall.replay import replay
+from recall.request import RecallResponse
 from recall.state import UserStates
 from runtime.clients import elasticsearch_client, mongo_client
 from towers.dataset import Collections, EvalCase, Interaction, write_mongo
@@ -125,67 +129,32 @@ def build_user_state(settings: Settings, events: Sequence[Interaction], log: Pat
             "consumer_events_per_s": round(sent / consumed_s, 1)}
 
 
-def _served_ranks(recaller: Recaller, cases: Sequence[EvalCase],
-                  channels: dict[str, float] | None, k: int) -> tuple[np.ndarray, list[Any]]:
-    """Rank of each case's target in what recall served (k if absent), and the answers."""
-    def one(case: EvalCase) -> tuple[float, Any]:
-        request: dict[str, Any] = {"user_id": str(case.user["_id"]), "k": k}
-        if channels is not None:
-            request["channels"] = channels
-        response = recaller.recall(request)
-        ids = [candidate.item_id for candidate in response.candidates]
-        return (float(ids.index(case.target)) if case.target in ids else float(k)), response
+def _explained(recaller: Recaller, cases: Sequence[EvalCase], k: int
+               ) -> tuple[list[RecallResponse], dict[str, list[list[str]]]]:
+    """Each case's fused answer (default weights) and every channel's own list."""
+    def one(case: EvalCase) -> tuple[RecallResponse, dict[str, list[str]]]:
+        return recaller.explain({"user_id": str(case.user["_id"]), "k": k})
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         results = list(pool.map(one, cases))
-    return np.asarray([rank for rank, _ in results]), [response for _, response in results]
+    names = list(recaller.channels)
+    return ([answer for answer, _ in results],
+            {name: [lists.get(name, []) for _, lists in results] for name in names})
 
 
-def _default_weights(recaller: Recaller) -> dict[str, float]:
-    return {name: channel.settings.weight for name, channel in recaller.channels.items()}
+def _ranks(lists: Sequence[Sequence[str]], cases: Sequence[EvalCase], k: int) -> np.ndarray:
+    """Each case's target rank in a served list (k when it is not there)."""
+    return np.asarray([float(items.index(case.target)) if case.target in items[:k]
+                       else float(k) for items, case in zip(lists, cases, strict=True)])
 
 
-def _fused_hr(lists: dict[str, list[list[str]]], weights: dict[str, float],
-              targets: Sequence[str], k: int, rrf_k: int) -> float:
-    """HR@k of RRF over the channels' own lists (what the Recaller fuses), offline."""
-    hits = 0
-    for row, target in enumerate(targets):
-        ranked = {name: [(item, 0.0) for item in lists[name][row]] for name in weights}
-        hits += any(c.item_id == target for c in rrf(ranked, weights, k, rrf_k))
-    return round(hits / len(targets), 4) if targets else 0.0
+def _seen_served(lists: Sequence[Sequence[str]], cases: Sequence[EvalCase]) -> int:
+    return sum(item in case.seen for items, case in zip(lists, cases, strict=True)
+               for item in items)
 
 
-def fusion_contributions(recaller: Recaller, cases: Sequence[EvalCase],
-                         lists: dict[str, list[list[str]]], fused: list[Any],
-                         k: int) -> dict[str, Any]:
-    """What each channel adds to the fused answer: the fused hits it found, the hits no
-    other channel in the fused answer found, and the fused HR@k without it (the same
-    fusion recomputed offline from the channels' own lists; ``offline_fused`` checks the
-    recomputation against the served answers)."""
-    targets = [case.target for case in cases]
-    weights = _default_weights(recaller)
-    rrf_k = recaller.settings.recall.rrf_k
-    found: dict[str, int] = dict.fromkeys(weights, 0)
-    alone: dict[str, int] = dict.fromkeys(weights, 0)
-    for answer, target in zip(fused, targets, strict=True):
-        channels = {s.channel for c in answer.candidates if c.item_id == target
-                    for s in c.sources}
-        for name in channels:
-            found[name] += 1
-            alone[name] += len(channels) == 1
-    return {
-        "weights": weights, "offline_fused": _fused_hr(lists, weights, targets, k, rrf_k),
-        "hits": sum(any(c.item_id == t for c in a.candidates) for a, t in zip(
-            fused, targets, strict=True)),
-        "hits_by_channel": found, "hits_only_this_channel": alone,
-        "fused_without": {name: _fused_hr(lists, {n: w for n, w in weights.items()
-                                                 if n != name}, targets, k, rrf_k)
-                          for name in weights}}
-
-
-def _seen_served(responses: list[Any], cases: Sequence[EvalCase]) -> int:
-    return sum(candidate.item_id in case.seen for response, case in zip(
-        responses, cases, strict=True) for candidate in response.candidates)
+def _held_out(cases: Sequence[EvalCase]) -> set[tuple[str, str, float]]:
+    return {(str(case.user["_id"]), case.target, case.ts) for case in cases}
 
 
 def measure(settings: Settings, data: Path, config: Path, train_config: TrainConfig,
@@ -207,27 +176,33 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
     lap("import_s")
     result = train(dataset, train_config)
     summary = training_summary(result, train_config)
-    model_dir = work / "model"
-    artifact = result.export(model_dir, NAME, VERSION, summary)
+    artifact = result.export(work / "model", NAME, VERSION, summary)
     lap("train_s")
     services = Services.create(settings, es, db)
-    services.registry.publish(model_dir)
+    services.registry.publish(work / "model")
     versions = Versions(services)
     versions.build(REF)
     versions.promote(REF)
     lap("build_s")
 
     item_ids = [str(item["_id"]) for item in dataset.items]
-    cases = usable_cases(result.split.cases, set(item_ids))[:users]
-    held = {(str(c.user["_id"]), c.target, c.ts) for c in result.split.cases}
-    history = [i for i in dataset.interactions if (i.user_id, i.item_id, i.ts) not in held]
-    events = build_user_state(settings, history, work / "events.log")
+    split = result.split
+    cases = usable_cases(split.cases, set(item_ids))[:users]
+    validation = usable_cases(split.validation, set(item_ids))[:users]
+    test_held, validation_held = _held_out(split.cases), _held_out(split.validation)
+    before_validation = [i for i in dataset.interactions
+                         if (i.user_id, i.item_id, i.ts) not in test_held | validation_held]
+    events = build_user_state(settings, before_validation, work / "events.log")
+    states = UserStates(db, settings)
+    clusters = build(services.registry, states, ClusterPopularity(db, settings), REF)
     lap("user_state_s")
 
     figures: dict[str, Any] = {
-        "most_popular": _hr(evaluate_popularity(result.split.item_counts, item_ids, cases,
+        "clusters": {key: value for key, value in clusters.report().items()
+                     if key in ("k", "users", "inertia")},
+        "most_popular": _hr(evaluate_popularity(split.item_counts, item_ids, cases,
                                                 K_VALUES))}
-    knn = {n: evaluate_itemknn(result.split.history, item_ids, cases, n, K_VALUES)
+    knn = {n: evaluate_itemknn(split.history, item_ids, cases, n, K_VALUES)
            for n in NEIGHBOURS}
     best = max(knn, key=lambda n: knn[n]["hr@100"])
     figures["itemknn"] = {**_hr(knn[best]), "neighbours": best,
@@ -238,34 +213,41 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
                                                    item_ids, users_at, cases, K_VALUES))
     lap("offline_eval_s")
 
-    states = UserStates(db, settings)
-    clusters = build(services.registry, states, ClusterPopularity(db, settings), REF)
-    figures["clusters"] = {key: value for key, value in clusters.report().items()
-                           if key in ("k", "users", "inertia")}
-    lap("clusters_s")
-
     serve_with_one_torch_thread()
     recaller = Recaller(es, db, services.registry, settings)
     k = max(K_VALUES)
-    lists: dict[str, list[list[str]]] = {}  # channel -> each case's ranked list alone
-    for name in recaller.channels:
-        ranks, answers = _served_ranks(recaller, cases, {name: 1.0}, k)
-        lists[name] = [[c.item_id for c in answer.candidates] for answer in answers]
+    rrf_k = settings.recall.rrf_k
+    defaults = {name: channel.settings.weight for name, channel in recaller.channels.items()}
+    _, validation_lists = _explained(recaller, validation, k)
+    tuned, tuned_validation = tune(validation_lists, [c.target for c in validation],
+                                   defaults, k, rrf_k)
+    figures["fusion_on_validation"] = {
+        "cases": len(validation), "default_weights": defaults,
+        "default_hr@100": fused_hr(validation_lists, defaults,
+                                   [c.target for c in validation], k, rrf_k),
+        "tuned_weights": tuned, "tuned_hr@100": tuned_validation}
+    lap("validation_s")
+    build_user_state(settings, [i for i in dataset.interactions
+                                if (i.user_id, i.item_id, i.ts) in validation_held],
+                     work / "events-validation.log")
+    answers, lists = _explained(recaller, cases, k)
+    targets = [case.target for case in cases]
+    for name, served in lists.items():
         figures["es_knn" if name == "knn" else f"channel_{name}"] = _hr(
-            rank_metrics(ranks, K_VALUES))
-        if name == "knn":
-            knn_answers = answers
-    ranks, fused_answers = _served_ranks(recaller, cases, None, k)
-    figures["es_fused"] = _hr(rank_metrics(ranks, K_VALUES))
-    figures["fusion"] = fusion_contributions(recaller, cases, lists, fused_answers, k)
+            rank_metrics(_ranks(served, cases, k), K_VALUES))
+    figures["es_fused"] = _hr(rank_metrics(_ranks(
+        [[c.item_id for c in answer.candidates] for answer in answers], cases, k), K_VALUES))
+    figures["es_fused_with_validation_weights"] = fused_hr(lists, tuned, targets, k, rrf_k)
+    figures["fusion"] = contributions(lists, targets, answers, defaults, k, rrf_k)
     lap("served_eval_s")
-    figures["seen_items_served"] = _seen_served(knn_answers + fused_answers,
-                                                [*cases, *cases])
+    figures["seen_items_served"] = _seen_served(
+        [[c.item_id for c in answer.candidates] for answer in answers] + lists["knn"],
+        [*cases, *cases])
     hot = recaller.recall({"user_id": "__nobody__", "k": 20, "channels": {"hot": 1.0}})
     figures["hot_for_a_cold_user"] = len(hot.candidates)
     if dump is not None:
-        dump.write_text(json.dumps({"targets": [case.target for case in cases],
-                                    "weights": _default_weights(recaller), "lists": lists}))
+        dump.write_text(json.dumps({"targets": targets, "weights": defaults,
+                                    "lists": lists}))
 
     meta = model_of(es, services.index_of(REF) or "")
     exact, served, fused = (figures[name]["hr@100"]

@@ -1,6 +1,7 @@
 """Model-version lifecycle: an index per version, promoted and rolled back by alias.
 
     published --build--> building --backfill done--> ready --promote--> serving
+    ready --canary--> canary --passed--> serving | --rolled back / aborted--> ready
     serving --another promoted / rollback--> ready --retire--> retired (index deleted)
     building --backfill raises--> failed
     history lost --resync--> each active version rebuilt into a fresh generation, aliases
@@ -78,14 +79,14 @@ class Versions:
         if record.state == "serving":
             raise VersionError(f"{ref} is serving; it is kept current by the indexer daemon")
         target = self.services.target_or_new(ref)
-        self._set(ref, "building", f"backfill into {target.index}")
+        self.set_state(ref, "building", f"backfill into {target.index}")
         try:
             report = self.services.backfill(target, on_progress)
         except Exception as error:
-            self._set(ref, "failed", f"backfill failed: {error}")
+            self.set_state(ref, "failed", f"backfill failed: {error}")
             raise
         if report.done:
-            self._set(ref, "ready", f"backfilled {report.documents} documents")
+            self.set_state(ref, "ready", f"backfilled {report.documents} documents")
         return report
 
     def resync(self, targets: list[Target]) -> list[Target]:
@@ -110,7 +111,7 @@ class Versions:
     def promote(self, ref: str, reason: str = "promoted") -> str | None:
         """Point the serving alias at REF's index in one atomic call; returns the previous ref."""
         record = self.registry.get(ref)
-        if record.state not in ("ready", "serving"):
+        if record.state not in ("ready", "serving", "canary"):
             raise VersionError(f"{ref} is {record.state}; only a ready version can serve "
                                f"(`esrec models build {ref}` first)")
         index = self.services.index_of(ref)
@@ -118,9 +119,9 @@ class Versions:
             raise VersionError(f"{ref} has no index; run `esrec models build {ref}`")
         previous = self.serving()
         switch_alias(self.es, self.alias, index)
-        self._set(ref, "serving", f"{reason}: {self.alias} -> {index}")
+        self.set_state(ref, "serving", f"{reason}: {self.alias} -> {index}")
         if previous is not None and previous != ref:
-            self._set(previous, "ready", f"replaced by {ref} ({reason})")
+            self.set_state(previous, "ready", f"replaced by {ref} ({reason})")
         return previous
 
     def rollback(self) -> tuple[str | None, str]:
@@ -141,7 +142,7 @@ class Versions:
         if self.serving() == ref:
             raise VersionError(f"{ref} is serving; promote another version (or roll back) "
                                "before retiring it")
-        self._set(ref, "retired", f"retired; indices deleted after {grace_s:g}s")
+        self.set_state(ref, "retired", f"retired; indices deleted after {grace_s:g}s")
         if self.services.stop.wait(grace_s):
             raise VersionError(f"stopped during the grace period; {ref} is retired, its "
                                "indices are kept (run retire again to delete them)")
@@ -204,7 +205,8 @@ class Versions:
                 report[index] = purge_tombstones(self.es, index, older_than)
         return report
 
-    def _set(self, ref: str, state: str, reason: str) -> None:
+    def set_state(self, ref: str, state: str, reason: str) -> None:
+        """Move ``ref`` to ``state`` in the registry (history kept) and log it."""
         self.registry.set_state(ref, state, reason)
         log.info("model version state", extra={"model": ref, "state": state, "reason": reason})
 

@@ -1,9 +1,11 @@
-"""A roll: build -> validate -> promote -> probe, with an automatic rollback.
+"""A roll: build -> validate -> [canary] -> promote -> probe, with automatic rollbacks.
 
     build     unless the version is ready or serving already
     validate  every gate (gates.validate); one failure refuses the promote: the version
               that served keeps serving
-    promote   one atomic alias switch
+    canary    optional: a share of users on live traffic against the serving version
+              (indexer.canary); a failed comparison rolls back before anyone else sees it
+    promote   one atomic alias switch (the canary's own, when it passed)
     probe     user-tower kNN on the serving alias; a failure promotes the previous version
               again (automatic rollback, with the probe's detail in the registry history)
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 from indexer.backfill import OnProgress
+from indexer.canary import CanaryStore, OnFigures, run_canary
 from indexer.gates import GateResult, probe_serving, validate
 from indexer.lifecycle import VersionError, Versions
 
@@ -30,11 +34,18 @@ def _no_step(_what: str) -> AbstractContextManager[None]:
     return nullcontext()
 
 
+@dataclass(frozen=True)
+class CanaryPlan:
+    share: float  # of users the candidate answers
+    duration_s: float
+
+
 def roll(versions: Versions, ref: str, step: Step = _no_step,
          on_gates: OnGates = lambda _results: None,
-         on_progress: OnProgress | None = None) -> str | None:
+         on_progress: OnProgress | None = None, canary: CanaryPlan | None = None,
+         on_figures: OnFigures | None = None) -> str | None:
     """Roll ``ref`` out; returns the version that served before. Raises GateFailed when
-    a gate refuses the promote or the probe rolled it back."""
+    a gate refuses the promote, the canary rolled it back, or the probe did."""
     services = versions.services
     if services.registry.get(ref).state not in ("ready", "serving"):
         with step(f"build {ref}"):
@@ -48,8 +59,18 @@ def roll(versions: Versions, ref: str, step: Step = _no_step,
     if not all(result.passed for result in results):
         raise GateFailed(f"not promoting {ref}: a gate failed; "
                          f"{versions.serving() or 'nothing'} keeps serving")
-    with step(f"promote {ref}"):
-        previous = versions.promote(ref, reason="roll")
+    if canary is not None:
+        baseline = versions.serving()
+        with step(f"canary {ref}: {canary.share:.0%} of users for {canary.duration_s:g} s"):
+            decided = run_canary(versions, CanaryStore(services.db, services.settings), ref,
+                                 canary.share, canary.duration_s, on_figures)
+        if decided != "promote":
+            outcome = "rolled back" if decided == "rollback" else "aborted"
+            raise GateFailed(f"the canary of {ref} was {outcome}; {baseline} keeps serving")
+        previous = baseline
+    else:
+        with step(f"promote {ref}"):
+            previous = versions.promote(ref, reason="roll")
     with step("probe the serving alias"):
         probe = probe_serving(services, ref)
         on_gates([probe])

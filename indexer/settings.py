@@ -101,6 +101,21 @@ class RolloutSettings(Section):
     ann_k: int = Field(default=10, gt=0)
     min_ann_overlap: float = Field(default=0.9, ge=0, le=1)  # kNN top-k vs exact top-k
     max_p99_ms: float = Field(default=250.0, gt=0)  # kNN latency probe on the new index
+    # canary rolls (indexer.canary): the candidate against the serving version on live
+    # traffic; each arm needs canary_min_requests before anything is decided
+    canary_share: float = Field(default=0.1, gt=0, lt=1)
+    canary_duration_s: float = Field(default=600.0, gt=0)
+    canary_min_requests: int = Field(default=200, gt=0)
+    canary_max_error_increase: float = Field(default=0.01, ge=0, le=1)  # error rate
+    canary_max_empty_increase: float = Field(default=0.05, ge=0, le=1)  # empty or degraded
+    canary_max_p99_ratio: float = Field(default=1.5, ge=1)  # p99 over the baseline's
+    canary_p99_slack_ms: float = Field(default=20.0, ge=0)  # ... plus this much
+    canary_min_ctr_ratio: float = Field(default=0.9, ge=0)  # clicks per request over base
+    # overlap@k with the baseline's answers (0: reported only; a better model may differ)
+    canary_min_overlap: float = Field(default=0.0, ge=0, le=1)
+    canary_poll_s: float = Field(default=2.0, gt=0)
+    # recall stops splitting traffic this long after the planned end without a verdict
+    canary_expire_grace_s: float = Field(default=300.0, gt=0)
 
 
 class IndexConfig(Protocol):

@@ -31,7 +31,7 @@ from towers.clusters import ClusterSet, default_k, kmeans, refresh
 from towers.registry import ModelRegistry
 
 log = logging.getLogger("esrec.recall.clusters")
-TRACKED_STATES = ("published", "building", "ready", "serving")  # not retired or failed
+TRACKED_STATES = ("published", "building", "ready", "canary", "serving")  # not retired/failed
 VERSIONS_TTL_S = 10.0  # the events consumer re-reads which versions have clusters
 
 

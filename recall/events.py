@@ -2,7 +2,8 @@
 
     poll (<= 500 records) -> validate each (UserEvent) -> apply the good ones (idempotent
     by event id) -> the newly applied ones into the items' measured popularity, over
-    everyone and in the acting user's cluster of each version with clusters -> bad
+    everyone and in the acting user's cluster of each version with clusters, and into a
+    running canary's clicks when they name the version that answered -> bad
     ones, and updates MongoDB refuses for good, to the dead-letter topic with the reason
     -> commit offsets
 
@@ -31,6 +32,8 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from indexer.canary import CanaryStore
+from recall.canary import ClickCounter
 from recall.clusters import ClusterTracker
 from recall.metrics import EventMetrics
 from recall.popularity import ClusterPopularity, Popularity
@@ -86,8 +89,10 @@ class EventConsumer:
         self.settings = settings
         self.states = UserStates(db, settings)
         self.popularity = Popularity(db, settings)
-        self.clusters = ClusterTracker(ModelRegistry(db, settings.mongo.collections.models),
-                                       self.states, ClusterPopularity(db, settings))
+        names = settings.mongo.collections
+        self.clusters = ClusterTracker(ModelRegistry(db, names.models), self.states,
+                                       ClusterPopularity(db, settings))
+        self.clicks = ClickCounter(CanaryStore(db, settings))
         self.stop = stop
         self.metrics = EventMetrics()
         self.backoff = Backoff(max_s=settings.recall.retry_max_delay_s)
@@ -147,7 +152,7 @@ class EventConsumer:
         applied = retry(lambda: self.states.apply(events), what="mongodb",
                         backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
                         health=self.health)
-        for count in (self.popularity.count, self.clusters.count):
+        for count in (self.popularity.count, self.clusters.count, self.clicks.count):
             retry(functools.partial(count, applied.new), what="mongodb",
                   backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
                   health=self.health)

@@ -11,8 +11,10 @@ LATENCY_BUCKETS = (.001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075
 class RecallMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.latency = Histogram("esrec_recall_seconds", "Full recall latency", ["outcome"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.latency = Histogram("esrec_recall_seconds",
+                                 "Full recall latency by outcome and answering version",
+                                 ["outcome", "model"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
         self.channel_took = Histogram("esrec_recall_channel_seconds",
                                       "Elasticsearch time per channel search ('took')",
                                       ["channel"], buckets=LATENCY_BUCKETS,

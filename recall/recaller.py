@@ -9,7 +9,11 @@ A channel that errors or times out is left out (or kept partial) and named in
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,14 +22,16 @@ import torch
 from elasticsearch import Elasticsearch
 from pydantic import BaseModel
 
+from indexer.canary import Canary, CanaryStore
 from indexer.layout import VECTOR
+from recall.canary import CanaryCollector, CanaryObserver
 from recall.channels import CHANNELS, Channel, Context
 from recall.fusion import quota, rrf
 from recall.metrics import RecallMetrics
 from recall.popularity import ClusterPopularity, Popular, Popularity
 from recall.refresh import Refreshed
-from recall.request import RecallResponse, filter_clauses, request_model
-from recall.serving import ServingResolver, ServingVersion
+from recall.request import CanaryArm, RecallResponse, filter_clauses, request_model
+from recall.serving import Route, ServingResolver, ServingVersion
 from recall.settings import RecallConfig
 from recall.state import UserStates
 from runtime.clients import MongoDatabase
@@ -33,6 +39,8 @@ from towers.dataset import RECENT_ITEMS
 from towers.registry import ModelRegistry
 
 SEED_LOOKUP_THREADS = 8
+SHADOW_QUEUE = 4  # canary overlap comparisons waiting at most; more are skipped
+log = logging.getLogger("esrec.recall")
 
 
 def serve_with_one_torch_thread() -> None:
@@ -77,32 +85,93 @@ class Recaller:
                                     settings.recall.popularity_ttl_s, "the popular items")
         self.cluster_popularity = ClusterPopularity(db, settings)
         self._cluster_tops: dict[tuple[str, int], Refreshed[Popular]] = {}
+        canaries = CanaryStore(db, settings)
         self.resolver = ServingResolver(es, registry, settings.index.serving_alias,
-                                        settings.recall.alias_ttl_s)
+                                        settings.recall.alias_ttl_s, canaries)
+        self.canary = CanaryObserver(canaries)
         self.channels: dict[str, Channel] = {
             name: CHANNELS[name](config, settings.recall)
             for name, config in settings.recall.channels.items() if config.enabled}
         self.metrics = metrics or RecallMetrics()
+        self.metrics.registry.register(CanaryCollector(self._canary_or_none))
         self._pool = ThreadPoolExecutor(SEED_LOOKUP_THREADS, thread_name_prefix="esrec-i2i")
+        self._shadows = ThreadPoolExecutor(1, thread_name_prefix="esrec-canary-shadow")
+        self._shadow_slot = threading.Semaphore(SHADOW_QUEUE)
 
     def recall(self, request: BaseModel | dict[str, Any]) -> RecallResponse:
         """Recall for one user; ``request`` is a RecallRequest (or a dict validated as one)."""
         watch = Stopwatch()
-        if not isinstance(request, self.request_model):
-            request = self.request_model.model_validate(request)
+        valid = self._valid(request)
+        route: Route | None = None
         try:
-            response = self._recall(request, watch)
+            route = self.resolver.route(valid.user_id)
+            response = self._recall(valid, watch, route)
         except Exception:
-            self.metrics.latency.labels("error").observe(time.perf_counter() - watch.started)
+            self._observe(route, watch, None)
             raise
-        self.metrics.latency.labels("degraded" if response.degraded else "ok").observe(
-            time.perf_counter() - watch.started)
-        for stage, ms in watch.stages.items():
-            self.metrics.stage.labels(stage).observe(ms / 1000)
+        self._observe(route, watch, response)
+        if route.arm == "candidate" and \
+                random.random() < self.settings.recall.canary_overlap_sample:
+            self._shadow(valid, route, response)
         return response
 
-    def _recall(self, request: Any, watch: Stopwatch) -> RecallResponse:
-        serving = self.resolver.current()
+    def _valid(self, request: BaseModel | dict[str, Any]) -> Any:
+        return request if isinstance(request, self.request_model) else \
+            self.request_model.model_validate(request)
+
+    def explain(self, request: BaseModel | dict[str, Any]
+                ) -> tuple[RecallResponse, dict[str, list[str]]]:
+        """A recall and every channel's own ranked list (what the fusion saw): for
+        studies of the fusion offline (bench.quality); no metrics are recorded."""
+        valid = self._valid(request)
+        lists: dict[str, list[str]] = {}
+        response = self._recall(valid, Stopwatch(), self.resolver.route(valid.user_id), lists)
+        return response, lists
+
+    def _observe(self, route: Route | None, watch: Stopwatch,
+                 response: RecallResponse | None) -> None:
+        """Latency by outcome and answering version, stage timings, the canary arm's."""
+        seconds = time.perf_counter() - watch.started
+        outcome = "error" if response is None else "degraded" if response.degraded else "ok"
+        self.metrics.latency.labels(outcome, route.version.model if route else "none"
+                                    ).observe(seconds)
+        if response is not None:
+            for stage, ms in watch.stages.items():
+                self.metrics.stage.labels(stage).observe(ms / 1000)
+        if route is not None and route.canary is not None and route.arm is not None:
+            self.canary.record(route.canary, route.arm, seconds, error=response is None,
+                               empty=response is not None and not response.candidates,
+                               degraded=response is not None and response.degraded)
+
+    def _shadow(self, request: Any, route: Route, response: RecallResponse) -> None:
+        """In the background: what the baseline would have answered this candidate-arm
+        request, and the overlap of the two (skipped when shadows queue up)."""
+        if route.canary is None or not self._shadow_slot.acquire(blocking=False):
+            return
+        canary = route.canary
+
+        def compare() -> None:
+            try:
+                baseline = self._recall(request, Stopwatch(), Route(self.resolver.current()))
+                ours = {candidate.item_id for candidate in response.candidates}
+                theirs = {candidate.item_id for candidate in baseline.candidates}
+                self.canary.overlap(canary, len(ours & theirs) / max(len(theirs), 1))
+            except Exception as error:  # a comparison only: the answer was given
+                log.debug("canary shadow request failed", extra={"error": repr(error)})
+            finally:
+                self._shadow_slot.release()
+
+        self._shadows.submit(compare)
+
+    def _canary_or_none(self) -> Canary | None:
+        try:
+            return self.resolver.canary()
+        except Exception:  # no serving version yet: no canary to show
+            return None
+
+    def _recall(self, request: Any, watch: Stopwatch, route: Route,
+                lists: dict[str, list[str]] | None = None) -> RecallResponse:
+        serving = route.version
         watch.lap("resolve")
         view = self.states.read(request.user_id, request.recent_items)
         popular = self.popularity.current()
@@ -141,6 +210,8 @@ class Recaller:
         responses = self.es.msearch(searches=searches)["responses"] if searches else []
         watch.lap("msearch")
         ranked, reasons = self._rank(plan, responses, ctx)
+        if lists is not None:
+            lists.update({name: [item for item, _ in pairs] for name, pairs in ranked.items()})
         fuse_weights = {name: weights[name] for name in ranked}
         if self.settings.recall.fusion == "quota" or not user:  # a cold start gets a mix
             fused = quota(ranked, fuse_weights, request.k)
@@ -153,7 +224,9 @@ class Recaller:
         watch.lap("fusion")
         # built from values esrec made itself: validating ~100 candidates would cost ~0.5 ms
         return RecallResponse.model_construct(
-            user_id=request.user_id, model=serving.model, index=serving.index,
+            user_id=request.user_id, request_id=uuid.uuid4().hex, model=serving.model,
+            index=serving.index, canary=None if route.canary is None or route.arm is None
+            else CanaryArm(id=route.canary.id, arm=route.arm),
             cold_start=not user, cluster=cluster, degraded=bool(reasons), reasons=reasons,
             took_ms=round((watch.mark - watch.started) * 1000, 3), stages_ms=watch.stages,
             candidates=fused)

@@ -139,10 +139,19 @@ def filter_clauses(filters: BaseModel) -> list[dict[str, Any]]:
     return clauses
 
 
+class CanaryArm(BaseModel):
+    """Which canary roll answered this user, and from which side."""
+
+    id: str
+    arm: Literal["baseline", "candidate"]
+
+
 class RecallResponse(BaseModel):
     user_id: str
+    request_id: str  # put it, with ``model``, on the user events of what the feed showed
     model: str  # the model version whose vectors answered (name@version)
     index: str  # the concrete index queried
+    canary: CanaryArm | None  # during a canary roll: which one, and this user's arm
     cold_start: bool
     cluster: int | None  # the user's cluster under the answering version, if it has any
     degraded: bool

@@ -4,6 +4,10 @@ A recall request resolves the serving alias to its concrete index, reads the mod
 from that index's mapping ``_meta``, embeds the user with that version's user tower and
 queries the concrete index, never the alias. An alias switch between the resolve and the
 query therefore changes nothing for that request: the old index stays until retired.
+
+While a canary roll runs (indexer.canary), its share of users is routed to the
+candidate's own index and towers instead, by a stable hash of the user: still one
+version per request.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from elasticsearch import Elasticsearch
 
+from indexer.canary import Arm, Canary, CanaryStore
 from indexer.layout import model_of, resolve_alias
 from recall.refresh import Refreshed
 from runtime.errors import Refused, Unavailable
@@ -40,29 +45,76 @@ class ServingVersion:
     clusters: ClusterSet | None = None  # the version's newest user clusters, if any
 
 
+@dataclass(frozen=True)
+class Routes:
+    """Where requests go: the serving alias's version, and a running canary's candidate."""
+
+    serving: ServingVersion
+    canary: Canary | None = None
+    candidate: ServingVersion | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """One request's version, and its canary arm if a canary splits the traffic."""
+
+    version: ServingVersion
+    canary: Canary | None = None
+    arm: Arm | None = None
+
+
 class ServingResolver:
-    """The serving alias, re-resolved every ``ttl_s`` in the background (stale while
-    revalidate, ``recall.refresh``); towers loaded once per version, its newest user
-    clusters re-read with the alias. A cluster that cannot answer the lookup keeps the
-    last version serving."""
+    """The serving alias and the running canary, re-read every ``ttl_s`` in the
+    background (stale while revalidate, ``recall.refresh``); towers loaded once per
+    version, its newest user clusters re-read with the alias. A cluster that cannot
+    answer the lookup keeps the last version serving."""
 
     def __init__(self, es: Elasticsearch, registry: ModelRegistry, alias: str,
-                 ttl_s: float = 1.0) -> None:
+                 ttl_s: float = 1.0, canaries: CanaryStore | None = None) -> None:
         self.es = es
         self.registry = registry
         self.alias = alias
+        self.canaries = canaries
         self._artifacts: dict[str, ModelArtifact] = {}
-        self._serving = Refreshed(self._resolve, ttl_s, f"the serving alias {alias}")
+        self._routes = Refreshed(self._resolve, ttl_s, f"the serving alias {alias}")
 
     def current(self) -> ServingVersion:
-        return self._serving.current()
+        """The version the serving alias points at."""
+        return self._routes.current().serving
 
-    def _resolve(self, previous: ServingVersion | None) -> ServingVersion:
-        """Look the alias up and load a new version's towers."""
+    def canary(self) -> Canary | None:
+        """The latest canary, as recall last read it."""
+        return self._routes.current().canary
+
+    def route(self, user_id: str) -> Route:
+        """The version that answers ``user_id`` now."""
+        routes = self._routes.current()
+        canary, candidate = routes.canary, routes.candidate
+        if canary is None or candidate is None or not canary.running():
+            return Route(routes.serving)
+        arm = canary.arm(user_id)
+        return Route(candidate if arm == "candidate" else routes.serving, canary, arm)
+
+    def _resolve(self, previous: Routes | None) -> Routes:
+        """Look the alias and the canary up; load a new version's towers."""
         index = resolve_alias(self.es, self.alias)
         if index is None:
             raise NoServingVersion(f"the serving alias {self.alias} points at no index; "
                                    "promote a version (`esrec models roll NAME@VERSION`)")
+        serving = self._version(index, previous.serving if previous else None)
+        canary = self.canaries.current() if self.canaries is not None else None
+        if canary is None or not canary.running():
+            return Routes(serving, canary)
+        try:
+            candidate = self._version(canary.candidate_index,
+                                      previous.candidate if previous else None)
+        except (Refused, Unavailable) as error:  # the candidate only: serving goes on
+            log.warning("cannot load the canary's candidate; serving it nobody", extra={
+                "model": canary.candidate, "error": str(error)})
+            return Routes(serving, canary)
+        return Routes(serving, canary, candidate)
+
+    def _version(self, index: str, previous: ServingVersion | None) -> ServingVersion:
         if previous is not None and previous.index == index:
             return self._with_clusters(previous)
         return self._with_clusters(self._load(index))

@@ -64,6 +64,9 @@ class RecallSettings(Section):
     popularity_top: int = Field(default=1000, gt=0)
     popularity_ttl_s: float = Field(default=5.0, ge=0)
     fresh_half_life_days: float = Field(default=14.0, gt=0)  # i2i re-weighting by age
+    # during a canary roll: the share of candidate-arm requests also answered by the
+    # baseline in the background, for the overlap figure (indexer.canary)
+    canary_overlap_sample: float = Field(default=0.1, ge=0, le=1)
     # the only fields a request may filter on (no query injection): field -> "term" | "range"
     filter_fields: dict[str, FilterKind] = Field(default_factory=lambda: dict(DEFAULT_FILTERS))
     api_token: SecretStr | None = None  # when set, POST /v1/recall needs "Bearer <token>"

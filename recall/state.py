@@ -58,6 +58,10 @@ class UserEvent(BaseModel):
     item_id: ItemId
     type: EventType
     ts: AwareDatetime
+    # what the feed showed: the recall response's request_id and model (name@version),
+    # when the item came from a recall answer; a canary roll counts them as clicks
+    request_id: ItemId | None = None
+    model: ItemId | None = None
 
 
 @dataclass

@@ -100,6 +100,8 @@ class CollectionNames(Section):
     checkpoints: str = "esrec_checkpoints"
     dead_letters: str = "esrec_dead_letters"
     models: str = "esrec_models"  # registry documents; GridFS bucket of the same name
+    canary: str = "esrec_canary"  # the running (or last) canary roll
+    canary_observations: str = "esrec_canary_observations"  # what each arm saw
 
 
 class MongoSettings(Section):

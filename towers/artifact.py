@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,10 @@ KNOWN_ITEMS = "known_items.npz"
 REQUIRED_FILES = (ITEM_TOWER, USER_TOWER, VOCABULARIES)
 OPTIONAL_FILES = (PROBE_QUERIES, KNOWN_ITEMS)
 _MAX_BATCH = 1 << 20
+# torch.export.load sets a process-wide deserializer: two threads loading at once fail
+# ("_CURRENT_DESERIALIZER is already set"), e.g. recall's refresh loading a canary's
+# candidate while another thread loads a version
+_LOADING = threading.Lock()
 
 
 class ArtifactError(Refused):
@@ -183,8 +188,9 @@ class ModelArtifact:
                                 FittedState(vocabularies=vocabularies,
                                             numeric=manifest.numeric_stats))
         try:
-            item_tower = torch.export.load(directory / ITEM_TOWER).module()
-            user_tower = torch.export.load(directory / USER_TOWER).module()
+            with _LOADING:
+                item_tower = torch.export.load(directory / ITEM_TOWER).module()
+                user_tower = torch.export.load(directory / USER_TOWER).module()
         except Exception as error:  # torch raises many types for an unreadable program
             raise ArtifactError(
                 f"{directory}: cannot load the exported towers with torch "

@@ -25,7 +25,7 @@ from runtime.errors import Refused
 from towers.artifact import MANIFEST, ModelArtifact
 from towers.clusters import ClusterSet
 
-STATES = ("published", "building", "ready", "serving", "retired", "failed")
+STATES = ("published", "building", "ready", "canary", "serving", "retired", "failed")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "models"
 
 

@@ -1,5 +1,6 @@
 """`esrec models`: the registry (publish, list, show, pull) and the version lifecycle
-(build, validate, promote, roll, rollback, retire, status)."""
+(build, validate, promote, roll [--canary], canary status|abort, rollback, retire,
+status)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import click
 
 from esrec.cli.context import mongo_database, services_from, settings_from
 from esrec.cli.indexer import progress_bar
+from indexer.canary import CanaryStore, abort
 from indexer.gates import GateResult, validate
 from indexer.lifecycle import VersionError, Versions
-from indexer.rollout import roll
+from indexer.rollout import CanaryPlan, roll
 from indexer.service import Services
 from runtime.logs import configure
 from towers.registry import ModelRegistry
@@ -179,12 +181,75 @@ def status(services: Services, as_json: bool) -> None:
                    f"{'*' if row.serving else ''}")
 
 
+class Share(click.ParamType):  # type: ignore[type-arg]
+    """A share of users: 10%, or 0.1."""
+
+    name = "share"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            share = float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+        except ValueError:
+            self.fail(f"{value!r} is not a share; write 10% or 0.1", param, ctx)
+        if not 0 < share < 1:
+            self.fail(f"{value!r}: a canary share is between 0% and 100%", param, ctx)
+        return share
+
+
+def _print_figures(figures: dict[str, object], results: list[GateResult]) -> None:
+    click.echo(f"   canary {json.dumps(figures)}  " + ", ".join(
+        f"{r.name} {'ok' if r.passed else 'FAIL'}" for r in results), err=True)
+
+
 @models.command("roll")
 @ref_argument
+@click.option("--canary", "share", type=Share(),
+              help="Before promoting, serve this share of users (e.g. 10%) from NAME@VERSION "
+                   "beside the serving version and compare them live; promote or roll back "
+                   "by the rollout.canary_* thresholds.")
+@click.option("--canary-duration-s", type=click.FloatRange(min=0, min_open=True),
+              help="How long the canary runs (default: rollout.canary_duration_s).")
 @_with_services
-def roll_command(services: Services, ref: str) -> None:
-    """Build, validate and promote NAME@VERSION in one command. Refuses to promote when a
-    gate fails; rolls back by itself when the post-promote probe fails."""
+def roll_command(services: Services, ref: str, share: float | None,
+                 canary_duration_s: float | None) -> None:
+    """Build, validate (and canary) and promote NAME@VERSION in one command. Refuses to
+    promote when a gate or the canary fails; rolls back by itself when the post-promote
+    probe fails."""
+    settings = services.settings.rollout
+    plan = None if share is None else CanaryPlan(
+        share, canary_duration_s or settings.canary_duration_s)
     with progress_bar(f"build {ref}") as on_progress:
-        previous = roll(Versions(services), ref, _step, _print_gates, on_progress)
+        previous = roll(Versions(services), ref, _step, _print_gates, on_progress, plan,
+                        _print_figures)
     click.echo(f"serving {ref} (was {previous or 'nothing'})")
+
+
+@models.group("canary")
+def canary() -> None:
+    """The running canary roll: its figures, or stop it."""
+
+
+@canary.command("status")
+@_with_services
+def canary_status(services: Services) -> None:
+    """The latest canary: versions, share, state, figures per arm, as JSON."""
+    current = CanaryStore(services.db, services.settings).current()
+    if current is None:
+        click.echo("no canary has run (esrec models roll NAME@VERSION --canary 10%)")
+        return
+    click.echo(json.dumps({**asdict(current), "running": current.running()}, indent=2,
+                          default=str))
+
+
+@canary.command("abort")
+@_with_services
+def canary_abort(services: Services) -> None:
+    """Stop the running canary now: every user goes back to the serving version and the
+    candidate back to ready."""
+    stopped = abort(Versions(services), CanaryStore(services.db, services.settings))
+    click.echo(f"aborted the canary of {stopped.candidate}; {stopped.baseline} serves "
+               "everyone")

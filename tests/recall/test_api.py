@@ -38,7 +38,7 @@ def test_recall_health_and_metrics(client: TestClient) -> None:
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["index"] == body["index"]
     metrics = client.get("/metrics").text
-    assert 'esrec_recall_seconds_count{outcome="ok"} 1.0' in metrics
+    assert 'esrec_recall_seconds_count{model="test-model@1",outcome="ok"} 1.0' in metrics
     assert 'esrec_recall_channel_seconds_count{channel="knn"} 1.0' in metrics
     assert 'esrec_recall_stage_seconds_count{stage="user_tower"} 1.0' in metrics
 

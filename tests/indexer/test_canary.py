@@ -1,0 +1,288 @@
+"""Canary rolls: the decision rules alone, then on the local stack a deliberately bad
+version (item tower re-initialised: consistent with its own index, so every static gate
+passes) canaried to 20% of users and rolled back by the live comparison, a good one
+promoted, an abort, and no answer ever mixing versions."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from elasticsearch import Elasticsearch
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from esrec.settings import Settings
+from indexer.canary import (
+    ArmCounts,
+    Canary,
+    CanaryStore,
+    run_canary,
+    verdict,
+)
+from indexer.lifecycle import Versions
+from indexer.rollout import CanaryPlan, GateFailed, roll
+from indexer.service import Services
+from indexer.settings import RolloutSettings
+from recall.events import EventConsumer
+from recall.recaller import Recaller
+from recall.state import UserEvent, UserStates
+from tests.indexer.helpers import CATALOG, cli_env, services
+from towers.artifact import export_artifact
+from towers.dataset import Collections, write_mongo
+from towers.synth import generate
+from towers.train import TrainResult
+
+V1, BAD, GOOD = "test-model@1", "test-model@3", "test-model@4"
+TOPICS = ("cat2", "cat5", "cat8")
+PER_TOPIC = 30
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _counts(requests: int, clicks: int = 0, errors: int = 0, slow: int = 0) -> ArmCounts:
+    counts = ArmCounts(requests=requests, clicks=clicks, errors=errors)
+    counts.latency[2] = requests - slow  # <= 20 ms
+    counts.latency[-1] = slow  # past the last bucket
+    return counts
+
+
+def _canary(ends_in_s: float) -> Canary:
+    return Canary("c1", "m@2", "m@1", "i2", 0.2, "running", NOW, NOW + timedelta(
+        seconds=ends_in_s), NOW + timedelta(seconds=ends_in_s + 60))
+
+
+RULES = RolloutSettings(canary_min_requests=100)
+
+
+def test_nothing_is_decided_on_too_few_requests_or_before_the_end() -> None:
+    fine = {"baseline": _counts(500, clicks=400), "candidate": _counts(99, clicks=80)}
+    assert verdict(_canary(60), fine, RULES, NOW)[0] is None
+    fine["candidate"] = _counts(120, clicks=96)
+    assert verdict(_canary(60), fine, RULES, NOW)[0] is None  # clicks decide at the end
+    assert verdict(_canary(0), fine, RULES, NOW)[0] == "promote"
+
+
+def test_errors_or_latency_roll_back_at_once_clicks_at_the_end() -> None:
+    erring = {"baseline": _counts(500), "candidate": _counts(120, errors=12)}
+    decided, results = verdict(_canary(60), erring, RULES, NOW)
+    assert decided == "rollback" and not {r.name: r for r in results}["errors"].passed
+    slow = {"baseline": _counts(500), "candidate": _counts(120, slow=5)}
+    assert verdict(_canary(60), slow, RULES, NOW)[0] == "rollback"
+    dull = {"baseline": _counts(500, clicks=400), "candidate": _counts(120, clicks=40)}
+    assert verdict(_canary(60), dull, RULES, NOW)[0] is None
+    decided, results = verdict(_canary(0), dull, RULES, NOW)
+    assert decided == "rollback" and [r.name for r in results if not r.passed] == ["ctr"]
+    starved = {"baseline": _counts(500, clicks=400), "candidate": _counts(10, clicks=9)}
+    assert verdict(_canary(0), starved, RULES, NOW)[0] == "rollback"  # never "promote"
+
+
+def test_a_user_keeps_one_arm_and_the_share_holds() -> None:
+    canary = _canary(60)
+    arms = [canary.arm(f"u{n}") for n in range(4000)]
+    assert arms == [canary.arm(f"u{n}") for n in range(4000)]
+    assert 0.17 < arms.count("candidate") / len(arms) < 0.23
+    other = Canary("c2", *list(canary.__dict__.values())[1:])
+    assert [other.arm(f"u{n}") for n in range(200)] != arms[:200]  # fresh per canary
+
+
+# -- on the local stack ----------------------------------------------------------------
+
+@pytest.fixture
+def stack(settings: Settings, es: Elasticsearch, artifact_dir: Path, trained: TrainResult,
+          tmp_path: Path) -> Iterator[tuple[Services, dict[str, str]]]:
+    """v1 serving; BAD and GOOD built and ready; 90 users of three topics with state; the
+    events consumer running (clicks reach the canary's figures through Kafka)."""
+    fast = settings.model_copy(update={
+        "recall": settings.recall.model_copy(update={"alias_ttl_s": 0.1}),
+        "rollout": settings.rollout.model_copy(update={
+            "canary_poll_s": 0.5, "canary_min_requests": 25, "canary_p99_slack_ms": 2000,
+            "canary_min_ctr_ratio": 0.8, "canary_expire_grace_s": 30,
+            "max_p99_ms": 5000})})  # the post-promote probe: not what is tested here
+    svc = services(fast, es, artifact_dir)
+    bad = copy.deepcopy(trained.model)
+    torch.manual_seed(7)
+    for layer in bad.item_tower.mlp:
+        if isinstance(layer, torch.nn.Linear):
+            layer.reset_parameters()  # item vectors now say nothing about the items
+    export_artifact(bad, trained.featurizer, tmp_path / "bad", "test-model", "3", {})
+    trained.export(tmp_path / "good", "test-model", "4")
+    for directory in ("bad", "good"):
+        svc.registry.publish(tmp_path / directory)
+    dataset = generate(CATALOG)
+    write_mongo(dataset, svc.db, Collections())
+    versions = Versions(svc)
+    for ref in (V1, BAD, GOOD):
+        assert versions.build(ref).done
+    versions.promote(V1)
+    topic_of: dict[str, str] = {}
+    states = UserStates(svc.db, fast)
+    for topic in TOPICS:
+        items = [str(i["_id"]) for i in dataset.items
+                 if i["category"] == topic and int(str(i["_id"])[1:]) >= 600]
+        for n in range(PER_TOPIC):
+            user = f"{topic}-u{n}"
+            topic_of[user] = topic
+            states.apply([UserEvent(event_id=f"{user}-{k}", user_id=user, item_id=item,
+                                    type="click", ts=NOW - timedelta(hours=k))
+                          for k, item in enumerate(items[n % 9::9][:8])])
+    admin = KafkaAdminClient(bootstrap_servers=fast.kafka.bootstrap_servers)
+    admin.create_topics([NewTopic(name, 2, 1) for name in (
+        fast.kafka.topics.user_events, fast.kafka.topics.dead_letters)])
+    admin.close()
+    stop = threading.Event()
+    consumer = threading.Thread(target=EventConsumer(fast, svc.db, stop).run, daemon=True)
+    consumer.start()
+    yield svc, topic_of
+    stop.set()
+    consumer.join(30)
+
+
+class Feed:
+    """Two threads asking recall for random users and clicking what fits the user's
+    topic (the top 10, by category), each click naming the request and the version."""
+
+    def __init__(self, svc: Services, topic_of: dict[str, str]) -> None:
+        self.recaller = Recaller(svc.es, svc.db, svc.registry, svc.settings)
+        self.topic_of = topic_of
+        self.category = {str(d["_id"]): d["category"] for d in svc.db["items"].find(
+            {}, {"category": 1})}
+        self.indices = {ref: svc.index_of(ref) for ref in (V1, BAD, GOOD)}
+        self.producer = KafkaProducer(bootstrap_servers=svc.settings.kafka.bootstrap_servers)
+        self.topic = svc.settings.kafka.topics.user_events
+        self.halt = threading.Event()
+        self.problems: list[str] = []
+        self.arms: dict[tuple[str, str], set[str | None]] = {}
+        self.answered: dict[str, int] = {}
+        self.threads = [threading.Thread(target=self._run, args=(seed,), daemon=True)
+                        for seed in range(2)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        users = sorted(self.topic_of)
+        while not self.halt.is_set():
+            user = rng.choice(users)
+            try:
+                response = self.recaller.recall({"user_id": user, "k": 10,
+                                                 "channels": {"knn": 1.0}})
+            except Exception as error:
+                self.problems.append(repr(error))
+                continue
+            self._check(user, response)
+            for candidate in response.candidates:
+                if self.category.get(candidate.item_id) == self.topic_of[user]:
+                    self.producer.send(self.topic, key=user.encode(), value=json.dumps({
+                        "event_id": f"{response.request_id}-{candidate.item_id}",
+                        "user_id": user, "item_id": candidate.item_id, "type": "click",
+                        "ts": datetime.now(UTC).isoformat(),
+                        "request_id": response.request_id, "model": response.model,
+                    }).encode())
+
+    def _check(self, user: str, response: Any) -> None:
+        """One version per answer: its index, its arm; a user never changes arm."""
+        if response.index != self.indices.get(response.model):
+            self.problems.append(f"{response.model} answered from {response.index}")
+        arm = response.canary.arm if response.canary else None
+        expected = {"candidate": (BAD, GOOD), "baseline": (V1,)}.get(arm or "")
+        if expected is not None and response.model not in expected:
+            self.problems.append(f"{response.model} answered as {arm}")
+        if response.canary is not None:
+            self.arms.setdefault((response.canary.id, user), set()).add(arm)
+        self.answered[response.model] = self.answered.get(response.model, 0) + 1
+
+    def _settle(self) -> None:
+        """A user keeps one arm within a canary (the next canary draws anew)."""
+        switched = {key: arms for key, arms in self.arms.items() if len(arms) > 1}
+        assert not switched, switched
+
+    def stop(self) -> None:
+        self.halt.set()
+        for thread in self.threads:
+            thread.join(30)
+        self.producer.close()
+        self._settle()
+        assert self.problems == []
+
+
+def _history(svc: Services, ref: str) -> list[tuple[str, str]]:
+    return [(entry["state"], entry["reason"]) for entry in svc.registry.get(ref).history]
+
+
+@pytest.mark.slow
+def test_a_bad_version_is_rolled_back_and_a_good_one_promoted_on_live_traffic(stack) -> None:
+    svc, topic_of = stack
+    versions = Versions(svc)
+    feed = Feed(svc, topic_of)
+    try:
+        with pytest.raises(GateFailed, match=f"canary of {BAD} was rolled back; {V1} keeps"):
+            roll(versions, BAD, canary=CanaryPlan(0.2, duration_s=15))
+        assert versions.serving() == V1
+        state, reason = _history(svc, BAD)[-1]
+        assert state == "ready" and reason.startswith("canary rolled back: ctr: clicks")
+        assert [s for s, _ in _history(svc, BAD)][-2:] == ["canary", "ready"]
+        store = CanaryStore(svc.db, svc.settings)
+        bad = store.current()
+        assert bad is not None and bad.state == "rolled_back"
+        assert bad.figures["candidate"]["ctr"] < 0.5 * bad.figures["baseline"]["ctr"]
+        assert bad.figures["candidate"]["requests"] >= 25
+        gates: list[Any] = []
+        previous = roll(versions, GOOD, canary=CanaryPlan(0.2, duration_s=15),
+                        on_gates=gates.extend)
+        assert all(gate.passed for gate in gates), gates
+        assert previous == V1 and versions.serving() == GOOD
+        assert _history(svc, GOOD)[-1][1].startswith("canary passed")
+        state, reason = _history(svc, V1)[-1]
+        assert state == "ready" and reason.startswith(f"replaced by {GOOD} (canary passed")
+        time.sleep(0.5)  # the alias ttl: every answer from GOOD now, no arm
+        settled = feed.answered.copy()
+        time.sleep(1.0)
+        assert feed.answered.get(V1, 0) == settled.get(V1, 0)
+    finally:
+        feed.stop()
+    assert feed.answered[BAD] > 25 and feed.answered[GOOD] > 25
+    metrics = feed.recaller.metrics.registry
+    assert metrics.get_sample_value("esrec_canary_info", {
+        "candidate": GOOD, "baseline": V1, "state": "promoted"}) == 1.0
+    assert metrics.get_sample_value("esrec_recall_seconds_count",
+                                    {"outcome": "ok", "model": BAD}) > 0
+
+
+@pytest.mark.slow
+def test_an_aborted_canary_sends_everyone_back(stack) -> None:
+    svc, topic_of = stack
+    versions = Versions(svc)
+    store = CanaryStore(svc.db, svc.settings)
+    outcome: list[str] = []
+    controller = threading.Thread(target=lambda: outcome.append(
+        run_canary(versions, store, GOOD, 0.5, 120)), daemon=True)
+    controller.start()
+    deadline = time.monotonic() + 10
+    while (current := store.current()) is None or not current.running():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert svc.registry.get(GOOD).state == "canary"
+    from esrec.cli import main
+
+    result = CliRunner(env=cli_env(svc.settings)).invoke(main, ["models", "canary", "abort"])
+    assert result.exit_code == 0, result.output
+    assert f"aborted the canary of {GOOD}; {V1} serves everyone" in result.output
+    controller.join(10)
+    assert outcome == ["aborted"]
+    assert svc.registry.get(GOOD).state == "ready" and versions.serving() == V1
+    recaller = Recaller(svc.es, svc.db, svc.registry, svc.settings)
+    answers = [recaller.recall({"user_id": user, "k": 5, "channels": {"knn": 1.0}})
+               for user in sorted(topic_of)[:20]]
+    assert {a.model for a in answers} == {V1} and {a.canary for a in answers} == {None}
+    status = CliRunner(env=cli_env(svc.settings)).invoke(main, ["models", "canary", "status"])
+    assert json.loads(status.output)["state"] == "aborted"
