@@ -21,7 +21,7 @@ from indexer.follower import Follower
 from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
 from indexer.lease import Lease
 from indexer.metrics import IndexerMetrics
-from indexer.pipeline import Pipeline, Target
+from indexer.pipeline import Parking, Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, K, choose_index_options
 from indexer.relay import Relay
 from indexer.settings import IndexerConfig
@@ -130,11 +130,13 @@ class Services:
         return DeadLetters(self.db[self.settings.mongo.collections.dead_letters],
                            indexer.error_budget_ratio, indexer.error_budget_window)
 
-    def pipeline(self, targets: list[Target]) -> Pipeline:
+    def pipeline(self, targets: list[Target], parking: Parking | None = None) -> Pipeline:
+        """The pipeline into ``targets``; bad documents to ``parking`` (default: the
+        dead-letter collection with its error budget)."""
         indexer = self.settings.indexer
         sink = ElasticsearchSink(self.es, self.metrics, self.stop,
                                  Backoff(max_s=indexer.retry_max_delay_s), self.health)
-        return Pipeline(targets, sink, self.dead_letters, indexer, self.metrics)
+        return Pipeline(targets, sink, parking or self.dead_letters, indexer, self.metrics)
 
     def backfill(self, target: Target, on_progress: OnProgress | None = None) -> BackfillReport:
         """Fill ``target``'s index from a scan of the items (resumable): in this process,

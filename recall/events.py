@@ -23,11 +23,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
@@ -70,7 +70,20 @@ def parse(value: bytes | None) -> UserEvent:
         raise ValueError(problems(error, whole="event")) from None
 
 
-def dead_letter(record: ConsumerRecord, reason: str) -> bytes:
+class Record(Protocol):
+    """What the consumer reads of a Kafka record (a ConsumerRecord, or a redriven one)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def dead_letter(record: Record, reason: str) -> bytes:
     """The dead letter of a record: where it was, why, and a bounded excerpt of it."""
     value: bytes = record.value or b""
     text = value.decode("utf-8", "replace")
@@ -132,7 +145,7 @@ class EventConsumer:
                 batches = consumer.poll(POLL_MS, max_records=MAX_RECORDS)
                 records = [record for batch in batches.values() for record in batch]
                 if records:
-                    self._handle(records, producer)
+                    self.handle(records, producer)
                     retry(consumer.commit, what="kafka commit", backoff=self.backoff,
                           stop=self.stop, retry_on=(KafkaError,), health=self.health)
                 self._measure_lag(consumer)
@@ -140,7 +153,8 @@ class EventConsumer:
             consumer.close()
             producer.close()
 
-    def _handle(self, records: list[ConsumerRecord], producer: KafkaProducer) -> None:
+    def handle(self, records: Sequence[Record], producer: KafkaProducer) -> int:
+        """Apply a batch of records; returns how many went to the dead-letter topic."""
         events, origin, rejected = [], [], []
         for record in records:
             try:
@@ -164,12 +178,13 @@ class EventConsumer:
         self.counts.duplicates += applied.duplicates
         self.metrics.events.labels("applied").inc(applied.applied)
         self.metrics.events.labels("duplicate").inc(applied.duplicates)
+        return len(rejected)
 
-    def _reject(self, producer: KafkaProducer, rejected: list[tuple[ConsumerRecord, str]]
+    def _reject(self, producer: KafkaProducer, rejected: list[tuple[Record, str]]
                 ) -> None:
         """Send every dead letter; one that cannot be sent is logged with its coordinates."""
         topic = self.settings.kafka.topics.dead_letters
-        sent: list[tuple[ConsumerRecord, Any]] = []
+        sent: list[tuple[Record, Any]] = []
         for record, reason in rejected:
             self.counts.rejected += 1
             self.metrics.events.labels("rejected").inc()
@@ -189,7 +204,7 @@ class EventConsumer:
             if not future.is_done or future.failed():
                 self._lost(record, future.exception if future.is_done else "timed out")
 
-    def _lost(self, record: ConsumerRecord, error: object) -> None:
+    def _lost(self, record: Record, error: object) -> None:
         self.metrics.dead_letter_failures.inc()
         log.error("could not send a dead letter; the record stays in its topic", extra={
             "topic": record.topic, "partition": record.partition, "offset": record.offset,

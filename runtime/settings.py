@@ -102,6 +102,7 @@ class CollectionNames(Section):
     models: str = "esrec_models"  # registry documents; GridFS bucket of the same name
     canary: str = "esrec_canary"  # the running (or last) canary roll
     canary_observations: str = "esrec_canary_observations"  # what each arm saw
+    redriven_event_letters: str = "esrec_redriven_event_letters"  # user-event dead letters
 
 
 class MongoSettings(Section):

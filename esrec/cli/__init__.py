@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from esrec.cli import dead_letters
 from esrec.cli.context import EsrecGroup, settings_from
 from esrec.cli.demo import demo
 from esrec.cli.doctor import doctor
@@ -50,3 +51,5 @@ def config_show(ctx: click.Context) -> None:
 
 for command in (stack, doctor, towers, models, indexer, recall, demo):
     main.add_command(command)
+indexer.add_command(dead_letters.catalog)
+recall.add_command(dead_letters.events)
