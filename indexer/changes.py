@@ -30,6 +30,9 @@ class Position:
     token: dict[str, Any] | None = None
     cluster_time: Timestamp | None = None
     seq: int = 0  # sequence of the token's event within its cluster time
+    # which stream made the token: the collections it watched ("items", or
+    # "categories+items" with relations); a stream of another kind starts at the time
+    stream: str | None = None
 
 
 @dataclass(frozen=True)

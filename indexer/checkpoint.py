@@ -75,15 +75,15 @@ class Checkpoints:
         if document is None:
             return None
         return Position(document.get("token"), document.get("cluster_time"),
-                        document.get("seq", 0))
+                        document.get("seq", 0), document.get("stream"))
 
     def save(self, index: str, position: Position, watermark: Timestamp | None = None,
              idle: bool = False) -> None:
         """A running indexer's save: ``watermark``: everything up to this cluster time is
         indexed; ``idle``: the stream was empty behind the position."""
         fields: dict[str, Any] = {"token": position.token, "cluster_time": position.cluster_time,
-                                  "seq": position.seq, "idle": idle,
-                                  "updated_at": datetime.now(UTC)}
+                                  "seq": position.seq, "stream": position.stream,
+                                  "idle": idle, "updated_at": datetime.now(UTC)}
         if watermark is not None:
             fields["watermark"] = watermark
         self.collection.update_one({"_id": self._id(index)}, {"$set": fields}, upsert=True)

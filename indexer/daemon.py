@@ -33,6 +33,7 @@ from indexer.driver import drive
 from indexer.follower import Follower
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target
+from indexer.relations import relations_of
 from indexer.settings import IndexerSettings
 from indexer.source import HISTORY_LOST_CODES, ChangeStreamSource, HistoryLost, server_time
 from runtime.clients import MongoCollection
@@ -145,8 +146,9 @@ class Indexer:
     def _stream(self) -> None:
         """One change stream from the saved position, until stopped or the targets change."""
         try:
-            source = ChangeStreamSource(self.items, self.saved,
-                                        on_overflow=self.metrics.sequence_overflows.inc)
+            source = ChangeStreamSource(
+                self.items, self.saved, on_overflow=self.metrics.sequence_overflows.inc,
+                relations=relations_of([target.artifact for target in self.pipeline.targets]))
         except ConnectionFailure as error:
             self._mongo_unavailable(error)
             return

@@ -23,6 +23,7 @@ from elasticsearch import Elasticsearch, helpers
 from indexer.changes import es_id
 from indexer.layout import DELETED, LIVE, VECTOR, knn_clause, model_of, resolve_alias
 from indexer.pipeline import Target
+from indexer.relations import Related, embed
 from indexer.service import Services
 from indexer.settings import RolloutSettings
 from indexer.source import server_time
@@ -71,11 +72,12 @@ def freshness(services: Services, target: Target, settings: RolloutSettings) -> 
 def vectors(services: Services, target: Target, sample: list[dict[str, Any]],
             settings: RolloutSettings) -> GateResult:
     es, tolerance = services.es, settings.vector_tolerance
-    wrong = _vector_mismatches(es, target, sample, tolerance)
+    wrong = _vector_mismatches(services, target, sample, tolerance)
     if wrong:  # maybe changed under us: the stream writes the new vector within moments
         time.sleep(RECHECK_AFTER_S)
         es.indices.refresh(index=target.index)
-        wrong = _vector_mismatches(es, target, list(services.items.find({"_id": {"$in": wrong}})),
+        wrong = _vector_mismatches(services, target,
+                                   list(services.items.find({"_id": {"$in": wrong}})),
                                    tolerance)
     return GateResult("vectors", not wrong,
                       f"{len(sample) - len(wrong)}/{len(sample)} sampled items match the "
@@ -83,11 +85,12 @@ def vectors(services: Services, target: Target, sample: list[dict[str, Any]],
                       + (f"; differ: {', '.join(map(str, wrong[:5]))}" if wrong else ""))
 
 
-def _vector_mismatches(es: Elasticsearch, target: Target, sample: list[dict[str, Any]],
+def _vector_mismatches(services: Services, target: Target, sample: list[dict[str, Any]],
                        tolerance: float) -> list[Any]:
     if not sample:
         return []
-    expected = target.artifact.embed_items(sample)
+    es = services.es
+    expected = embed(target.artifact, sample, Related(services.db))
     stored = es.mget(index=target.index, ids=[es_id(d["_id"]) for d in sample],
                      source_includes=[VECTOR, DELETED])["docs"]
     wrong = []

@@ -64,6 +64,7 @@ class Lease:
     def save(self, position: Position, watermark: Timestamp | None, idle: bool) -> None:
         """Save the stream position (and extend the lease), only under this epoch."""
         fields: dict[str, Any] = {"token": position.token, "cluster_time": position.cluster_time,
+                                  "stream": position.stream,
                                   "seq": position.seq, "idle": idle,
                                   "updated_at": datetime.now(UTC)}
         if watermark is not None:
@@ -94,7 +95,7 @@ class Lease:
         if document is None or document.get("cluster_time") is None:
             return None
         return Position(document.get("token"), document.get("cluster_time"),
-                        document.get("seq", 0))
+                        document.get("seq", 0), document.get("stream"))
 
     def state(self) -> dict[str, Any]:
         """The lease as it is (holder, epoch, expiry, position) for status and health."""

@@ -24,6 +24,7 @@ from indexer.changes import Change
 from indexer.documents import DocumentRejected, project
 from indexer.layout import item_document, tombstone
 from indexer.metrics import IndexerMetrics
+from indexer.relations import Related, embed
 from indexer.settings import IndexerSettings
 from indexer.sink import Action, BulkOutcome
 from towers.artifact import ModelArtifact
@@ -74,12 +75,14 @@ def coalesce(changes: list[Change]) -> list[Change]:
 
 class Pipeline:
     def __init__(self, targets: list[Target], sink: Sink, dead_letters: Parking,
-                 settings: IndexerSettings, metrics: IndexerMetrics) -> None:
+                 settings: IndexerSettings, metrics: IndexerMetrics,
+                 related: Related | None = None) -> None:
         self.targets = targets
         self.sink = sink
         self.dead_letters = dead_letters
         self.settings = settings
         self.metrics = metrics
+        self.related = related  # joins items with related documents (None: no server)
 
     def process(self, changes: list[Change]) -> None:
         """Index a batch; returns once every write has a verdict (the checkpoint may move)."""
@@ -109,7 +112,8 @@ class Pipeline:
         upserts = [p for p in projected if p not in failed]
         for target in self.targets:
             started = time.perf_counter()
-            vectors = target.artifact.embed_items([batch[p].document or {} for p in upserts])
+            vectors = embed(target.artifact, [batch[p].document or {} for p in upserts],
+                            self.related)
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
             self._count_fallbacks(target.artifact)
             finite = np.isfinite(vectors).all(axis=1)  # one call per batch, not per row

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from bson.timestamp import Timestamp
@@ -34,6 +35,7 @@ from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import MongoCollection, ensure_topic, kafka_options
 from runtime.health import Health
 from runtime.retry import Backoff, retry
+from towers.relations import Relation
 
 log = logging.getLogger("esrec.relay")
 SEND_TIMEOUT_S = 30.0
@@ -60,9 +62,11 @@ class RelayMetrics:
 class Relay:
     def __init__(self, settings: IndexerConfig, items: MongoCollection, lease: Lease,
                  first_position: Callable[[], Position | None], stop: threading.Event,
-                 health: Health, metrics: RelayMetrics | None = None) -> None:
+                 health: Health, metrics: RelayMetrics | None = None,
+                 relations: Callable[[], list[Relation]] = list) -> None:
         self.settings = settings
         self.items = items
+        self.relations = relations  # what the active versions join items with
         self.lease = lease
         self.first_position = first_position  # the active indices' oldest position
         self.stop = stop
@@ -148,11 +152,22 @@ class Relay:
             None, server_time(self.items), 0)
         log.info("relay starting", extra={"from": position.cluster_time,
                                           "epoch": self.lease.epoch})
-        source = ChangeStreamSource(self.items, position)
+        relations = self.relations()
+        source = ChangeStreamSource(self.items, position, relations=relations)
         indexer = self.settings.indexer
+        follow_s = self.settings.rollout.follow_interval_s
+        next_follow = time.monotonic() + follow_s
         try:
             while not self.stop.is_set():
                 self.health.turned()
+                if time.monotonic() >= next_follow:  # a version joining other collections
+                    next_follow = time.monotonic() + follow_s
+                    if set(wanted := self.relations()) != set(relations):
+                        log.info("related collections changed; restarting the stream")
+                        source.close()
+                        relations = wanted
+                        source = ChangeStreamSource(self.items, self.lease.position() or
+                                                    position, relations=relations)
                 try:
                     batch = source.poll(indexer.batch_max_docs, indexer.batch_max_bytes,
                                         indexer.batch_max_wait_ms / 1000)
@@ -161,7 +176,8 @@ class Relay:
                     self.health.retrying("mongodb", error)
                     self.stop.wait(self.backoff.delay(2))
                     source.close()
-                    source = ChangeStreamSource(self.items, self.lease.position() or position)
+                    source = ChangeStreamSource(self.items, self.lease.position() or position,
+                                                relations=relations)
                     continue
                 if batch.position is None:
                     continue

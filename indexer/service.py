@@ -23,6 +23,7 @@ from indexer.lease import Lease
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Parking, Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, K, choose_index_options
+from indexer.relations import Related, relations_of
 from indexer.relay import Relay
 from indexer.settings import IndexerConfig
 from indexer.sink import ElasticsearchSink
@@ -32,6 +33,7 @@ from runtime.errors import Refused
 from runtime.health import Health
 from runtime.retry import Backoff
 from towers.registry import ModelRegistry, parse_ref
+from towers.relations import Relation
 
 INACTIVE_STATES = ("retired", "failed")
 SOURCE = "items"  # checkpoint namespace of the catalog change stream
@@ -95,7 +97,8 @@ class Services:
         options: str = indexer.index_options
         measured: dict[str, Any] = {}
         if options == "auto":
-            sample = list(self.items.find().limit(SAMPLE_ITEMS))
+            sample = Related(self.db).enrich(artifact.manifest.feature_spec.relations,
+                                             list(self.items.find().limit(SAMPLE_ITEMS)))
             choice = choose_index_options(self.es, artifact, sample, indexer.int8_min_recall)
             options = choice.index_options
             measured = {"int8_recall": choice.int8_recall, "int8_recall_k": K,
@@ -136,7 +139,8 @@ class Services:
         indexer = self.settings.indexer
         sink = ElasticsearchSink(self.es, self.metrics, self.stop,
                                  Backoff(max_s=indexer.retry_max_delay_s), self.health)
-        return Pipeline(targets, sink, parking or self.dead_letters, indexer, self.metrics)
+        return Pipeline(targets, sink, parking or self.dead_letters, indexer, self.metrics,
+                        Related(self.db))
 
     def backfill(self, target: Target, on_progress: OnProgress | None = None) -> BackfillReport:
         """Fill ``target``'s index from a scan of the items (resumable): in this process,
@@ -173,4 +177,8 @@ class Services:
                          if (p := self.checkpoints.load(index)) is not None]
             return earliest(positions) if positions else None
 
-        return Relay(self.settings, self.items, lease, first_position, self.stop, self.health)
+        def relations() -> list[Relation]:  # what the active versions join items with
+            return relations_of([target.artifact for target in self.active_targets()])
+
+        return Relay(self.settings, self.items, lease, first_position, self.stop, self.health,
+                     relations=relations)

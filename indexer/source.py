@@ -5,6 +5,14 @@ with ``full_document="updateLookup"``: an update carries the document as it is a
 time, which may be newer than the event; versioning makes that harmless. An update whose
 document is gone by then is skipped: the delete that removed it follows in the stream.
 
+With relations (a version's items joined with documents of other collections,
+``towers.relations``) it watches the database, filtered to the items and those
+collections: a change of a related document fans out into an upsert of every item that
+points at it (read now), at the related change's version, so the item is re-embedded
+with the related document as it is. A token is reused only by a stream of the same kind
+(``Position.stream``); another kind starts at the position's cluster time (a replay the
+external versions drop).
+
 An idle stream still hands out a position once per ``HEARTBEAT_S``: its post-batch resume
 token (so a quiet collection never falls off the oplog) and, as the watermark, the
 server's cluster time read just before the stream was seen empty: everything up to it is
@@ -14,17 +22,22 @@ growing while the daemon cannot keep up or is cut off.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bson.timestamp import Timestamp
+from pymongo.change_stream import ChangeStream
 from pymongo.errors import OperationFailure
 
 from indexer.changes import Batch, Change, Position, id_problem
 from indexer.versioning import Sequencer, VersionOverflow
 from runtime.clients import MongoCollection
 from runtime.errors import DataLost
+from towers.relations import Relation
+
+log = logging.getLogger("esrec.indexer")
 
 # Server error codes for "your resume point is gone" (mongo/src/mongo/base/error_codes.yml)
 HISTORY_LOST_CODES = {286, 136}  # ChangeStreamHistoryLost, CappedPositionLost
@@ -48,19 +61,37 @@ def server_time(collection: MongoCollection) -> Timestamp:
     return operation_time
 
 
+def stream_name(collection: MongoCollection, relations: Sequence[Relation]) -> str:
+    """What a stream watches: the items collection, and the related collections."""
+    return "+".join(sorted({collection.name, *(r.collection for r in relations)}))
+
+
 class ChangeStreamSource:
     def __init__(self, collection: MongoCollection, position: Position, await_ms: int = 50,
-                 on_overflow: Callable[[], None] = lambda: None) -> None:
+                 on_overflow: Callable[[], None] = lambda: None,
+                 relations: Sequence[Relation] = ()) -> None:
         self.collection = collection
-        self.sequencer = Sequencer(position.cluster_time if position.token else None,
+        self.relations: dict[str, list[Relation]] = {}
+        for relation in relations:
+            self.relations.setdefault(relation.collection, []).append(relation)
+        self.stream_name = stream_name(collection, relations)
+        same_kind = position.stream == self.stream_name or (
+            position.stream is None and not relations)  # older saves: the items stream
+        token = position.token if same_kind else None
+        self.sequencer = Sequencer(position.cluster_time if token else None,
                                    position.seq, on_overflow)
         options: dict[str, Any] = {"full_document": "updateLookup", "max_await_time_ms": await_ms}
-        if position.token is not None:
-            options["resume_after"] = position.token
+        if token is not None:
+            options["resume_after"] = token
         elif position.cluster_time is not None:
             options["start_at_operation_time"] = position.cluster_time
+        self.stream: ChangeStream[dict[str, Any]]
         try:
-            self.stream = collection.watch(**options)
+            if self.relations:
+                self.stream = collection.database.watch(
+                    [{"$match": {"ns.coll": {"$in": self.stream_name.split("+")}}}], **options)
+            else:
+                self.stream = collection.watch(**options)
         except OperationFailure as error:
             raise _history_lost(error) if error.code in HISTORY_LOST_CODES else error from None
         self.last_position = position
@@ -107,12 +138,16 @@ class ChangeStreamSource:
             return
         self.next_heartbeat = time.monotonic() + HEARTBEAT_S
         token = dict(self.stream.resume_token or {}) or self.last_position.token
-        batch.position = Position(token, self.sequencer.cluster_time, self.sequencer.seq) \
-            if token is not None else self.last_position
+        batch.position = Position(token, self.sequencer.cluster_time, self.sequencer.seq,
+                                  self.stream_name) if token is not None else self.last_position
         batch.watermark, batch.idle = now, True
 
     def _take(self, event: dict[str, Any], batch: Batch) -> None:
         operation = event["operationType"]
+        related = (event.get("ns") or {}).get("coll")
+        if self.relations and related != self.collection.name and related in self.relations:
+            self._fan_out(event, related, batch)
+            return
         if operation in _STOPPING:
             raise StreamInvalidated(
                 f"the {self.collection.full_name} collection saw '{operation}'; the stream "
@@ -124,7 +159,8 @@ class ChangeStreamSource:
             version = self.sequencer.next(cluster_time)
         except VersionOverflow as error:  # one odd event: a dead letter, not a stopped stream
             version, problem = 0, str(error)
-        batch.position = Position(event["_id"], cluster_time, self.sequencer.seq)
+        batch.position = Position(event["_id"], cluster_time, self.sequencer.seq,
+                                  self.stream_name)
         doc_id = event["documentKey"]["_id"]
         problem = problem or id_problem(doc_id)
         if operation == "delete":
@@ -138,6 +174,35 @@ class ChangeStreamSource:
             change = Change("upsert", doc_id, version, cluster_time, document, problem)
             batch.changes.append(change)
             batch.size_bytes += change.size_bytes
+
+    def _fan_out(self, event: dict[str, Any], collection: str, batch: Batch) -> None:
+        """A related document changed: an upsert of every item that points at it, all at
+        this event's version (each item is read now, as an update lookup would)."""
+        operation = event["operationType"]
+        cluster_time = event["clusterTime"]
+        try:
+            version, problem = self.sequencer.next(cluster_time), None
+        except VersionOverflow as error:
+            version, problem = 0, str(error)
+        batch.position = Position(event["_id"], cluster_time, self.sequencer.seq,
+                                  self.stream_name)
+        if operation in _STOPPING:
+            log.warning("a related collection went away; its items keep their vectors "
+                        "until they change", extra={"collection": collection,
+                                                    "operation": operation})
+            return
+        for relation in self.relations[collection]:
+            document = event.get("fullDocument") or {}
+            key = event["documentKey"]["_id"] if relation.foreign_field == "_id" \
+                else document.get(relation.foreign_field)
+            if key is None:  # a delete by another field: which items pointed is unknown
+                batch.skipped += 1
+                continue
+            for item in self.collection.find({relation.local_field: key}):
+                change = Change("upsert", item["_id"], version, cluster_time, item,
+                                problem or id_problem(item["_id"]))
+                batch.changes.append(change)
+                batch.size_bytes += change.size_bytes
 
     def close(self) -> None:
         self.stream.close()

@@ -19,6 +19,8 @@ from typing import Any
 from pymongo import ReplaceOne
 from pymongo.database import Database
 
+from towers.relations import Relation, enrich
+
 RECENT_ITEMS = "recent_items"
 TAG_COUNTS = "tag_counts"
 ITEM_TAGS_FIELD = "tags"
@@ -66,9 +68,15 @@ class Dataset:
     items: list[dict[str, Any]]
     users: list[dict[str, Any]]
     interactions: list[Interaction]
+    # collection -> documents: what the feature spec's relations join items with
+    related: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def item_tags(self) -> dict[str, list[str]]:
         return {str(item["_id"]): usable_tags(item) for item in self.items}
+
+    def items_for(self, relations: Sequence[Relation]) -> list[dict[str, Any]]:
+        """The items as the towers see them: joined with their related documents."""
+        return enrich(self.items, relations, self.related) if relations else self.items
 
 
 def behaviour(recent_items: Sequence[str], item_tags: Mapping[str, Sequence[str]],
@@ -202,12 +210,14 @@ def _find(directory: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{directory} has no {stem}.jsonl or {stem}.parquet")
 
 
-def load_files(directory: Path) -> Dataset:
-    """Read items, users and interactions from JSONL or Parquet files in ``directory``."""
+def load_files(directory: Path, related: Sequence[str] = ()) -> Dataset:
+    """Read items, users and interactions (and the ``related`` collections, one file
+    each: ``<name>.jsonl``) from JSONL or Parquet files in ``directory``."""
     return Dataset(
         items=list(_read_rows(_find(directory, "items"))),
         users=list(_read_rows(_find(directory, "users"))),
         interactions=[_interaction(r) for r in _read_rows(_find(directory, "interactions"))],
+        related={name: list(_read_rows(_find(directory, name))) for name in related},
     )
 
 
@@ -219,6 +229,7 @@ def write_jsonl(dataset: Dataset, directory: Path) -> None:
         "interactions": [{"user_id": i.user_id, "item_id": i.item_id, "event": i.event,
                           "weight": i.weight, "ts": datetime.fromtimestamp(i.ts, UTC).isoformat()}
                          for i in dataset.interactions],
+        **dataset.related,
     }
     for stem, documents in rows.items():
         with (directory / f"{stem}.jsonl").open("w") as out:
@@ -235,11 +246,14 @@ class Collections:
     interactions: str = "interactions"
 
 
-def load_mongo(db: Database[dict[str, Any]], names: Collections) -> Dataset:
+def load_mongo(db: Database[dict[str, Any]], names: Collections,
+               related: Sequence[str] = ()) -> Dataset:
+    """The dataset in MongoDB, with the ``related`` collections a spec's relations name."""
     return Dataset(
         items=list(db[names.items].find()),
         users=list(db[names.users].find()),
         interactions=[_interaction(r) for r in db[names.interactions].find({}, {"_id": 0})],
+        related={name: list(db[name].find()) for name in related},
     )
 
 
@@ -258,7 +272,8 @@ def write_mongo(dataset: Dataset, db: Database[dict[str, Any]], names: Collectio
                      "ts": datetime.fromtimestamp(i.ts, UTC)} for i in dataset.interactions]
     for name, documents in ((names.items, [dated(d) for d in dataset.items]),
                             (names.users, [dated(d) for d in dataset.users]),
-                            (names.interactions, interactions)):
+                            (names.interactions, interactions),
+                            *((name, list(docs)) for name, docs in dataset.related.items())):
         if replace:
             db[name].drop()
         for start in range(0, len(documents), batch):

@@ -116,6 +116,7 @@ def evaluate_artifact(artifact: ModelArtifact, dataset: Dataset,
     item_ids = [str(item["_id"]) for item in dataset.items]
     cases = usable_cases(split.cases, set(item_ids))
     users = artifact.embed_users([c.user for c in cases], at=[c.ts for c in cases])
-    model = evaluate_vectors(artifact.embed_items(dataset.items), item_ids, users, cases,
+    items = dataset.items_for(artifact.manifest.feature_spec.relations)
+    model = evaluate_vectors(artifact.embed_items(items), item_ids, users, cases,
                              k_values)
     return comparison(model, evaluate_popularity(split.item_counts, item_ids, cases, k_values))

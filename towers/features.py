@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from towers.relations import Relation
+
 PAD, OOV, FIRST = 0, 1, 2
 
 
@@ -107,12 +109,14 @@ ScalarFeature = Numeric | Age
 
 
 class FeatureSpec(BaseModel):
-    """The fields of item documents and of user documents (profile + recent behaviour)."""
+    """The fields of item documents and of user documents (profile + recent behaviour),
+    and the related documents an item is joined with first (towers.relations)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     item: list[Feature]
     user: list[Feature]
+    relations: list[Relation] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent_tables(self) -> FeatureSpec:

@@ -23,7 +23,7 @@ from towers.clusters import default_k, kmeans
 from towers.coldstart import ColdStart, KnownItems
 from towers.dataset import Dataset, EvalCase, behaviour, time_order
 from towers.evaluate import evaluate_vectors
-from towers.features import Categorical
+from towers.features import Categorical, FeatureSpec
 from towers.train import TrainConfig, TrainResult, item_vectors, train, user_vectors_for
 
 K_VALUES = (10, 100)
@@ -42,17 +42,17 @@ def _hr(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def measure_items(dataset: Dataset, config: TrainConfig, share: float = 0.1, seed: int = 0,
-                  neighbours: Sequence[int] = NEIGHBOURS,
-                  max_cases: int = 5000) -> dict[str, Any]:
+                  neighbours: Sequence[int] = NEIGHBOURS, max_cases: int = 5000,
+                  spec: FeatureSpec | None = None) -> dict[str, Any]:
     """HR of held-out new items with content-only vectors and with neighbour means."""
     interacted = sorted({i.item_id for i in dataset.interactions})
     new = _held_out(interacted, share, seed)
     kept = Dataset(dataset.items, dataset.users,
-                   [i for i in dataset.interactions if i.item_id not in new])
-    result = train(kept, config)
+                   [i for i in dataset.interactions if i.item_id not in new], dataset.related)
+    result = train(kept, config, spec)
     cases = _new_item_cases(dataset, new, config.history_len, max_cases, seed)
     spec, featurizer = result.featurizer.spec, result.featurizer
-    inputs = featurizer.items(dataset.items, at=result.split.train_end)
+    inputs = featurizer.items(dataset.items_for(spec.relations), at=result.split.train_end)
     vectors = item_vectors(result.model, inputs)
     known = KnownItems.of(spec, inputs, lambda part: item_vectors(result.model, part))
     item_ids = [str(item["_id"]) for item in dataset.items]
@@ -110,7 +110,8 @@ def measure_users(dataset: Dataset, config: TrainConfig, share: float = 0.1,
     users = sorted({i.user_id for i in dataset.interactions})
     new = _held_out(users, share, seed)
     result = train(Dataset(dataset.items, dataset.users,
-                           [i for i in dataset.interactions if i.user_id not in new]),
+                           [i for i in dataset.interactions if i.user_id not in new],
+                           dataset.related),
                    config)
     fields = profile_fields(result)
     profiles = {str(user["_id"]): user for user in dataset.users}
@@ -140,7 +141,7 @@ def measure_users(dataset: Dataset, config: TrainConfig, share: float = 0.1,
     by_group = [profile_group(case.user, fields) for case in cases]
     item_ids = [str(item["_id"]) for item in dataset.items]
     vectors = item_vectors(result.model, result.featurizer.items(
-        dataset.items, at=result.split.train_end))
+        dataset.items_for(result.featurizer.spec.relations), at=result.split.train_end))
     figures: dict[str, Any] = {"new_users": len(cases), "profile_fields": fields,
                                "groups": len(means), "clusters": clusters.k}
     for name, queries in (
@@ -153,11 +154,12 @@ def measure_users(dataset: Dataset, config: TrainConfig, share: float = 0.1,
     return figures
 
 
-def choose_cold_start(dataset: Dataset, config: TrainConfig, share: float = 0.1,
+def choose_cold_start(dataset: Dataset, config: TrainConfig,
+                      spec: FeatureSpec | None = None, share: float = 0.1,
                       seed: int = 0) -> ColdStart:
     """Measure held-out new items and keep the method (and k) with the best HR@100; a tie
     keeps the content-only vector."""
-    figures = measure_items(dataset, config, share, seed)
+    figures = measure_items(dataset, config, share, seed, spec=spec)
     measured = {name: float(figures[name]["hr@100"]) for name in figures
                 if name == "content" or name.startswith("neighbours_")}
     best = max(measured, key=lambda name: (measured[name], name == "content"))

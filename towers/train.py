@@ -187,11 +187,12 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
     generator = torch.Generator().manual_seed(config.seed)
     spec = spec or default_spec(config.embedding_dim, config.recency_half_life)
     split = leave_last_out(dataset, config.history_len, config.max_examples_per_user)
-    featurizer = Featurizer.fit(spec, dataset.items, dataset.users, split.item_counts,
+    items = dataset.items_for(spec.relations)
+    featurizer = Featurizer.fit(spec, items, dataset.users, split.item_counts,
                                 now=split.train_end)
     item_ids = [str(item["_id"]) for item in dataset.items]
     row_of = {item_id: row for row, item_id in enumerate(item_ids)}
-    catalog = featurizer.items(dataset.items, at=split.train_end)
+    catalog = featurizer.items(items, at=split.train_end)
 
     examples = [e for e in split.train if e.item_id in row_of]
     if not examples:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from esrec.cli.context import mongo_database, settings_from
 from runtime.errors import Refused
 from towers.artifact import ModelArtifact
 from towers.dataset import Collections, Dataset, load_files, load_mongo, write_jsonl, write_mongo
+from towers.features import FeatureSpec
 
 if TYPE_CHECKING:  # torch is imported only by the commands that train
     from towers.train import EpochLog
@@ -22,15 +24,30 @@ def _collections(ctx: click.Context) -> Collections:
     return Collections(items=names.items, users=names.users, interactions=names.interactions)
 
 
-def _load_dataset(ctx: click.Context, data: Path | None) -> Dataset:
+def _spec(path: Path) -> FeatureSpec:
+    """A feature spec from YAML or JSON, or a one-line refusal naming the problem."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        return FeatureSpec.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as error:
+        raise Refused(f"{path} is not a feature spec: {str(error).splitlines()[0]}",
+                      "see the spec in a model's manifest.json (feature_spec) for the "
+                      "shape") from None
+
+
+def _load_dataset(ctx: click.Context, data: Path | None,
+                  related: Sequence[str] = ()) -> Dataset:
+    """From files or MongoDB, with the ``related`` collections a spec joins items with."""
     if data is not None:
         try:
-            return load_files(data)
+            return load_files(data, related)
         except (FileNotFoundError, ValueError) as error:
             raise Refused(str(error), f"create a dataset with `esrec towers synth --out {data}`"
                           ) from None
     db = mongo_database(ctx)
-    dataset = load_mongo(db, _collections(ctx))
+    dataset = load_mongo(db, _collections(ctx), related)
     if not dataset.interactions:
         raise Refused(f"no interactions in MongoDB database {db.name}",
                       "load some with `esrec towers synth --to-mongo` or pass --data DIR")
@@ -160,12 +177,17 @@ def import_command(ctx: click.Context, config_path: Path, data: Path, out: Path 
               help="How items the model does not know by id are embedded: the content-only "
                    "vector, the mean of the nearest known items, or auto (measured on "
                    "held-out new items: one more training).")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True,
+                                                    path_type=Path),
+              help="The feature spec (YAML or JSON: item, user, relations); default: the "
+                   "built-in spec for catalogs of id, category, tags, title, price.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, version: str,
                   epochs: int, dims: int, batch_size: int, learning_rate: float,
                   temperature: float, max_examples_per_user: int, patience: int,
-                  example_age: bool, cold_start: str, seed: int) -> None:
+                  example_age: bool, cold_start: str, spec_path: Path | None,
+                  seed: int) -> None:
     """Train, select the epoch on validation users, evaluate against most-popular on the
     test users, and export a versioned artifact."""
     from towers.report import training_summary, write_report
@@ -173,7 +195,8 @@ def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, v
 
     if (out / "manifest.json").exists():
         raise Refused(f"{out} already holds an artifact", "pick a new --out directory")
-    dataset = _load_dataset(ctx, data)
+    spec = _spec(spec_path) if spec_path else None
+    dataset = _load_dataset(ctx, data, [r.collection for r in spec.relations] if spec else [])
     config = TrainConfig(epochs=epochs, dims=dims, batch_size=batch_size,
                          learning_rate=learning_rate, temperature=temperature,
                          max_examples_per_user=max_examples_per_user, patience=patience,
@@ -184,9 +207,9 @@ def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, v
         from towers.holdout import choose_cold_start
 
         click.echo("cold start: measuring held-out new items (one more training)", err=True)
-        measured = choose_cold_start(dataset, config)
+        measured = choose_cold_start(dataset, config, spec)
         click.echo(f"cold start: {measured.items} (HR@100 {measured.measured})", err=True)
-    result = train(dataset, config, on_epoch=print_epoch)
+    result = train(dataset, config, spec, on_epoch=print_epoch)
     summary = training_summary(result, config)
     artifact = result.export(out, name, version, summary, measured)
     write_report(summary, out, f"{name}@{version}")
