@@ -35,39 +35,53 @@ class Candidate:
 Ranked = Mapping[str, Sequence[tuple[str, float]]]  # channel -> [(item id, score)] best first
 
 
-def _provenance(ranked: Ranked) -> dict[str, list[Source]]:
-    found: dict[str, list[Source]] = {}
+Found = dict[str, list[tuple[str, int, float]]]  # item -> [(channel, rank, score)]
+
+
+def _provenance(ranked: Ranked, weights: Mapping[str, float], rrf_k: int
+                ) -> tuple[Found, dict[str, float]]:
+    """Every item with where each channel ranked it (an item a channel lists twice: its
+    first place counts), and its weighted RRF score, in one pass; plain tuples: Source
+    objects are built for the answer only."""
+    found: Found = {}
+    scores: dict[str, float] = {}
     for channel, pairs in ranked.items():
+        weight = weights[channel]
+        seen: set[str] = set()
         rank = 0
         for item_id, score in pairs:
+            if item_id in seen:
+                continue
+            seen.add(item_id)
+            rank += 1
             sources = found.get(item_id)
             if sources is None:
-                found[item_id] = sources = []
-            elif sources[-1].channel == channel:  # listed twice by one channel: first counts
-                continue
-            rank += 1
-            sources.append(Source(channel, rank, score))
-    return found
+                found[item_id] = [(channel, rank, score)]
+                scores[item_id] = weight / (rrf_k + rank)
+            else:
+                sources.append((channel, rank, score))
+                scores[item_id] += weight / (rrf_k + rank)
+    return found, scores
+
+
+def _candidate(item_id: str, score: float, sources: list[tuple[str, int, float]]
+               ) -> Candidate:
+    return Candidate(item_id, score, [Source(*source) for source in sources])
 
 
 def rrf(ranked: Ranked, weights: Mapping[str, float], k: int, rrf_k: int) -> list[Candidate]:
-    candidates = []
-    for item_id, sources in _provenance(ranked).items():
-        score = 0.0
-        for source in sources:
-            score += weights[source.channel] / (rrf_k + source.rank)
-        candidates.append(Candidate(item_id, score, sources))
-    candidates.sort(key=lambda candidate: (-candidate.score, candidate.item_id))
-    return candidates[:k]
+    found, scores = _provenance(ranked, weights, rrf_k)
+    best = sorted([(-score, item_id) for item_id, score in scores.items()])[:k]
+    return [_candidate(item_id, -negative, found[item_id]) for negative, item_id in best]
 
 
 def quota(ranked: Ranked, weights: Mapping[str, float], k: int) -> list[Candidate]:
-    provenance = _provenance(ranked)
+    found, _ = _provenance(ranked, weights, 1)
     total = sum(weights[channel] for channel in ranked) or 1.0
-    queues = {channel: [item for item, _ in pairs if item in provenance]
+    queues = {channel: [item for item, _ in pairs if item in found]
               for channel, pairs in ranked.items()}
     slots = {channel: math.ceil(k * weights[channel] / total) for channel in ranked}
-    chosen: dict[str, Candidate] = {}
+    chosen: dict[str, None] = {}
     order = sorted(ranked, key=lambda channel: -weights[channel])
     for budgeted in (True, False):  # first within each quota, then whatever is left
         for channel in order:
@@ -76,9 +90,8 @@ def quota(ranked: Ranked, weights: Mapping[str, float], k: int) -> list[Candidat
                 if len(chosen) >= k or (budgeted and taken >= slots[channel]):
                     break
                 if item_id not in chosen:
-                    chosen[item_id] = Candidate(item_id, 0.0, provenance[item_id])
+                    chosen[item_id] = None
                     taken += 1
-    result = list(chosen.values())
-    for position, candidate in enumerate(result):  # a score that keeps the quota order
-        candidate.score = float(len(result) - position)
-    return result
+    # a score that keeps the quota order
+    return [_candidate(item_id, float(len(chosen) - position), found[item_id])
+            for position, item_id in enumerate(chosen)]

@@ -114,9 +114,9 @@ class UserStates:
             by_user.setdefault(event.user_id, []).append(event)
         groups = list(by_user.values())
         collided = self._write(
-            [self._update(group, tags) for group in groups], groups, result)
+            [self.update(group, tags) for group in groups], groups, result)
         one_by_one = [[event] for group in collided for event in group]
-        for _ in self._write([self._update(single, tags) for single in one_by_one],
+        for _ in self._write([self.update(single, tags) for single in one_by_one],
                              one_by_one, result):
             result.duplicates += 1  # this very event was applied before
         result.applied = len(result.new)
@@ -146,7 +146,7 @@ class UserStates:
                                               f"{problem['errmsg']}") for event in group)
         return collided
 
-    def _update(self, events: Sequence[UserEvent],
+    def update(self, events: Sequence[UserEvent],
                 tags: Mapping[str, Sequence[str]]) -> UpdateOne:
         """One user's events in one update, applied only if none of them was before."""
         entries = [{"item_id": event.item_id, "type": event.type, "ts": event.ts,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,15 +32,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from torch.export import Dim
+from torch.export import Dim, ExportedProgram
 
 from runtime.errors import Refused
 from towers.coldstart import ColdStart, KnownItems
-from towers.features import FeatureSpec
-from towers.featurizer import Featurizer, FittedState, NumericStats
+from towers.features import FeatureSpec, embedded
+from towers.featurizer import NUMERIC, Featurizer, FittedState, NumericStats
 from towers.model import TwoTower
+from towers.numpy_tower import TOLERANCE as NUMPY_TOLERANCE
+from towers.numpy_tower import NumpyTower
 
 FORMAT_VERSION = 1
+log = logging.getLogger("esrec.towers")
 MANIFEST = "manifest.json"
 ITEM_TOWER = "item_tower.pt2"
 USER_TOWER = "user_tower.pt2"
@@ -151,6 +155,9 @@ class ModelArtifact:
     featurizer: Featurizer
     probe_queries: np.ndarray | None = None  # (n, dims) user vectors of held-out users
     known_items: KnownItems | None = None  # for the neighbours cold start
+    # the user tower in numpy (serving: one user a request), when it agrees with the
+    # exported program; None: the program itself serves
+    user_numpy: NumpyTower | None = None
 
     @classmethod
     def load(cls, directory: Path, expected_sha256: str | None = None) -> ModelArtifact:
@@ -190,7 +197,8 @@ class ModelArtifact:
         try:
             with _LOADING:
                 item_tower = torch.export.load(directory / ITEM_TOWER).module()
-                user_tower = torch.export.load(directory / USER_TOWER).module()
+                user_program = torch.export.load(directory / USER_TOWER)
+                user_tower = user_program.module()
         except Exception as error:  # torch raises many types for an unreadable program
             raise ArtifactError(
                 f"{directory}: cannot load the exported towers with torch "
@@ -221,7 +229,8 @@ class ModelArtifact:
             raise ArtifactError(f"{directory}: the manifest's neighbours cold start needs "
                                 f"{KNOWN_ITEMS}")
         return cls(directory, manifest, sha256, item_tower, user_tower, featurizer,
-                   probe_queries, known_items)
+                   probe_queries, known_items,
+                   _numpy_tower(manifest.feature_spec, user_program, user_tower, featurizer))
 
     def embed_items(self, documents: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Unit-length item vectors, one row per document, float32; an item the version
@@ -241,7 +250,34 @@ class ModelArtifact:
         from now (or from ``at``, epoch seconds per document, for offline evaluation)."""
         if not documents:
             return np.zeros((0, self.manifest.dims), np.float32)
+        if self.user_numpy is not None:
+            return self.user_numpy(self.featurizer.user_arrays(documents, at=at))
         return _run(self.user_tower, self.featurizer.users(documents, at=at))
+
+
+def _numpy_tower(spec: FeatureSpec, program: ExportedProgram, tower: torch.nn.Module,
+                 featurizer: Featurizer, rows: int = 16) -> NumpyTower | None:
+    """The user tower in numpy if it computes what the program computes (random valid
+    inputs: every id within its table, positive weights, any numbers)."""
+    weights = {name: value.detach().numpy().astype(np.float32)
+               for name, value in program.state_dict.items()}
+    candidate = NumpyTower(spec.user, weights, example_age=True)
+    rng = np.random.default_rng(0)
+    probe = featurizer.user_arrays([{}] * rows)
+    for feature in embedded(spec.user):
+        size = len(weights[f"tables.{feature.table_name}.weight"])
+        probe[feature.name] = rng.integers(0, size, probe[feature.name].shape, dtype=np.int64)
+        if f"{feature.name}_weights" in probe:
+            probe[f"{feature.name}_weights"] = rng.uniform(
+                0, 3, probe[feature.name].shape).astype(np.float32)
+    probe[NUMERIC] = rng.normal(size=probe[NUMERIC].shape).astype(np.float32)
+    expected = _run(tower, {name: torch.from_numpy(array) for name, array in probe.items()})
+    difference = float(np.abs(candidate(probe) - expected).max())
+    if difference > NUMPY_TOLERANCE:
+        log.warning("the numpy user tower disagrees with the exported program; serving "
+                    "with the program", extra={"difference": difference})
+        return None
+    return candidate
 
 
 def _run(tower: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -156,7 +157,8 @@ class Featurizer:
     def items(self, documents: Sequence[Mapping[str, Any]],
               at: float | None = None) -> dict[str, torch.Tensor]:
         """Item-tower inputs; ``at`` (epoch seconds) is "now" for age features."""
-        return self._tensors(self.spec.item, documents, [at or time.time()] * len(documents))
+        return _torch(self._arrays(self.spec.item, documents,
+                                   [at or time.time()] * len(documents)))
 
     def users(
         self,
@@ -165,37 +167,46 @@ class Featurizer:
         example_age_days: Sequence[float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """User-tower inputs. Training passes each example's time and age; serving neither."""
-        reference = list(at) if at is not None else [time.time()] * len(documents)
-        tensors = self._tensors(self.spec.user, documents, reference)
-        ages = example_age_days if example_age_days is not None else [0.0] * len(documents)
-        tensors[EXAMPLE_AGE] = torch.tensor(ages, dtype=torch.float32).unsqueeze(1)
-        return tensors
+        return _torch(self.user_arrays(documents, at, example_age_days))
 
-    def _tensors(self, features: list[Feature], documents: Sequence[Mapping[str, Any]],
-                 at: Sequence[float]) -> dict[str, torch.Tensor]:
-        tensors: dict[str, torch.Tensor] = {}
+    def user_arrays(
+        self,
+        documents: Sequence[Mapping[str, Any]],
+        at: Sequence[float] | None = None,
+        example_age_days: Sequence[float] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``users`` as numpy arrays (the serving path computes the tower in numpy)."""
+        reference = list(at) if at is not None else [time.time()] * len(documents)
+        arrays = self._arrays(self.spec.user, documents, reference)
+        ages = example_age_days if example_age_days is not None else [0.0] * len(documents)
+        arrays[EXAMPLE_AGE] = np.asarray(ages, np.float32).reshape(len(documents), 1)
+        return arrays
+
+    def _arrays(self, features: list[Feature], documents: Sequence[Mapping[str, Any]],
+                at: Sequence[float]) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
         scalars: list[list[float]] = []
+        rows = len(documents)
         for feature in features:
             if isinstance(feature, Numeric | Age):
                 scalars.append([self._standardised(feature, d, t) for d, t in zip(documents, at,
                                                                                  strict=True)])
             elif isinstance(feature, Tags | Text | RecentItems):
-                rows = [self._bag(feature, d) for d in documents]
-                tensors[feature.name] = torch.tensor(rows, dtype=torch.long).view(
-                    len(documents), feature.max_len)
+                arrays[feature.name] = np.asarray(
+                    [self._bag(feature, d) for d in documents], np.int64).reshape(
+                    rows, feature.max_len)
             elif isinstance(feature, TagCounts):
                 pairs = [self._weighted_bag(feature, d) for d in documents]
-                tensors[feature.name] = torch.tensor([p[0] for p in pairs], dtype=torch.long).view(
-                    len(documents), feature.max_len)
-                tensors[f"{feature.name}_weights"] = torch.tensor(
-                    [p[1] for p in pairs], dtype=torch.float32).view(len(documents),
-                                                                     feature.max_len)
+                arrays[feature.name] = np.asarray([p[0] for p in pairs], np.int64).reshape(
+                    rows, feature.max_len)
+                arrays[f"{feature.name}_weights"] = np.asarray(
+                    [p[1] for p in pairs], np.float32).reshape(rows, feature.max_len)
             else:
-                tensors[feature.name] = torch.tensor(
-                    [self._single(feature, d) for d in documents], dtype=torch.long)
-        tensors[NUMERIC] = (torch.tensor(scalars, dtype=torch.float32).T.contiguous() if scalars
-                            else torch.zeros(len(documents), 0))
-        return tensors
+                arrays[feature.name] = np.asarray(
+                    [self._single(feature, d) for d in documents], np.int64).reshape(rows)
+        arrays[NUMERIC] = (np.ascontiguousarray(np.asarray(scalars, np.float32).T) if scalars
+                           else np.zeros((rows, 0), np.float32))
+        return arrays
 
     def _lookup(self, feature: EmbeddedFeature, key: str) -> int:
         if feature.hash_buckets:
@@ -251,6 +262,10 @@ class Featurizer:
             return 0.0  # the fitted mean
         stats = self.state.numeric[feature.name]
         return (value - stats.mean) / stats.std
+
+
+def _torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
 
 def _values(feature: Categorical | Tags | Text, document: Mapping[str, Any]) -> Iterable[str]:

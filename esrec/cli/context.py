@@ -4,14 +4,16 @@ and the one place where errors become an exit code and a plain message."""
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from esrec.settings import Settings, load_settings
-from indexer.service import Services
 from runtime.clients import MongoDatabase, elasticsearch_client, mongo_client, server_error
 from runtime.errors import EXIT_CODES, EsrecError, Kind
+
+if TYPE_CHECKING:  # commands import the core packages (and torch) themselves, when run
+    from indexer.service import Services
 
 
 def settings_from(ctx: click.Context) -> Settings:
@@ -35,6 +37,8 @@ def mongo_database(ctx: click.Context) -> MongoDatabase:
 
 def services_from(ctx: click.Context) -> Services:
     """Servers, registry and names wired for the indexer and the rollout commands."""
+    from indexer.service import Services
+
     settings = settings_from(ctx)
     return Services.create(settings, elasticsearch_client(settings.es), mongo_database(ctx))
 

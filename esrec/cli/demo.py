@@ -6,15 +6,17 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from esrec.cli.context import settings_from
-from esrec.demo import Demo, DemoFailed, DemoSize
 from esrec.settings import Settings
 from esrec.stack import LocalStack
-from indexer.layout import delete_indices
 from runtime.logs import configure
+
+if TYPE_CHECKING:  # the demo (and torch) loads when it runs, not for --help
+    from esrec.demo import Demo
 
 SERVER_VARIABLES = ("ESREC_ES__HOSTS", "ESREC_MONGO__URI", "ESREC_KAFKA__BOOTSTRAP_SERVERS")
 # the latency gate on the stand-in Elasticsearch: its kNN is a full scan (~30-100 ms for
@@ -42,6 +44,8 @@ def _namespaced(settings: Settings, namespace: str) -> Settings:
 
 def _clean(demo: Demo) -> None:
     """Start from nothing: the namespace's database and indices from an earlier run go."""
+    from indexer.layout import delete_indices
+
     demo.db.client.drop_database(demo.db.name)
     delete_indices(demo.es, f"{demo.settings.index.prefix}-*")
 
@@ -63,6 +67,8 @@ def demo(ctx: click.Context, out: Path, items: int, users: int, epochs: int,
 
     Starts the local stand-in servers unless servers are configured (ESREC_* or --config).
     """
+    from esrec.demo import Demo, DemoFailed, DemoSize
+
     configure("WARNING")
     started = time.perf_counter()
     configured = ctx.obj.get("config") is not None or any(v in os.environ

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Never
+from typing import TYPE_CHECKING, Never
 
 import click
 from elastic_transport import TransportError
@@ -19,16 +19,17 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from tqdm import tqdm
 
 from esrec.cli.context import services_from, settings_from
-from indexer.backfill import OnProgress
-from indexer.daemon import Resync
-from indexer.lifecycle import Versions
-from indexer.pipeline import Target
-from indexer.service import Services
 from indexer.sink import TransientBulkError
 from runtime.errors import Refused
 from runtime.logs import configure
 from runtime.retry import Backoff, retry
 from runtime.service import install_signal_handlers, serve_http
+
+if TYPE_CHECKING:  # the towers (torch) load in the commands that need them, not for --help
+    from indexer.backfill import OnProgress
+    from indexer.daemon import Resync
+    from indexer.pipeline import Target
+    from indexer.service import Services
 
 log = logging.getLogger("esrec.indexer")
 
@@ -118,6 +119,8 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
 
 
 def _history_policy(services: Services, choice: str | None) -> Resync | None:
+    from indexer.lifecycle import Versions
+
     policy = choice or services.settings.indexer.on_history_lost
     return Versions(services).resync if policy == "resync" else None
 
@@ -177,6 +180,8 @@ def worker_command(ctx: click.Context, on_history_lost: str | None,
 def status_command(ctx: click.Context) -> None:
     """Per active version: lag, whether a daemon follows it, MongoDB vs Elasticsearch
     counts; dead letters."""
+    from indexer.lifecycle import Versions
+
     click.echo(json.dumps(Versions(services_from(ctx)).report(), indent=2, default=str))
 
 
@@ -186,6 +191,8 @@ def status_command(ctx: click.Context) -> None:
 @click.pass_context
 def purge_command(ctx: click.Context, older_than_hours: float | None) -> None:
     """Delete old delete-tombstones from every active index (skips one being backfilled)."""
+    from indexer.lifecycle import Versions
+
     services = services_from(ctx)
     hours = (services.settings.indexer.tombstone_retention_hours if older_than_hours is None
              else older_than_hours)

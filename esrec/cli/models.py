@@ -12,18 +12,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from esrec.cli.context import mongo_database, services_from, settings_from
 from esrec.cli.indexer import progress_bar
-from indexer.canary import CanaryStore, abort
-from indexer.gates import GateResult, validate
-from indexer.lifecycle import VersionError, Versions
-from indexer.rollout import CanaryPlan, roll
-from indexer.service import Services
 from runtime.logs import configure
-from towers.registry import ModelRegistry
+
+if TYPE_CHECKING:  # the core packages (and torch) load in the commands, not for --help
+    from indexer.gates import GateResult
+    from indexer.service import Services
+    from towers.registry import ModelRegistry
 
 ref_argument = click.argument("ref", metavar="NAME@VERSION")
 
@@ -35,6 +35,8 @@ def models() -> None:
 
 
 def _registry(ctx: click.Context) -> ModelRegistry:
+    from towers.registry import ModelRegistry
+
     return ModelRegistry(mongo_database(ctx), settings_from(ctx).mongo.collections.models)
 
 
@@ -109,6 +111,8 @@ def _with_services(command: Callable[..., None]) -> Callable[..., None]:
 def build(services: Services, ref: str) -> None:
     """Create NAME@VERSION's index and backfill it (resumable); a running `esrec indexer
     run` dual-writes it from the backfill's start. Ends in state ready."""
+    from indexer.lifecycle import VersionError, Versions
+
     with progress_bar(f"build {ref}") as on_progress:
         report = Versions(services).build(ref, on_progress)
     click.echo(json.dumps({"model": ref, "index": report.index, "documents": report.documents,
@@ -123,6 +127,8 @@ def build(services: Services, ref: str) -> None:
 @_with_services
 def validate_command(services: Services, ref: str) -> None:
     """Run the gates (coverage, freshness, vectors, ann, latency); exit 1 if one fails."""
+    from indexer.gates import validate
+
     results = validate(services, services.target(ref))
     _print_gates(results)
     if not all(result.passed for result in results):
@@ -134,6 +140,8 @@ def validate_command(services: Services, ref: str) -> None:
 @_with_services
 def promote(services: Services, ref: str) -> None:
     """Point the serving alias at NAME@VERSION's index (one atomic alias call)."""
+    from indexer.lifecycle import Versions
+
     previous = Versions(services).promote(ref)
     click.echo(f"serving {ref} (was {previous or 'nothing'})")
 
@@ -142,6 +150,8 @@ def promote(services: Services, ref: str) -> None:
 @_with_services
 def rollback(services: Services) -> None:
     """Serve the previously serving version again (kept current until retired)."""
+    from indexer.lifecycle import Versions
+
     was, now = Versions(services).rollback()
     click.echo(f"serving {now} (rolled back from {was})")
 
@@ -155,6 +165,8 @@ def rollback(services: Services) -> None:
 def retire(services: Services, ref: str, grace_s: float | None) -> None:
     """Stop indexing NAME@VERSION and delete its index after a grace period (never the
     serving version)."""
+    from indexer.lifecycle import Versions
+
     grace = services.settings.rollout.retire_grace_s if grace_s is None else grace_s
     deleted = Versions(services).retire(ref, grace)
     click.echo(f"retired {ref}; deleted {', '.join(deleted) or 'no index'}")
@@ -166,6 +178,8 @@ def retire(services: Services, ref: str, grace_s: float | None) -> None:
 def status(services: Services, as_json: bool) -> None:
     """Versions, state, index, live documents, lag, whether an indexer follows each, and
     which one serves."""
+    from indexer.lifecycle import Versions
+
     rows = Versions(services).status()
     if as_json:
         for row in rows:
@@ -219,6 +233,9 @@ def roll_command(services: Services, ref: str, share: float | None,
     """Build, validate (and canary) and promote NAME@VERSION in one command. Refuses to
     promote when a gate or the canary fails; rolls back by itself when the post-promote
     probe fails."""
+    from indexer.lifecycle import Versions
+    from indexer.rollout import CanaryPlan, roll
+
     settings = services.settings.rollout
     plan = None if share is None else CanaryPlan(
         share, canary_duration_s or settings.canary_duration_s)
@@ -237,6 +254,8 @@ def canary() -> None:
 @_with_services
 def canary_status(services: Services) -> None:
     """The latest canary: versions, share, state, figures per arm, as JSON."""
+    from indexer.canary import CanaryStore
+
     current = CanaryStore(services.db, services.settings).current()
     if current is None:
         click.echo("no canary has run (esrec models roll NAME@VERSION --canary 10%)")
@@ -250,6 +269,9 @@ def canary_status(services: Services) -> None:
 def canary_abort(services: Services) -> None:
     """Stop the running canary now: every user goes back to the serving version and the
     candidate back to ready."""
+    from indexer.canary import CanaryStore, abort
+    from indexer.lifecycle import Versions
+
     stopped = abort(Versions(services), CanaryStore(services.db, services.settings))
     click.echo(f"aborted the canary of {stopped.candidate}; {stopped.baseline} serves "
                "everyone")

@@ -6,20 +6,22 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 from pydantic import ValidationError
 
 from esrec.cli.context import mongo_database, settings_from
-from recall.events import EventConsumer
-from recall.recaller import Recaller, serve_with_one_torch_thread
-from recall.request import RecallResponse
 from recall.state import UserStates, problems
 from runtime.clients import elasticsearch_client, mongo_client
 from runtime.errors import Refused
 from runtime.logs import configure
 from runtime.service import install_signal_handlers, serve_http
-from towers.registry import ModelRegistry
+
+if TYPE_CHECKING:  # the recall modules (and torch) load in the commands, not for --help
+    from recall.recaller import Recaller
+    from recall.request import RecallResponse
+    from towers.registry import ModelRegistry
 
 # the recall path answers in milliseconds; a stuck Elasticsearch must not hold a request
 RECALL_REQUEST_TIMEOUT_S = 2.0
@@ -33,6 +35,9 @@ def recall() -> None:
 def recaller_from(ctx: click.Context) -> Recaller:
     """A Recaller whose servers answer within RECALL_REQUEST_TIMEOUT_S or count as down
     (a request then gets 503 at once instead of waiting out the default 10-30 s)."""
+    from recall.recaller import Recaller
+    from towers.registry import ModelRegistry
+
     settings = settings_from(ctx)
     timeout_ms = int(RECALL_REQUEST_TIMEOUT_S * 1000)
     db = mongo_client(settings.mongo, serverSelectionTimeoutMS=timeout_ms,
@@ -48,6 +53,8 @@ def recaller_from(ctx: click.Context) -> Recaller:
 @click.pass_context
 def events(ctx: click.Context, metrics_port: int | None) -> None:
     """Consume the user-events topic into MongoDB user state until SIGTERM/SIGINT."""
+    from recall.events import EventConsumer
+
     configure()
     settings = settings_from(ctx)
     stop = threading.Event()
@@ -69,6 +76,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from recall.api import create_app
+    from recall.recaller import serve_with_one_torch_thread
 
     configure()
     serve_with_one_torch_thread()
@@ -118,6 +126,8 @@ def clusters() -> None:
 
 
 def _states_and_registry(ctx: click.Context) -> tuple[UserStates, ModelRegistry]:
+    from towers.registry import ModelRegistry
+
     settings = settings_from(ctx)
     db = mongo_database(ctx)
     return UserStates(db, settings), ModelRegistry(db, settings.mongo.collections.models)

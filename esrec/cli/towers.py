@@ -11,7 +11,6 @@ import click
 
 from esrec.cli.context import mongo_database, settings_from
 from runtime.errors import Refused
-from towers.artifact import ModelArtifact
 from towers.dataset import Collections, Dataset, load_files, load_mongo, write_jsonl, write_mongo
 from towers.features import FeatureSpec
 
@@ -225,6 +224,7 @@ def train_command(ctx: click.Context, data: Path | None, out: Path, name: str, v
 @click.pass_context
 def eval_command(ctx: click.Context, artifact_dir: Path, data: Path | None) -> None:
     """HR/Recall/NDCG@10,50,100,200 of exported towers and of most-popular, as JSON."""
+    from towers.artifact import ModelArtifact
     from towers.evaluate import evaluate_artifact
 
     artifact = ModelArtifact.load(artifact_dir)

@@ -89,3 +89,28 @@ def test_missing_file_and_edited_manifest_are_refused(artifact_dir: Path, tmp_pa
 def test_export_refuses_to_overwrite(trained: TrainResult, artifact_dir: Path) -> None:
     with pytest.raises(ArtifactError, match="already holds an artifact"):
         trained.export(artifact_dir, "x", "2")
+
+
+def test_the_numpy_user_tower_equals_the_exported_program(artifact: ModelArtifact,
+                                                          trained: TrainResult) -> None:
+    """Serving embeds users in numpy; it must compute what the exported program does."""
+    from towers.artifact import _run
+    from towers.numpy_tower import TOLERANCE
+
+    assert artifact.user_numpy is not None
+    users = [case.user for case in trained.split.cases[:300]] + [{}, {"country": "c1"}]
+    program = _run(artifact.user_tower, artifact.featurizer.users(users))
+    served = artifact.embed_users(users)
+    assert np.abs(served - program).max() < TOLERANCE
+    one = artifact.embed_users(users[:1])  # a request: one user
+    assert np.abs(one[0] - program[0]).max() < TOLERANCE
+
+
+def test_a_numpy_tower_that_disagrees_is_not_used(artifact_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import towers.numpy_tower as numpy_tower
+
+    original = numpy_tower.NumpyTower.__call__
+    monkeypatch.setattr(numpy_tower.NumpyTower, "__call__",
+                        lambda self, inputs: original(self, inputs) * 1.01)
+    assert ModelArtifact.load(artifact_dir).user_numpy is None  # the program serves
