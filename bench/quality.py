@@ -7,8 +7,9 @@ import (the `esrec towers import` code path, into MongoDB) -> train (validation 
 selection) -> publish -> build -> promote -> the interaction log minus each user's two
 held-out interactions replayed as user events through Kafka into `esrec recall events`
 (a real process: user state and measured popularity) -> user clusters -> every channel's
-own list for each validation user (second-to-last interaction), and the fusion weights
-that serve them best -> the validation interactions replayed -> for every test user
+own list for each validation user (second-to-last interaction), and fusion weights
+calibrated on them (bench.fusion) -> the validation interactions replayed -> for every
+test user
 (leave-last-out by time; every unseen item ranks), HR@10/50/100 of:
 
     most_popular   the training set's most frequent items
@@ -16,7 +17,7 @@ that serve them best -> the validation interactions replayed -> for every test u
     towers_exact   the exported towers, brute force over the whole catalog
     es_knn         Recaller with the kNN channel only (Elasticsearch, seen items excluded)
     es_fused       Recaller with the default channels and weights, fused
-    es_fused_with_validation_weights   the same lists fused with the validation's weights
+    es_fused_with_calibrated_weights   the same lists fused with the validation's weights
     channel_<c>    each channel's own list (what the channel alone serves)
     fusion         per channel: fused hits it found, hits only it found, fused HR
                    without it
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.fusion import contributions, fused_hr, tune
+from bench.fusion import calibrate, contributions, fused_hr
 from bench.indexer import stack_settings
 from esrec.settings import Settings, server_environment
 from indexer.layout import model_of
@@ -219,13 +220,14 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
     rrf_k = settings.recall.rrf_k
     defaults = {name: channel.settings.weight for name, channel in recaller.channels.items()}
     _, validation_lists = _explained(recaller, validation, k)
-    tuned, tuned_validation = tune(validation_lists, [c.target for c in validation],
-                                   defaults, k, rrf_k)
+    validation_targets = [c.target for c in validation]
+    calibrated, own = calibrate(validation_lists, validation_targets, k)
     figures["fusion_on_validation"] = {
-        "cases": len(validation), "default_weights": defaults,
-        "default_hr@100": fused_hr(validation_lists, defaults,
-                                   [c.target for c in validation], k, rrf_k),
-        "tuned_weights": tuned, "tuned_hr@100": tuned_validation}
+        "cases": len(validation), "channel_hr@100": own, "calibrated_weights": calibrated,
+        "default_weights": defaults,
+        "default_hr@100": fused_hr(validation_lists, defaults, validation_targets, k, rrf_k),
+        "calibrated_hr@100": fused_hr(validation_lists, calibrated, validation_targets, k,
+                                      rrf_k)}
     lap("validation_s")
     build_user_state(settings, [i for i in dataset.interactions
                                 if (i.user_id, i.item_id, i.ts) in validation_held],
@@ -237,7 +239,8 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
             rank_metrics(_ranks(served, cases, k), K_VALUES))
     figures["es_fused"] = _hr(rank_metrics(_ranks(
         [[c.item_id for c in answer.candidates] for answer in answers], cases, k), K_VALUES))
-    figures["es_fused_with_validation_weights"] = fused_hr(lists, tuned, targets, k, rrf_k)
+    figures["es_fused_with_calibrated_weights"] = fused_hr(lists, calibrated, targets, k,
+                                                           rrf_k)
     figures["fusion"] = contributions(lists, targets, answers, defaults, k, rrf_k)
     lap("served_eval_s")
     figures["seen_items_served"] = _seen_served(
