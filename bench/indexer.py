@@ -11,6 +11,7 @@ a small model, then measures on the same machine in one run:
     indexer      change stream -> pipeline -> _bulk -> checkpoint         (changes/s)
     naive        per document: embed one, index one                       (docs/s)
     latency      MongoDB write -> visible to search, at a steady rate     (p50/p99 ms)
+    startup      `esrec indexer run` start -> its first checkpoint; `esrec --help`  (s)
 
 With a private stack every server shares this machine's cores with esrec, so it also
 reports each process's CPU per document in each phase and the CPU-bound ceiling: the
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,7 +36,7 @@ import bson
 import numpy as np
 from elasticsearch import Elasticsearch
 
-from esrec.settings import Settings, load_settings
+from esrec.settings import Settings, load_settings, server_environment
 from esrec.stack import LocalStack
 from indexer.changes import Position
 from indexer.documents import project
@@ -161,9 +164,11 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     # every core busy with these processes at these costs: the most this machine can do
     cpu_ceiling = (os.cpu_count() or 1) * 1e6 / sum(indexer_cpu_us.values())
 
-    latencies = _latency(svc, es, target.index, count=200, rate_per_s=50)
+    latencies = [_latency(svc, es, target.index, seconds=4, rate_per_s=50, tick_s=0.02),
+                 _latency(svc, es, target.index, seconds=5, rate_per_s=1000, sample=10)]
     svc.stop.set()
     thread.join(60)
+    startup = _startup(svc, settings, target.index)
 
     naive_docs = documents[: min(1000, docs)]  # ~1.5 s: long enough to average out noise
     naive_index = svc.new_generation(REF, point_alias=False).index
@@ -186,6 +191,7 @@ def measure(settings: Settings, docs: int, model_dir: Path,
         "indexer_vs_min_tower_bulk_stream": round(indexer / min(ceiling, stream), 3),
         "indexer_vs_naive": round(indexer / naive, 1),
         "write_to_searchable_ms": latencies,
+        "startup_s": startup,
         # CPU microseconds per document / event / change of each process, phase by phase:
         # on one machine the servers and esrec share the cores, which bounds the indexer
         "cpu_us_per_doc": {"bulk": bulk_cpu_us, "stream": stream_cpu_us,
@@ -196,23 +202,62 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     }
 
 
-def _latency(svc: Services, es: Elasticsearch, index: str, count: int,
-             rate_per_s: float) -> dict[str, float]:
-    """Insert at a steady rate; poll search until each document is visible."""
+def _startup(svc: Services, settings: Settings, index: str) -> dict[str, float]:
+    """A fresh `esrec indexer run` process: seconds from its start to its first saved
+    checkpoint (imports, settings, the version's towers, the stream, an idle
+    confirmation), and how long `esrec --help` takes."""
+    env = {**os.environ, **server_environment(settings), "ESREC_INDEXER__METRICS_PORT": "0"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "esrec", "--help"], env=env, check=True,
+                   capture_output=True)
+    help_s = time.perf_counter() - started
+    wall, started = time.time(), time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "esrec", "indexer", "run"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while True:
+            progress = svc.checkpoints.progress(index)
+            if progress and progress.saved_at and progress.saved_at.timestamp() > wall:
+                break
+            if process.poll() is not None or time.perf_counter() - started > 300:
+                output = process.stderr.read() if process.stderr else b""
+                raise RuntimeError(f"the daemon did not save a checkpoint: {output[-2000:]!r}")
+            time.sleep(0.05)
+        first_checkpoint_s = time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(60)
+    return {"daemon_to_first_checkpoint": round(first_checkpoint_s, 2),
+            "esrec_help": round(help_s, 2)}
+
+
+def _latency(svc: Services, es: Elasticsearch, index: str, seconds: float,
+             rate_per_s: float, tick_s: float = 0.01, sample: int = 1) -> dict[str, float]:
+    """Insert at a steady rate (a batch every ``tick_s``); poll search until every
+    ``sample``-th document is visible."""
     written: dict[str, float] = {}
     seen: dict[str, float] = {}
+    per_tick = max(1, round(rate_per_s * tick_s))
+    ticks = round(seconds / tick_s)
+    done = threading.Event()
 
     def write() -> None:
-        for i in range(count):
-            doc_id = f"lat{i}"
-            written[doc_id] = time.perf_counter()
-            svc.items.insert_one({"_id": doc_id, "title": f"latency {i}", "tags": ["x"]})
-            time.sleep(1 / rate_per_s)
+        start = time.perf_counter()
+        for tick in range(ticks):
+            ids = [f"lat{rate_per_s:g}-{tick}-{n}" for n in range(per_tick)]
+            stamp = time.perf_counter()
+            svc.items.insert_many([{"_id": doc_id, "title": f"latency {tick}", "tags": ["x"]}
+                                   for doc_id in ids], ordered=False)
+            for n, doc_id in enumerate(ids):
+                if (tick * per_tick + n) % sample == 0:
+                    written[doc_id] = stamp
+            time.sleep(max(0.0, start + (tick + 1) * tick_s - time.perf_counter()))
+        done.set()
 
     writer = threading.Thread(target=write)
     writer.start()
-    deadline = time.monotonic() + count / rate_per_s + 60
-    while len(seen) < count and time.monotonic() < deadline:
+    deadline = time.monotonic() + seconds + 60
+    while time.monotonic() < deadline and not (done.is_set() and len(seen) == len(written)):
         pending = [d for d in list(written) if d not in seen]
         if pending:
             hits = es.search(index=index, query={"ids": {"values": pending}},
@@ -220,12 +265,12 @@ def _latency(svc: Services, es: Elasticsearch, index: str, count: int,
             now = time.perf_counter()
             for hit in hits:
                 seen.setdefault(hit["_id"], now)
-        time.sleep(0.005)
+        time.sleep(0.01)
     writer.join()
     delays = np.array([seen[d] - written[d] for d in seen]) * 1000
     return {"p50": round(float(np.percentile(delays, 50)), 1),
             "p99": round(float(np.percentile(delays, 99)), 1), "samples": len(delays),
-            "rate_per_s": rate_per_s}
+            "unseen": len(written) - len(seen), "rate_per_s": rate_per_s}
 
 
 def main() -> None:

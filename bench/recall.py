@@ -11,7 +11,7 @@ indexes a synthetic catalog, seeds user state, then measures for the same users:
     outside    per request, its time minus its own _msearch time (from the response's
                stages_ms): the overhead without the noise of two latency distributions,
                split into server_reads (resolve + state + seeds: MongoDB and the i2i mget)
-               and esrec_compute (user tower + queries + fusion: esrec's own CPU)
+               and esrec_compute (user tower, cluster, queries, fusion: esrec CPU)
     stages     p50 / p99 of every stage
     idle wake  the user tower back to back vs after idling as long as an _msearch takes
 
@@ -126,7 +126,8 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
             "overhead_ms": {p: round(full[p] - raw[p], 2) for p in raw},
             "outside_msearch_ms": _stage_sum(stages, set(STAGES) - {"msearch"}),
             "server_reads_ms": _stage_sum(stages, {"resolve", "state", "seeds"}),
-            "esrec_compute_ms": _stage_sum(stages, {"user_tower", "queries", "fusion"}),
+            "esrec_compute_ms": _stage_sum(stages, {"user_tower", "cluster", "queries",
+                                                    "fusion"}),
             "stages_ms": {stage: _stage_sum(stages, {stage}) for stage in STAGES}}
     figures["idle_wake_ms"] = _idle_wake(recaller, users[0], pause_s=figures["clients_1"][
         "raw_msearch_ms"]["p50"] / 1000)

@@ -8,7 +8,9 @@
     -> commit offsets
 
 Offsets are committed only after the batch's state updates are acknowledged, so a crash
-replays (harmless: replays are skipped), never skips. A dead letter always fits a Kafka
+replays (harmless: replays are skipped), never skips. Measured popularity is folded in
+memory and written every ``popularity_flush_s`` (and at a clean stop): a crash loses at
+most that long's counts, never user state. A dead letter always fits a Kafka
 message (the payload is cut to an excerpt, with its size and sha256), and a dead letter
 that cannot be sent is logged and counted, never a reason to stop: the record stays in
 the source topic at the offset the log names. Kafka or MongoDB down, at start or later,
@@ -101,10 +103,12 @@ class EventConsumer:
                  health: Health | None = None) -> None:
         self.settings = settings
         self.states = UserStates(db, settings)
-        self.popularity = Popularity(db, settings)
+        flush_s = settings.recall.popularity_flush_s
+        self.popularity = Popularity(db, settings, flush_s)
         names = settings.mongo.collections
+        self.cluster_popularity = ClusterPopularity(db, settings, flush_s)
         self.clusters = ClusterTracker(ModelRegistry(db, names.models), self.states,
-                                       ClusterPopularity(db, settings))
+                                       self.cluster_popularity)
         self.clicks = ClickCounter(CanaryStore(db, settings))
         self.stop = stop
         self.metrics = EventMetrics()
@@ -148,7 +152,9 @@ class EventConsumer:
                     self.handle(records, producer)
                     retry(consumer.commit, what="kafka commit", backoff=self.backoff,
                           stop=self.stop, retry_on=(KafkaError,), health=self.health)
+                self.flush_counts(due=True)  # also while idle: nothing waits for a batch
                 self._measure_lag(consumer)
+            self.flush_counts()  # stopping: what was folded since the last write
         finally:
             consumer.close()
             producer.close()
@@ -166,7 +172,8 @@ class EventConsumer:
         applied = retry(lambda: self.states.apply(events), what="mongodb",
                         backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
                         health=self.health)
-        for count in (self.popularity.count, self.clusters.count, self.clicks.count):
+        self.popularity.count(applied.new)  # in memory: written by flush_counts
+        for count in (self.clusters.count, self.clicks.count):
             retry(functools.partial(count, applied.new), what="mongodb",
                   backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
                   health=self.health)
@@ -179,6 +186,14 @@ class EventConsumer:
         self.metrics.events.labels("applied").inc(applied.applied)
         self.metrics.events.labels("duplicate").inc(applied.duplicates)
         return len(rejected)
+
+    def flush_counts(self, due: bool = False) -> None:
+        """Write the popularity folded since the last write (``due``: only if its time
+        came); a failed write keeps the folds for the retry, never counting twice."""
+        for counts in (self.popularity, self.cluster_popularity):
+            retry(counts.flush_due if due else counts.flush, what="mongodb",
+                  backoff=self.backoff, stop=self.stop, retry_on=(PyMongoError,),
+                  health=self.health)
 
     def _reject(self, producer: KafkaProducer, rejected: list[tuple[Record, str]]
                 ) -> None:

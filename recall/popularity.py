@@ -14,7 +14,8 @@ sorted by ``k`` are the keys sorted by popularity at any moment.
 "Now" is the newest event seen, not the wall clock, and the window (``hot_window_days``)
 is relative to it: a replayed log (MovieLens from the 2010s) has hot items too. Counted
 only for events applied to user state for the first time, after that write: a replay
-never counts twice; a crash between the two writes loses at most that batch's counts.
+never counts twice. The events consumer folds in memory and writes every
+``popularity_flush_s``: a crash loses at most that long's counts.
 A cluster's counts are keyed by the lineage of the centroids that assigned the user (the
 model version and the k-means build, ``ClusterSet.lineage``): centroids of version V
 only ever meet vectors of version V, and so do their counts; a rebuild starts afresh.
@@ -23,6 +24,7 @@ only ever meet vectors of version V, and so do their counts; a rebuild starts af
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +44,11 @@ def _logaddexp2(a: float, b: float) -> float:
     return high + math.log2(1.0 + 2.0 ** (low - high))
 
 
-def fold(keyed_times: Iterable[tuple[str, float]], half_life_s: float) -> dict[str, Fold]:
-    """Events (key, epoch seconds) folded into one (k, last, n) per key."""
-    folds: dict[str, Fold] = {}
+def fold(keyed_times: Iterable[tuple[str, float]], half_life_s: float,
+         into: dict[str, Fold] | None = None) -> dict[str, Fold]:
+    """Events (key, epoch seconds) folded into one (k, last, n) per key (into ``into``:
+    folds not written yet)."""
+    folds: dict[str, Fold] = {} if into is None else into
     for key, ts in keyed_times:
         x = ts / half_life_s
         k, last, n = folds.get(key, (x, ts, 0))
@@ -79,17 +83,48 @@ class Popular:
 
 
 class _Counts:
-    def __init__(self, collection: MongoCollection, recall: RecallSettings) -> None:
+    """Decayed counts in one collection. ``flush_s`` > 0 folds events in memory, and
+    ``flush_due`` writes them at most that often (one update per key for every event
+    since): the events consumer's way, fewer writes for the same counts; a crash then
+    loses at most that long's counts. 0: every ``count`` writes at once."""
+
+    def __init__(self, collection: MongoCollection, recall: RecallSettings,
+                 flush_s: float = 0.0) -> None:
         self.collection = collection
         self.half_life_s = recall.popularity_half_life_days * DAY_S
         self.window_s = recall.hot_window_days * DAY_S
         self.top_n = recall.popularity_top
+        self.flush_s = flush_s
         self._indexed = False
+        self._pending: dict[str, Fold] = {}
+        self._next_flush = time.monotonic() + flush_s
 
-    def _write(self, updates: list[UpdateOne]) -> None:
-        if updates:
+    def _add(self, keyed_times: Iterable[tuple[str, float]]) -> int:
+        """Fold events in (written at once without ``flush_s``); returns the pending keys."""
+        fold(keyed_times, self.half_life_s, self._pending)
+        pending = len(self._pending)
+        if not self.flush_s:
+            self.flush()
+        return pending
+
+    def flush_due(self) -> int:
+        """Write the pending folds if ``flush_s`` has passed since the last write."""
+        return self.flush() if time.monotonic() >= self._next_flush else 0
+
+    def flush(self) -> int:
+        """Write every pending fold (kept for the next flush if the write fails)."""
+        pending = self._pending
+        if pending:
             self._ensure_indexes()
-            self.collection.bulk_write(updates, ordered=False)
+            self.collection.bulk_write([_update(key, values, self._fields(key))
+                                        for key, values in pending.items()], ordered=False)
+            self._pending = {}
+        self._next_flush = time.monotonic() + self.flush_s
+        return len(pending)
+
+    def _fields(self, key: str) -> dict[str, Any]:
+        """What a key's document holds besides the counts."""
+        return {}
 
     def _ensure_indexes(self) -> None:
         if not self._indexed:
@@ -112,15 +147,13 @@ class _Counts:
 class Popularity(_Counts):
     """Every user's events, per item: the ``hot`` channel and i2i's re-weighting."""
 
-    def __init__(self, db: MongoDatabase, settings: RecallConfig) -> None:
-        super().__init__(db[settings.mongo.collections.item_popularity], settings.recall)
+    def __init__(self, db: MongoDatabase, settings: RecallConfig, flush_s: float = 0.0) -> None:
+        super().__init__(db[settings.mongo.collections.item_popularity], settings.recall,
+                         flush_s)
 
     def count(self, events: Sequence[UserEvent]) -> int:
-        """Fold events into their items' counts: one update per item. Returns the items."""
-        folds = fold(((event.item_id, event.ts.timestamp()) for event in events),
-                     self.half_life_s)
-        self._write([_update(item, values, {}) for item, values in folds.items()])
-        return len(folds)
+        """Fold events into their items' counts (one update per item, when written)."""
+        return self._add((event.item_id, event.ts.timestamp()) for event in events)
 
     def top(self) -> Popular:
         """The ``popularity_top`` items with an event in the window before the newest
@@ -136,25 +169,22 @@ class ClusterPopularity(_Counts):
     channel. The acting user's cluster is the one their vector falls in when the event is
     applied."""
 
-    def __init__(self, db: MongoDatabase, settings: RecallConfig) -> None:
-        super().__init__(db[settings.mongo.collections.cluster_popularity], settings.recall)
+    def __init__(self, db: MongoDatabase, settings: RecallConfig, flush_s: float = 0.0) -> None:
+        super().__init__(db[settings.mongo.collections.cluster_popularity], settings.recall,
+                         flush_s)
 
     def _indexes(self) -> list[list[tuple[str, int]]]:
         return [[("lineage", ASCENDING), ("cluster", ASCENDING), ("k", DESCENDING)],
                 [("lineage", ASCENDING), ("last", DESCENDING)]]
 
     def count(self, lineage: str, assigned: Iterable[tuple[int, str, float]]) -> int:
-        """Fold (cluster, item id, epoch seconds) events under a clustering ``lineage``:
-        one update per cluster and item. Returns the keys written."""
-        folds = fold(((f"{lineage}|{cluster}|{item}", ts) for cluster, item, ts in assigned),
-                     self.half_life_s)
-        updates = []
-        for key, values in folds.items():
-            _, cluster, item = key.rsplit("|", 2)
-            updates.append(_update(key, values, {"lineage": lineage, "cluster": int(cluster),
-                                                 "item": item}))
-        self._write(updates)
-        return len(folds)
+        """Fold (cluster, item id, epoch seconds) events under a clustering ``lineage``
+        (one update per cluster and item, when written)."""
+        return self._add((f"{lineage}|{cluster}|{item}", ts) for cluster, item, ts in assigned)
+
+    def _fields(self, key: str) -> dict[str, Any]:
+        lineage, cluster, item = key.rsplit("|", 2)
+        return {"lineage": lineage, "cluster": int(cluster), "item": item}
 
     def top(self, lineage: str, cluster: int) -> Popular:
         """Cluster ``cluster`` of a ``lineage``: its popular items in the window before

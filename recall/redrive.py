@@ -147,6 +147,7 @@ class EventDeadLetters:
                 report.redriven += len(records[start:start + 500])
                 if on_progress is not None:
                     on_progress(report.redriven)
+            consumer.flush_counts()
             now = datetime.now(UTC)
             if taken:
                 self.redriven.insert_many([{"_id": letter.key, "at": now} for letter in taken])
