@@ -6,13 +6,15 @@ Starts a private local stack (or uses the configured servers), writes a syntheti
 and makes a feed's event log: users with Zipf activity, items with Zipf popularity,
 interleaved as live traffic is (a batch of 500 holds ~480 users). Then in one run:
 
-    raw       the per-event user-state updates the consumer starts from (the same
-              UpdateOne documents), bulk_write in batches of 500, nothing else
+    raw       the per-event user-state updates (one UpdateOne per event, as
+              ``UserStates.update`` builds them), bulk_write in batches of 500
+    grouped   the updates the consumer sends for the same batches of 500: one per user
+              and batch (``UserStates.apply``'s grouping), bulk_write, nothing else
     consumer  a real `esrec recall events` process draining the log from Kafka: parse,
               validate, user state, measured popularity, cluster counts, commits
 
-and prints events/s of each, their ratio (target >= 0.7), the consumer's own CPU per
-event, and the CPU per event of the MongoDB server in each phase.
+and prints events/s of each, the consumer's ratio to both (target >= 0.7), the
+consumer's own CPU per event, and the CPU per event of the MongoDB server in each phase.
 """
 
 from __future__ import annotations
@@ -55,20 +57,28 @@ def _log(events: int, users: int, items: list[str], seed: int = 0) -> list[UserE
             for n in range(events)]
 
 
-def _raw(settings: Settings, log: list[UserEvent], mongo_pid: int | None) -> dict[str, Any]:
-    """The per-event updates alone, into a collection of their own."""
+def _raw(settings: Settings, log: list[UserEvent], mongo_pid: int | None,
+         grouped: bool) -> dict[str, Any]:
+    """The state updates alone, per event or per user and batch, into a collection of
+    their own."""
     db = mongo_client(settings.mongo)[settings.mongo.database]
+    collection = f"raw_user_state_{'grouped' if grouped else 'per_event'}"
     raw_settings = settings.model_copy(update={"mongo": settings.mongo.model_copy(update={
         "collections": settings.mongo.collections.model_copy(update={
-            "user_state": "raw_user_state"})})})
+            "user_state": collection})})})
     states = UserStates(db, raw_settings)
     tags = {str(doc["_id"]): usable_tags(doc) for doc in db[
         settings.mongo.collections.items].find({}, {"tags": 1})}
-    updates = [states.update([event], tags) for event in log]  # what the consumer starts from
+    batches = []
+    for start in range(0, len(log), BATCH):
+        by_user: dict[str, list[UserEvent]] = {}
+        for event in log[start:start + BATCH]:
+            by_user.setdefault(event.user_id if grouped else event.event_id, []).append(event)
+        batches.append([states.update(events, tags) for events in by_user.values()])
     meter = _CpuMeter({"mongodb": mongo_pid} if mongo_pid else {})
     started = time.perf_counter()
-    for start in range(0, len(updates), BATCH):
-        db["raw_user_state"].bulk_write(updates[start:start + BATCH], ordered=False)
+    for updates in batches:
+        db[collection].bulk_write(updates, ordered=False)
     seconds = time.perf_counter() - started
     return {"events_per_s": round(len(log) / seconds), "seconds": round(seconds, 2),
             "server_cpu_us_per_event": meter.per_unit_us(len(log))}
@@ -130,14 +140,17 @@ def measure(settings: Settings, events: int, users: int, work: Path,
     catalog = generate(SynthConfig(items=3000, users=5, mean_interactions=1)).items
     db[settings.mongo.collections.items].insert_many(catalog)
     log = _log(events, users, [str(item["_id"]) for item in catalog])
-    raw = _raw(settings, log, mongo_pid)
+    raw = _raw(settings, log, mongo_pid, grouped=False)
+    grouped = _raw(settings, log, mongo_pid, grouped=True)
     consumer = _consumer(settings, log, work, mongo_pid)
     users_per_batch = np.mean([len({e.user_id for e in log[s:s + BATCH]})
                                for s in range(0, len(log), BATCH)])
     return {"benchmark": "events", "events": events, "users": users,
             "users_per_batch_of_500": round(float(users_per_batch)),
-            "raw_bulk_write": raw, "consumer": consumer,
-            "consumer_vs_raw": round(consumer["events_per_s"] / raw["events_per_s"], 3)}
+            "raw_bulk_write": raw, "grouped_bulk_write": grouped, "consumer": consumer,
+            "consumer_vs_raw": round(consumer["events_per_s"] / raw["events_per_s"], 3),
+            "consumer_vs_grouped": round(consumer["events_per_s"] / grouped["events_per_s"],
+                                         3)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,12 +52,15 @@ class Change:
     cluster_time: Timestamp
     document: dict[str, Any] | None = None
     problem: str | None = None  # set by the source: this change cannot be indexed (why)
-    size_bytes: int = field(init=False, default=0)  # BSON size of the document
+    # BSON size of the document: a source that read the raw bytes passes it, otherwise it
+    # is measured here, once (it bounds the batch and is checked against
+    # max_document_bytes)
+    size_bytes: int = -1
 
     def __post_init__(self) -> None:
-        # measured once here: it bounds the batch and is checked against max_document_bytes
-        if self.document is not None:
-            object.__setattr__(self, "size_bytes", len(bson.encode(self.document)))
+        if self.size_bytes < 0:
+            object.__setattr__(self, "size_bytes", len(bson.encode(self.document))
+                               if self.document is not None else 0)
 
 
 @dataclass

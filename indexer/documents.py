@@ -21,6 +21,9 @@ class DocumentRejected(Refused):
     """A document esrec cannot index as it is; the message says which field and why."""
 
 
+_TEXT = ("keyword", "text")
+
+
 def _finite_number(value: Any) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value))
@@ -28,6 +31,11 @@ def _finite_number(value: Any) -> bool:
 
 def _check(field: str, es_type: str, value: Any) -> Any:
     """The value to index for ``field``, or DocumentRejected."""
+    kind = type(value)  # the common, valid cases first: no per-value loop (hot path)
+    if (kind is str and es_type in _TEXT and field != ITEM_TAGS_FIELD) or (
+            kind is float and es_type == "float" and math.isfinite(value)) or (
+            kind is bool and es_type == "boolean") or (kind is datetime and es_type == "date"):
+        return value  # a datetime goes as it is: orjson writes it as ISO-8601 in C
     values = value if isinstance(value, list) and es_type in ("keyword", "text") else [value]
     for item in values:
         if es_type in ("keyword", "text") and not isinstance(item, str):
@@ -43,7 +51,7 @@ def _check(field: str, es_type: str, value: Any) -> Any:
             raise DocumentRejected(f"{field}: expected true/false, got {item!r}")
         if es_type == "date":
             if isinstance(item, datetime):
-                return item.isoformat()
+                return item
             if isinstance(item, str):
                 try:
                     datetime.fromisoformat(item)

@@ -67,7 +67,9 @@ class RecallSettings(Section):
     popularity_ttl_s: float = Field(default=5.0, ge=0)
     # `recall events` writes the counts folded in memory at most this often (fewer writes
     # for the same counts; a crash loses at most this long's counts)
-    popularity_flush_s: float = Field(default=2.0, ge=0)
+    popularity_flush_s: float = Field(default=10.0, ge=0)
+    # `recall events` re-reads an item's tags (copied into user state) at most this often
+    item_tags_ttl_s: float = Field(default=60.0, ge=0)
     fresh_half_life_days: float = Field(default=14.0, gt=0)  # i2i re-weighting by age
     # during a canary roll: the share of candidate-arm requests also answered by the
     # baseline in the background, for the overlap figure (indexer.canary)

@@ -6,10 +6,11 @@
                  seen: [event_id] (<= seen_event_ids), updated_at}
 
 The item's tags are copied into the history when the event is applied (the item as it
-was then), so reading a user costs one MongoDB read; ``user_document`` turns the history
-into the user tower's input with ``towers.dataset.behaviour``, the function training
-uses too, over the same ``history_len`` newest items, in the same order (ties in time
-broken by item id), so serving never sees features training did not.
+was then, read at most ``item_tags_ttl_s`` before), so reading a user costs one MongoDB
+read; ``user_document`` turns the history into the user tower's input with
+``towers.dataset.behaviour``, the function training uses too, over the same
+``history_len`` newest items, in the same order (ties in time broken by item id), so
+serving never sees features training did not.
 
 ``seen_items`` is what recall excludes: everything the user has seen, at any history
 length, not only the ``history_len`` newest (``$addToSet`` is idempotent by itself). Its
@@ -24,6 +25,8 @@ id is new, so a partly replayed batch applies exactly the events that are new.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +41,7 @@ from runtime.clients import MongoDatabase
 from towers.dataset import ITEM_TAGS_FIELD, behaviour, usable_tags
 
 DUPLICATE_KEY = 11000
+MAX_CACHED_ITEMS = 200_000  # item tags kept for item_tags_ttl_s (~100 bytes each)
 ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
 EventType = Literal["view", "click", "like", "add_to_cart", "purchase", "share"]
 
@@ -90,6 +94,8 @@ class UserStates:
         self.items = db[names.items]
         self.history_len = settings.recall.history_len
         self.seen_event_ids = settings.recall.seen_event_ids
+        self.tags_ttl_s = settings.recall.item_tags_ttl_s
+        self._tags: dict[str, tuple[list[str], float]] = {}  # item -> (tags, read at)
 
     def apply(self, events: Sequence[UserEvent]) -> Applied:
         """Apply events: each new one once, replays skipped; an update MongoDB refuses for
@@ -107,8 +113,7 @@ class UserStates:
             first.setdefault(event.event_id, event)  # the same event twice in one batch
         unique = list(first.values())
         result = Applied(duplicates=len(events) - len(unique))
-        tags = {str(item["_id"]): usable_tags(item) for item in self.items.find(
-            {"_id": {"$in": list({event.item_id for event in unique})}}, {ITEM_TAGS_FIELD: 1})}
+        tags = self.item_tags({event.item_id for event in unique})
         by_user: dict[str, list[UserEvent]] = {}
         for event in unique:
             by_user.setdefault(event.user_id, []).append(event)
@@ -121,6 +126,22 @@ class UserStates:
             result.duplicates += 1  # this very event was applied before
         result.applied = len(result.new)
         return result
+
+    def item_tags(self, item_ids: set[str]) -> dict[str, list[str]]:
+        """The items' usable tags, each read at most once per ``item_tags_ttl_s`` (an
+        item's tags change rarely, its events come often: a hot item costs no read per
+        batch); an item not in the catalog has none."""
+        now = time.monotonic()
+        if len(self._tags) > MAX_CACHED_ITEMS:
+            self._tags.clear()
+        missing = [item for item in item_ids
+                   if now - self._tags.get(item, ([], -math.inf))[1] > self.tags_ttl_s]
+        if missing:
+            found = {str(item["_id"]): usable_tags(item) for item in self.items.find(
+                {"_id": {"$in": missing}}, {ITEM_TAGS_FIELD: 1})}
+            for item in missing:
+                self._tags[item] = (found.get(item, []), now)
+        return {item: self._tags[item][0] for item in item_ids}
 
     def _write(self, updates: list[UpdateOne], groups: list[list[UserEvent]],
                result: Applied) -> list[list[UserEvent]]:

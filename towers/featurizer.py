@@ -42,6 +42,7 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 _SECONDS_PER_DAY = 86_400.0
 EXAMPLE_AGE = "example_age"  # user-tower input: days since the example (0 when serving)
 NUMERIC = "numeric"  # tensor key of a tower's standardised scalar features
+MAX_HASHED = 1 << 20  # remembered hash buckets per table (~100 MB at most)
 
 
 class NumericStats(BaseModel):
@@ -59,6 +60,8 @@ class FittedState(BaseModel):
 
 
 def _get(document: Mapping[str, Any], path: str) -> Any:
+    if "." not in path:  # nearly every field (hot path)
+        return document.get(path)
     value: Any = document
     for part in path.split("."):
         if not isinstance(value, Mapping):
@@ -108,6 +111,7 @@ class Featurizer:
         self.fallbacks: Counter[tuple[str, str]] = Counter()
         self._index = {table: {v: FIRST + i for i, v in enumerate(vocab)}
                        for table, vocab in state.vocabularies.items()}
+        self._hashed: dict[str, dict[str, int]] = {}  # table -> key -> bucket row
 
     # -- fitting ------------------------------------------------------------------------
 
@@ -209,9 +213,24 @@ class Featurizer:
         return arrays
 
     def _lookup(self, feature: EmbeddedFeature, key: str) -> int:
-        if feature.hash_buckets:
-            return FIRST + zlib.crc32(key.encode()) % feature.hash_buckets
-        return self._index[feature.table_name].get(key, OOV)
+        return self._lookups(feature, [key])[0]
+
+    def _lookups(self, feature: EmbeddedFeature, keys: Sequence[str]) -> list[int]:
+        """Table rows of ``keys``: the fitted vocabulary's, or hash buckets (remembered:
+        titles repeat their tokens, and a crc32 per token per item adds up)."""
+        if not feature.hash_buckets:
+            index = self._index[feature.table_name]
+            return [index.get(key, OOV) for key in keys]
+        memo = self._hashed.setdefault(feature.table_name, {})
+        if len(memo) > MAX_HASHED:
+            memo.clear()
+        rows = []
+        for key in keys:
+            row = memo.get(key)
+            if row is None:
+                row = memo[key] = FIRST + zlib.crc32(key.encode()) % feature.hash_buckets
+            rows.append(row)
+        return rows
 
     def _single(self, feature: Categorical | ItemId, document: Mapping[str, Any]) -> int:
         raw = _get(document, feature.field)
@@ -233,7 +252,7 @@ class Featurizer:
             values = []
         if len(values) > feature.max_len:
             self.fallbacks[(feature.name, "truncated")] += 1
-        ids = [self._lookup(feature, v) for v in values[: feature.max_len]]
+        ids = self._lookups(feature, values[: feature.max_len])
         return ids + [PAD] * (feature.max_len - len(ids))
 
     def _weighted_bag(self, feature: TagCounts,
@@ -250,7 +269,7 @@ class Featurizer:
             self.fallbacks[(feature.name, "truncated")] += 1
         counts = counts[: feature.max_len]
         pad = feature.max_len - len(counts)
-        return ([self._lookup(feature, k) for k, _ in counts] + [PAD] * pad,
+        return (self._lookups(feature, [k for k, _ in counts]) + [PAD] * pad,
                 [w for _, w in counts] + [0.0] * pad)
 
     def _standardised(self, feature: ScalarFeature, document: Mapping[str, Any],
