@@ -216,19 +216,23 @@ OnFigures = Callable[[dict[str, Any], list[GateResult]], None]
 def verdict(canary: Canary, counts: Mapping[Arm, ArmCounts], settings: RolloutSettings,
             now: datetime) -> tuple[Verdict | None, list[GateResult]]:
     """None while undecided; rollback as soon as an instant check fails on enough
-    requests; at the end: promote if every check passes on enough requests."""
+    requests; at the end: promote if every check passes on enough requests. An arm short
+    of requests at the end extends the canary by up to half its expiry grace (quiet
+    hours), then rolls it back: never a promote on too little traffic."""
     enough = all(counts[arm].requests >= settings.canary_min_requests for arm in ARMS)
     final = now >= canary.ends_at
     results = checks(counts, settings, final)
     if enough and not all(result.passed for result in results):
         return "rollback", results
-    if final:
-        if not enough:
-            results.append(GateResult("traffic", False, "fewer than "
-                                      f"{settings.canary_min_requests} requests per arm"))
-            return "rollback", results
+    if not final:
+        return None, results
+    if enough:
         return "promote", results
-    return None, results
+    if now < canary.ends_at + (canary.expires_at - canary.ends_at) / 2:
+        return None, results
+    results.append(GateResult("traffic", False, "fewer than "
+                              f"{settings.canary_min_requests} requests per arm"))
+    return "rollback", results
 
 
 def run_canary(versions: Versions, store: CanaryStore, ref: str, share: float,

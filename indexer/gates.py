@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch, helpers
 
 from indexer.changes import es_id
@@ -27,8 +28,9 @@ from indexer.relations import Related, embed
 from indexer.service import Services
 from indexer.settings import RolloutSettings
 from indexer.source import server_time
+from indexer.versioning import cluster_time_of
 
-RECHECK_AFTER_S = 1.0  # a sampled item that changed while we compared gets one more look
+PROGRESS_POLL_S = 0.2  # how often the vectors gate re-reads an index's progress
 
 
 @dataclass(frozen=True)
@@ -58,35 +60,55 @@ def coverage(services: Services, target: Target, settings: RolloutSettings) -> G
 
 
 def freshness(services: Services, target: Target, settings: RolloutSettings) -> GateResult:
-    checkpoints = services.checkpoints
-    if not checkpoints.backfill_finished(target.index):
+    if not services.checkpoints.backfill_finished(target.index):
         return GateResult("freshness", False, "the backfill has not finished")
-    progress = checkpoints.progress(target.index)
+    progress = services.progress(target.index)
     lag = progress.lag_s(server_time(services.items)) if progress else None
     if lag is None or lag > settings.max_lag_s:
         return GateResult("freshness", False, f"lag {lag}s > {settings.max_lag_s:g}s: is "
-                          "`esrec indexer run` following this version?")
+                          "`esrec indexer run` (or are its workers) following this version?")
     return GateResult("freshness", True, f"lag {lag}s <= {settings.max_lag_s:g}s")
 
 
 def vectors(services: Services, target: Target, sample: list[dict[str, Any]],
             settings: RolloutSettings) -> GateResult:
+    """A sampled item whose stored vector differs may have changed after the index last
+    saw it: it is read again, and compared once the index holds every change up to that
+    read (its progress watermark), for as long as the freshness gate lets an index lag
+    (``max_lag_s``). Stored newer than the read (changed again): read once more."""
     es, tolerance = services.es, settings.vector_tolerance
     wrong = _vector_mismatches(services, target, sample, tolerance)
-    if wrong:  # maybe changed under us: the stream writes the new vector within moments
-        time.sleep(RECHECK_AFTER_S)
+    deadline = time.monotonic() + settings.max_lag_s
+    while wrong and time.monotonic() < deadline:
+        read_at = server_time(services.items)
+        again = list(services.items.find({"_id": {"$in": wrong}}))
+        if not _holds(services, target.index, read_at, deadline):
+            break  # behind by more than max_lag_s: what differs counts as wrong
         es.indices.refresh(index=target.index)
-        wrong = _vector_mismatches(services, target,
-                                   list(services.items.find({"_id": {"$in": wrong}})),
-                                   tolerance)
+        wrong = _vector_mismatches(services, target, again, tolerance, read_at)
     return GateResult("vectors", not wrong,
                       f"{len(sample) - len(wrong)}/{len(sample)} sampled items match the "
                       f"stored vector within {tolerance:g}"
                       + (f"; differ: {', '.join(map(str, wrong[:5]))}" if wrong else ""))
 
 
+def _holds(services: Services, index: str, cluster_time: Timestamp, deadline: float) -> bool:
+    """Wait until ``index`` holds every change up to ``cluster_time``; False at the
+    deadline."""
+    while True:
+        progress = services.progress(index)
+        if progress is not None and progress.watermark is not None \
+                and progress.watermark >= cluster_time:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(PROGRESS_POLL_S)
+
+
 def _vector_mismatches(services: Services, target: Target, sample: list[dict[str, Any]],
-                       tolerance: float) -> list[Any]:
+                       tolerance: float, read_at: Timestamp | None = None) -> list[Any]:
+    """Ids whose stored vector is not the one embedded from ``sample``'s document, or
+    (with ``read_at``) was written from a change after that read."""
     if not sample:
         return []
     es = services.es
@@ -96,7 +118,9 @@ def _vector_mismatches(services: Services, target: Target, sample: list[dict[str
     wrong = []
     for document, row, hit in zip(sample, expected, stored, strict=True):
         source = hit.get("_source") or {}
-        if (not hit.get("found") or source.get(DELETED)
+        newer = read_at is not None and hit.get("found") and \
+            cluster_time_of(int(hit["_version"])) > read_at
+        if (newer or not hit.get("found") or source.get(DELETED)
                 or np.abs(np.asarray(source[VECTOR]) - row).max() > tolerance):
             wrong.append(document["_id"])
     return wrong

@@ -1,7 +1,7 @@
 """The relay's lease: one active relay at a time, fenced by an epoch.
 
     {_id: "relay|<source>", holder, epoch, expires_at, token, cluster_time, seq,
-     watermark, idle, updated_at}
+     watermark, idle, updated_at, marks: [{watermark, produced: {"<partition>": offset}}]}
 
 A relay that finds the lease expired (by the server's clock: expiries are set with
 ``$$NOW`` and compared with the cluster time ``hello`` reports) takes it and
@@ -10,11 +10,19 @@ position are conditional updates on (holder, epoch), in the same document, so a 
 that was paused past its lease (GC, SIGSTOP) and wakes up can neither extend it nor move
 the position: its update matches nothing and it is told ``Fenced``. The position lives
 in the lease document so that "is this still my lease" and "save" are one atomic write.
+
+A mark, at most one every MARK_EVERY_S, pairs a watermark with the topic offsets the
+relay had produced up to when every change to that watermark was acknowledged: an index
+whose workers saved offsets at or past a mark's holds every change up to its watermark
+(``relayed_progress``). The last MARKS are kept (a horizon of about MARKS seconds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +36,12 @@ from runtime.clients import MongoCollection
 from runtime.errors import Refused
 
 EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
+MARK_EVERY_S = 1.0
+MARKS = 64
+
+
+def lease_id(source: str) -> str:
+    return f"relay|{source}"
 
 
 class Fenced(Refused):
@@ -38,10 +52,11 @@ class Lease:
     def __init__(self, collection: MongoCollection, source: str, holder: str,
                  ttl_s: float) -> None:
         self.collection = collection
-        self.id = f"relay|{source}"
+        self.id = lease_id(source)
         self.holder = holder
         self.ttl_ms = int(ttl_s * 1000)
         self.epoch: int | None = None  # set while this relay holds the lease
+        self.next_mark = 0.0  # monotonic: when the next save adds a mark
 
     def acquire(self) -> bool:
         """Take the lease if it is free or expired (server clock); True when held."""
@@ -61,15 +76,25 @@ class Lease:
         """Extend the lease; Fenced if another relay took it meanwhile."""
         self._fenced_update([{"$set": {"expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}])
 
-    def save(self, position: Position, watermark: Timestamp | None, idle: bool) -> None:
-        """Save the stream position (and extend the lease), only under this epoch."""
+    def save(self, position: Position, watermark: Timestamp | None, idle: bool,
+             produced: Mapping[int, int] | None = None) -> None:
+        """Save the stream position (and extend the lease), only under this epoch;
+        ``produced``: the topic's offsets after every change to ``watermark``."""
         fields: dict[str, Any] = {"token": position.token, "cluster_time": position.cluster_time,
                                   "stream": position.stream,
                                   "seq": position.seq, "idle": idle,
                                   "updated_at": datetime.now(UTC)}
+        update: dict[str, Any] = {}
         if watermark is not None:
             fields["watermark"] = watermark
+            if produced is not None and time.monotonic() >= self.next_mark:
+                self.next_mark = time.monotonic() + MARK_EVERY_S
+                mark = {"watermark": watermark,
+                        "produced": {str(p): offset for p, offset in produced.items()}}
+                update["marks"] = {"$slice": [{"$concatArrays": [
+                    {"$ifNull": ["$marks", []]}, [{"$literal": mark}]]}, -MARKS]}
         self._fenced_update([{"$set": {**{k: {"$literal": v} for k, v in fields.items()},
+                                       **update,
                                        "expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}])
 
     def _fenced_update(self, update: list[dict[str, Any]]) -> None:
@@ -100,3 +125,16 @@ class Lease:
     def state(self) -> dict[str, Any]:
         """The lease as it is (holder, epoch, expiry, position) for status and health."""
         return self.collection.find_one({"_id": self.id}, {"token": 0}) or {}
+
+
+@dataclass(frozen=True)
+class Mark:
+    watermark: Timestamp
+    produced: dict[int, int]  # partition -> next offset
+
+
+def read_marks(collection: MongoCollection, lease_id: str) -> list[Mark]:
+    """The lease's marks, oldest first."""
+    document = collection.find_one({"_id": lease_id}, {"marks": 1}) or {}
+    return [Mark(mark["watermark"], {int(p): int(o) for p, o in mark["produced"].items()})
+            for mark in document.get("marks") or ()]

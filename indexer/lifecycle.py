@@ -169,7 +169,7 @@ class Versions:
             if index is not None:
                 self.es.indices.refresh(index=index)
                 documents = self.es.count(index=index, query=LIVE)["count"]
-                progress = self.services.checkpoints.progress(index)
+                progress = self.services.progress(index)
                 if progress is not None:
                     lag = progress.lag_s(server_now)
                     followed = progress.followed(wall_now)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from indexer.checkpoint import Progress
+from indexer.lease import read_marks
 from runtime.clients import MongoCollection
 
 
@@ -34,6 +36,29 @@ class TopicOffsets:
             document = self.collection.find_one({"_id": self._id(index)}) or {}
         offsets = document.get("offsets", {})
         return int(offsets.get(str(partition), 0))
+
+    def offsets(self, index: str) -> dict[int, int] | None:
+        """Every partition's next offset for ``index``; None: no worker writes it."""
+        document = self.collection.find_one({"_id": self._id(index)})
+        if document is None:
+            return None
+        return {int(p): int(o) for p, o in (document.get("offsets") or {}).items()}
+
+    def progress(self, index: str, lease_id: str) -> Progress | None:
+        """Where a workers' index stands: the newest relay mark whose offsets it reached
+        holds every change up to that mark's watermark (lease.py); None when no worker
+        writes it. A watermark of None: behind every mark kept (lag past the horizon)."""
+        offsets = self.offsets(index)
+        if offsets is None:
+            return None
+        lease = self.collection.find_one({"_id": lease_id}) or {}
+        marks = read_marks(self.collection, lease_id)
+        reached = [mark for mark in marks if all(
+            offsets.get(partition, 0) >= offset for partition, offset in mark.produced.items())]
+        newest = reached[-1] if reached else None
+        return Progress(lease.get("cluster_time"), newest.watermark if newest else None,
+                        bool(lease.get("idle")) and newest is not None and newest is marks[-1],
+                        lease.get("updated_at"))
 
     def set_start(self, index: str, offsets: dict[int, int]) -> None:
         """Where ``index`` starts (only if nothing decided it before)."""

@@ -4,8 +4,10 @@
     leader:  resume at the lease's position -> poll a batch -> renew the lease (fenced)
              -> send every change, keyed by item id, timestamped with its cluster time,
              acks=all -> flush -> every send acknowledged -> save the position under the
-             epoch (fenced). A lost lease stops publishing at once; the position saved
-             last is where the next leader resumes, so nothing is skipped.
+             epoch (fenced), with a mark (watermark + offsets produced) at most once a
+             second: what the workers' indices' progress is read from
+             (``TopicOffsets.progress``). A lost lease stops publishing at once; the
+             position saved last is where the next leader resumes, so nothing is skipped.
 
 The relay embeds nothing and writes nothing to Elasticsearch: it only orders and ships
 changes with their external versions. A first relay starts at the oldest position of
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from bson.timestamp import Timestamp
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -77,6 +79,7 @@ class Relay:
         self.watermark: Timestamp | None = None
         self.idle = False
         self.topic = settings.kafka.topics.item_changes
+        self.produced: dict[int, int] = {}  # partition -> next offset, acknowledged
         self.metrics.lag.set_function(lambda: self.lag_s() or 0.0)
         health.detail = self.detail
 
@@ -148,6 +151,8 @@ class Relay:
 
     def _lead(self, producer: KafkaProducer) -> None:
         self.clock.observe(server_time(self.items))
+        self.produced = retry(self._topic_ends, what="kafka", backoff=self.backoff,
+                              stop=self.stop, retry_on=(KafkaError,), health=self.health)
         position = self.lease.position() or self.first_position() or Position(
             None, server_time(self.items), 0)
         log.info("relay starting", extra={"from": position.cluster_time,
@@ -188,6 +193,18 @@ class Relay:
         finally:
             source.close()
 
+    def _topic_ends(self) -> dict[int, int]:
+        """Where the topic ends as this relay takes the lead: what earlier leaders
+        produced, so its first marks cover their changes too."""
+        consumer = KafkaConsumer(**kafka_options(self.settings.kafka))
+        try:
+            partitions = [TopicPartition(self.topic, p)
+                          for p in consumer.partitions_for_topic(self.topic) or ()]
+            return {tp.partition: int(offset)
+                    for tp, offset in consumer.end_offsets(partitions).items()}
+        finally:
+            consumer.close()
+
     def _publish(self, producer: KafkaProducer, changes: list[Change]) -> None:
         """Send every change and wait until each is acknowledged (acks=all)."""
         epoch, limit = self.lease.epoch or 0, self.settings.indexer.max_message_bytes
@@ -199,7 +216,9 @@ class Relay:
                        for change in changes]
             producer.flush(timeout=SEND_TIMEOUT_S)
             for future in futures:
-                future.get(timeout=SEND_TIMEOUT_S)  # raises the send's error
+                sent = future.get(timeout=SEND_TIMEOUT_S)  # raises the send's error
+                self.produced[sent.partition] = max(self.produced.get(sent.partition, 0),
+                                                    sent.offset + 1)
 
         retry(send_all, what="kafka", backoff=self.backoff, stop=self.stop,
               retry_on=(KafkaError,), health=self.health,
@@ -209,7 +228,7 @@ class Relay:
     def _save(self, batch: Batch) -> None:
         position = batch.position
         assert isinstance(position, Position)
-        retry(lambda: self.lease.save(position, batch.watermark, batch.idle),
+        retry(lambda: self.lease.save(position, batch.watermark, batch.idle, self.produced),
               what="mongodb", backoff=self.backoff, stop=self.stop,
               retry_on=(ConnectionFailure,), health=self.health,
               on_retry=lambda _: self.metrics.retries.labels("checkpoint").inc())

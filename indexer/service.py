@@ -14,13 +14,14 @@ from elasticsearch import Elasticsearch
 
 from indexer.backfill import BackfillReport, OnProgress, backfill, backfill_via_workers
 from indexer.changes import Position
-from indexer.checkpoint import Checkpoints, earliest
+from indexer.checkpoint import Checkpoints, Progress, earliest
 from indexer.daemon import Indexer, Resync
 from indexer.dead_letters import DeadLetters
 from indexer.follower import Follower
 from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
-from indexer.lease import Lease
+from indexer.lease import Lease, lease_id
 from indexer.metrics import IndexerMetrics
+from indexer.offsets import TopicOffsets
 from indexer.pipeline import Parking, Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, K, choose_index_options
 from indexer.relations import Related, relations_of
@@ -65,6 +66,13 @@ class Services:
     @property
     def checkpoints(self) -> Checkpoints:
         return Checkpoints(self.db[self.settings.mongo.collections.checkpoints], SOURCE)
+
+    def progress(self, index: str) -> Progress | None:
+        """Where ``index`` stands in the change stream: its workers' progress (through
+        the relay's marks) if workers write it, else its daemon's checkpoint."""
+        checkpoints = self.checkpoints
+        relayed = TopicOffsets(checkpoints.collection, self.settings.kafka.topics.item_changes)
+        return relayed.progress(index, lease_id(SOURCE)) or checkpoints.progress(index)
 
     @property
     def items(self) -> MongoCollection:

@@ -27,6 +27,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo.change_stream import ChangeStream
 from pymongo.errors import OperationFailure
@@ -85,13 +88,19 @@ class ChangeStreamSource:
             options["resume_after"] = token
         elif position.cluster_time is not None:
             options["start_at_operation_time"] = position.cluster_time
-        self.stream: ChangeStream[dict[str, Any]]
+        # events arrive as raw BSON: a document's size is its bytes' length (no encode
+        # to measure it), and only the full document is decoded into a dict
+        raw = CodecOptions(document_class=RawBSONDocument,
+                           tz_aware=collection.codec_options.tz_aware,
+                           tzinfo=collection.codec_options.tzinfo)
+        self.decode = collection.codec_options.with_options(document_class=dict)
+        self.stream: ChangeStream[RawBSONDocument]
         try:
             if self.relations:
-                self.stream = collection.database.watch(
+                self.stream = collection.database.with_options(codec_options=raw).watch(
                     [{"$match": {"ns.coll": {"$in": self.stream_name.split("+")}}}], **options)
             else:
-                self.stream = collection.watch(**options)
+                self.stream = collection.with_options(codec_options=raw).watch(**options)
         except OperationFailure as error:
             raise _history_lost(error) if error.code in HISTORY_LOST_CODES else error from None
         self.last_position = position
@@ -118,10 +127,9 @@ class ChangeStreamSource:
             self.last_position = batch.position  # type: ignore[assignment]
         return batch
 
-    def _next(self) -> dict[str, Any] | None:
+    def _next(self) -> RawBSONDocument | None:
         try:
-            event: dict[str, Any] | None = self.stream.try_next()
-            return event
+            return self.stream.try_next()
         except OperationFailure as error:
             if error.code in HISTORY_LOST_CODES:
                 raise _history_lost(error) from None
@@ -142,7 +150,7 @@ class ChangeStreamSource:
                                   self.stream_name) if token is not None else self.last_position
         batch.watermark, batch.idle = now, True
 
-    def _take(self, event: dict[str, Any], batch: Batch) -> None:
+    def _take(self, event: RawBSONDocument, batch: Batch) -> None:
         operation = event["operationType"]
         related = (event.get("ns") or {}).get("coll")
         if self.relations and related != self.collection.name and related in self.relations:
@@ -159,23 +167,28 @@ class ChangeStreamSource:
             version = self.sequencer.next(cluster_time)
         except VersionOverflow as error:  # one odd event: a dead letter, not a stopped stream
             version, problem = 0, str(error)
-        batch.position = Position(event["_id"], cluster_time, self.sequencer.seq,
+        batch.position = Position(dict(event["_id"]), cluster_time, self.sequencer.seq,
                                   self.stream_name)
-        doc_id = event["documentKey"]["_id"]
+        doc_id = self._key(event)
         problem = problem or id_problem(doc_id)
         if operation == "delete":
             batch.changes.append(Change("delete", doc_id, version, cluster_time,
                                         problem=problem))
         elif operation in ("insert", "update", "replace"):
-            document = event.get("fullDocument")
-            if document is None:
+            raw = event.get("fullDocument")
+            if raw is None:
                 batch.skipped += 1
                 return
-            change = Change("upsert", doc_id, version, cluster_time, document, problem)
+            change = Change("upsert", doc_id, version, cluster_time,
+                            bson.decode(raw.raw, self.decode), problem, len(raw.raw))
             batch.changes.append(change)
             batch.size_bytes += change.size_bytes
 
-    def _fan_out(self, event: dict[str, Any], collection: str, batch: Batch) -> None:
+    def _key(self, event: RawBSONDocument) -> Any:
+        """The changed document's _id, decoded (a sub-document id stays a dict)."""
+        return bson.decode(event["documentKey"].raw, self.decode)["_id"]
+
+    def _fan_out(self, event: RawBSONDocument, collection: str, batch: Batch) -> None:
         """A related document changed: an upsert of every item that points at it, all at
         this event's version (each item is read now, as an update lookup would)."""
         operation = event["operationType"]
@@ -184,7 +197,7 @@ class ChangeStreamSource:
             version, problem = self.sequencer.next(cluster_time), None
         except VersionOverflow as error:
             version, problem = 0, str(error)
-        batch.position = Position(event["_id"], cluster_time, self.sequencer.seq,
+        batch.position = Position(dict(event["_id"]), cluster_time, self.sequencer.seq,
                                   self.stream_name)
         if operation in _STOPPING:
             log.warning("a related collection went away; its items keep their vectors "
@@ -192,8 +205,9 @@ class ChangeStreamSource:
                                                     "operation": operation})
             return
         for relation in self.relations[collection]:
-            document = event.get("fullDocument") or {}
-            key = event["documentKey"]["_id"] if relation.foreign_field == "_id" \
+            raw = event.get("fullDocument")
+            document = bson.decode(raw.raw, self.decode) if raw is not None else {}
+            key = self._key(event) if relation.foreign_field == "_id" \
                 else document.get(relation.foreign_field)
             if key is None:  # a delete by another field: which items pointed is unknown
                 batch.skipped += 1

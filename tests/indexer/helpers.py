@@ -66,7 +66,22 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def write_changes(items: Collection, count: int, seed: int, pace_s: float = 0.0) -> int:
-    """Random catalog changes; returns how many were made (a transaction counts its ops)."""
+    """Random catalog changes; returns how many were made (a transaction counts its ops).
+
+    Written without retryable writes: the MongoDB stand-in scans (and past 10k sorts) its
+    table of retryable-write records on every write, so the tests' own load would slow
+    every later write of the session (see the README's local stack gaps)."""
+    source: MongoClient = items.database.client
+    hosts = [f"{host}:{port}" for host, port in source.topology_description.server_descriptions()]
+    client: MongoClient = MongoClient(hosts, replicaSet=source.options.replica_set_name,
+                                      retryWrites=False, tz_aware=True)
+    try:
+        return _write_changes(client[items.database.name][items.name], count, seed, pace_s)
+    finally:
+        client.close()
+
+
+def _write_changes(items: Collection, count: int, seed: int, pace_s: float) -> int:
     rng = random.Random(seed)
     client: MongoClient = items.database.client
     made, fresh = 0, 0

@@ -9,8 +9,10 @@ import pytest
 from bson.timestamp import Timestamp
 from pymongo.database import Database
 
+from indexer import lease as lease_module
 from indexer.changes import Position
-from indexer.lease import Fenced, Lease
+from indexer.lease import Fenced, Lease, read_marks
+from indexer.offsets import TopicOffsets
 
 
 def test_one_holder_an_epoch_per_takeover_and_fencing(mongo_db: Database) -> None:
@@ -30,3 +32,30 @@ def test_one_holder_an_epoch_per_takeover_and_fencing(mongo_db: Database) -> Non
     assert second.position() == position  # the stale save did not land
     second.release()  # a clean stop hands over at once
     assert first.acquire() and first.epoch == 3
+
+
+def test_a_workers_index_holds_what_the_newest_mark_it_reached_says(mongo_db: Database,
+                                                                    monkeypatch) -> None:
+    collection = mongo_db["checkpoints"]
+    monkeypatch.setattr(lease_module, "MARK_EVERY_S", 0.0)
+    monkeypatch.setattr(lease_module, "MARKS", 3)
+    relay = Lease(collection, "items", "a", ttl_s=30)
+    assert relay.acquire()
+    offsets = TopicOffsets(collection, "changes")
+    assert offsets.progress("idx", relay.id) is None  # no worker writes it: the daemon's
+    offsets.set_start("idx", {0: 0, 1: 0})
+    for second, produced in ((1, {0: 5, 1: 2}), (2, {0: 9, 1: 2}), (3, {0: 9, 1: 7}),
+                             (4, {0: 12, 1: 7})):
+        stamp = Timestamp(1_795_000_000 + second, 1)
+        relay.save(Position({"_data": f"t{second}"}, stamp, 1), stamp, False, produced)
+    assert [m.watermark.time for m in read_marks(collection, relay.id)] == [
+        1_795_000_002, 1_795_000_003, 1_795_000_004]  # the newest MARKS
+    progress = offsets.progress("idx", relay.id)
+    assert progress is not None and progress.watermark is None  # behind every mark kept
+    offsets.save(["idx"], {0: 9, 1: 3}, {})
+    progress = offsets.progress("idx", relay.id)
+    assert progress is not None and progress.watermark == Timestamp(1_795_000_002, 1)
+    offsets.save(["idx"], {0: 20, 1: 7}, {})
+    progress = offsets.progress("idx", relay.id)
+    assert progress is not None and progress.watermark == Timestamp(1_795_000_004, 1)
+    assert progress.lag_s(Timestamp(1_795_000_010, 1)) == 6.0

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from elasticsearch import Elasticsearch
 
 from esrec.settings import Settings
-from indexer.layout import LIVE, resolve_alias
+from indexer.layout import LIVE, VECTOR, resolve_alias
 from indexer.lifecycle import VersionError, Versions
 from indexer.service import Services
 from tests.indexer.helpers import (
@@ -80,9 +80,9 @@ def rollout(settings: Settings, es: Elasticsearch, artifact_dir: Path,
         daemon.stop()
 
 
-def _run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "esrec", "models", *args], text=True,
-                          capture_output=True, env=cli_env(settings), timeout=300)
+                          capture_output=True, env=cli_env(settings, **env), timeout=300)
 
 
 def _wait_for_target(daemon: DaemonThread, index: str, present: bool) -> None:
@@ -142,10 +142,17 @@ def test_gate_failure_blocks_roll_and_v1_keeps_serving(rollout, es):
                                              source=False)["hits"]["hits"]]
     for doc_id in holes:  # an artificially incomplete index
         es.delete(index=v2_index, id=doc_id, refresh=True)
+    for hit in es.search(index=v2_index, size=2000, query=LIVE, source=[VECTOR])["hits"]["hits"]:
+        es.update(index=v2_index, id=hit["_id"],  # and every stored vector turned around
+                  doc={VECTOR: [-x for x in hit["_source"][VECTOR]]})
+    es.indices.refresh(index=v2_index)
 
-    refused = _run_cli(svc.settings, "roll", V2)
+    started = time.monotonic()
+    refused = _run_cli(svc.settings, "roll", V2, ESREC_ROLLOUT__MAX_LAG_S="4")
     assert refused.returncode == 1
     assert "FAIL  coverage" in refused.stdout
+    assert "FAIL  vectors   0/50 sampled items match" in refused.stdout
+    assert time.monotonic() - started < 120  # the vectors gate looks again for max_lag_s only
     assert f"not promoting {V2}: a gate failed" in refused.stderr
     assert f"{V1} keeps serving" in refused.stderr
     assert "Traceback" not in refused.stderr
