@@ -36,9 +36,9 @@ def _check(field: str, es_type: str, value: Any) -> Any:
             kind is float and es_type == "float" and math.isfinite(value)) or (
             kind is bool and es_type == "boolean") or (kind is datetime and es_type == "date"):
         return value  # a datetime goes as it is: orjson writes it as ISO-8601 in C
-    values = value if isinstance(value, list) and es_type in ("keyword", "text") else [value]
+    values = value if isinstance(value, list) and es_type in _TEXT else [value]
     for item in values:
-        if es_type in ("keyword", "text") and not isinstance(item, str):
+        if es_type in _TEXT and not isinstance(item, str):
             raise DocumentRejected(f"{field}: expected text, got {type(item).__name__}")
         if field == ITEM_TAGS_FIELD and (problem := tag_problem(item)):
             raise DocumentRejected(f"{field}: {problem}, got {item[:40]!r}")

@@ -14,7 +14,7 @@ in the lease document so that "is this still my lease" and "save" are one atomic
 A mark, at most one every MARK_EVERY_S, pairs a watermark with the topic offsets the
 relay had produced up to when every change to that watermark was acknowledged: an index
 whose workers saved offsets at or past a mark's holds every change up to its watermark
-(``relayed_progress``). The last MARKS are kept (a horizon of about MARKS seconds).
+(``TopicOffsets.progress``). The last MARKS are kept (a horizon of about MARKS seconds).
 """
 
 from __future__ import annotations
@@ -133,8 +133,7 @@ class Mark:
     produced: dict[int, int]  # partition -> next offset
 
 
-def read_marks(collection: MongoCollection, lease_id: str) -> list[Mark]:
-    """The lease's marks, oldest first."""
-    document = collection.find_one({"_id": lease_id}, {"marks": 1}) or {}
+def marks_of(lease: Mapping[str, Any]) -> list[Mark]:
+    """A lease document's marks, oldest first."""
     return [Mark(mark["watermark"], {int(p): int(o) for p, o in mark["produced"].items()})
-            for mark in document.get("marks") or ()]
+            for mark in lease.get("marks") or ()]

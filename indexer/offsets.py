@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from indexer.checkpoint import Progress
-from indexer.lease import read_marks
+from indexer.lease import marks_of
 from runtime.clients import MongoCollection
 
 
@@ -51,8 +51,8 @@ class TopicOffsets:
         offsets = self.offsets(index)
         if offsets is None:
             return None
-        lease = self.collection.find_one({"_id": lease_id}) or {}
-        marks = read_marks(self.collection, lease_id)
+        lease = self.collection.find_one({"_id": lease_id}, {"token": 0}) or {}
+        marks = marks_of(lease)
         reached = [mark for mark in marks if all(
             offsets.get(partition, 0) >= offset for partition, offset in mark.produced.items())]
         newest = reached[-1] if reached else None

@@ -11,7 +11,7 @@ from pymongo.database import Database
 
 from indexer import lease as lease_module
 from indexer.changes import Position
-from indexer.lease import Fenced, Lease, read_marks
+from indexer.lease import Fenced, Lease, marks_of
 from indexer.offsets import TopicOffsets
 
 
@@ -48,7 +48,7 @@ def test_a_workers_index_holds_what_the_newest_mark_it_reached_says(mongo_db: Da
                              (4, {0: 12, 1: 7})):
         stamp = Timestamp(1_795_000_000 + second, 1)
         relay.save(Position({"_data": f"t{second}"}, stamp, 1), stamp, False, produced)
-    assert [m.watermark.time for m in read_marks(collection, relay.id)] == [
+    assert [m.watermark.time for m in marks_of(relay.state())] == [
         1_795_000_002, 1_795_000_003, 1_795_000_004]  # the newest MARKS
     progress = offsets.progress("idx", relay.id)
     assert progress is not None and progress.watermark is None  # behind every mark kept
