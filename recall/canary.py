@@ -5,7 +5,8 @@
                     baseline's answer; added to MongoDB every FLUSH_S by a background
                     thread (``$inc``: every recall instance adds to the same documents)
     ClickCounter    in `esrec recall events`: an engagement event that names the version
-                    that answered (``UserEvent.model``) is a click of that version's arm
+                    that answered (``UserEvent.model``), made since the canary began, is a
+                    click of that version's arm
     CanaryCollector /metrics: the running canary's share, its versions and state, and
                     the figures its controller last computed
 """
@@ -93,7 +94,10 @@ class CanaryObserver:
 
 
 class ClickCounter:
-    """Clicks of the running canary's two versions, from the user events."""
+    """Clicks of the running canary's two versions, from the user events. A click made
+    before the canary began is not counted: the events stage trails recall, and the
+    baseline's clicks still queued from before the split would otherwise raise its
+    click-through above a candidate that has none queued."""
 
     def __init__(self, store: CanaryStore, ttl_s: float = FLUSH_S) -> None:
         self.store = store
@@ -111,7 +115,7 @@ class ClickCounter:
         clicks: dict[Arm, int] = {}
         for event in attributed:
             arm = arms.get(event.model or "")
-            if arm is not None:
+            if arm is not None and event.ts >= canary.started_at:
                 clicks[arm] = clicks.get(arm, 0) + 1
         for arm, count in clicks.items():
             self.store.add(canary.id, arm, ArmCounts(clicks=count))
