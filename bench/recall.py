@@ -11,7 +11,7 @@ indexes a synthetic catalog, seeds user state, then measures for the same users:
     outside    per request, its time minus its own _msearch time (from the response's
                stages_ms): the overhead without the noise of two latency distributions,
                split into server_reads (resolve + state + seeds: MongoDB and the i2i mget)
-               and esrec_compute (user tower, cluster, queries, fusion: esrec CPU)
+               and esrec_compute (user tower, cluster, queries, rank, fusion: esrec CPU)
     stages     p50 / p99 of every stage
     idle wake  the user tower back to back vs after idling as long as an _msearch takes
 
@@ -36,9 +36,11 @@ from bench.indexer import stack_settings
 from esrec.settings import Settings
 from indexer.lifecycle import Versions
 from indexer.service import Services
+from recall.fusion import rrf
 from recall.recaller import STAGES, Recaller, serve_with_one_torch_thread
 from recall.state import UserEvent, UserStates
 from runtime.clients import elasticsearch_client, mongo_client
+from runtime.service import collect_cycles_rarely
 from towers.dataset import Collections, write_mongo
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
@@ -97,6 +99,7 @@ def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller,
 def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> dict[str, Any]:
     recaller, users = _prepare(settings, items, model_dir)
     serve_with_one_torch_thread()  # as `esrec recall serve` runs
+    collect_cycles_rarely()
     bodies: dict[str, list[dict[str, Any]]] = {}
     msearch = recaller.es.msearch
 
@@ -127,12 +130,31 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
             "outside_msearch_ms": _stage_sum(stages, set(STAGES) - {"msearch"}),
             "server_reads_ms": _stage_sum(stages, {"resolve", "state", "seeds"}),
             "esrec_compute_ms": _stage_sum(stages, {"user_tower", "cluster", "queries",
-                                                    "fusion"}),
+                                                    "rank", "fusion"}),
             "stages_ms": {stage: _stage_sum(stages, {stage}) for stage in STAGES}}
+    figures["fusion_alone_ms"] = _fusion_alone(recaller.settings.recall.rrf_k)
     figures["idle_wake_ms"] = _idle_wake(recaller, users[0], pause_s=figures["clients_1"][
         "raw_msearch_ms"]["p50"] / 1000)
     figures["target_p99_overhead_ms"] = 3.0
     return figures
+
+
+def _fusion_alone(rrf_k: int, channels: int = 5, candidates: int = 100,
+                  calls: int = 500) -> dict[str, float]:
+    """Weighted RRF of ``channels`` lists of ``candidates`` (a third of each list shared
+    with the next channel's), back to back: the fusion's own cost, without the channels'
+    hit parsing (the ``rank`` stage)."""
+    rng = np.random.default_rng(0)
+    ranked = {f"c{c}": [(f"i{int(n)}", float(candidates - r)) for r, n in enumerate(
+        rng.choice(np.arange(c * 200, c * 200 + 300), candidates, replace=False))]
+        for c in range(channels)}
+    weights = {name: 1.0 for name in ranked}
+    seconds = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        rrf(ranked, weights, candidates, rrf_k)
+        seconds.append(time.perf_counter() - started)
+    return {**_percentiles(seconds), "channels": channels, "candidates": candidates}
 
 
 def _idle_wake(recaller: Recaller, user_id: str, pause_s: float) -> dict[str, float]:

@@ -104,6 +104,7 @@ class ChangeStreamSource:
         except OperationFailure as error:
             raise _history_lost(error) if error.code in HISTORY_LOST_CODES else error from None
         self.last_position = position
+        self._taken: tuple[RawBSONDocument, Timestamp, int] | None = None  # the last event
         self.next_heartbeat = 0.0  # the first idle poll confirms at once
 
     def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch:
@@ -119,6 +120,7 @@ class ChangeStreamSource:
             self._take(event, batch)
             if time.monotonic() >= deadline:
                 break
+        self._hand_out_position(batch)
         if batch.changes:
             batch.watermark = batch.changes[-1].cluster_time
         elif batch.skipped == 0 and time.monotonic() >= self.next_heartbeat:
@@ -142,6 +144,7 @@ class ChangeStreamSource:
         event = self._next()
         if event is not None:  # not idle after all: a normal batch of one
             self._take(event, batch)
+            self._hand_out_position(batch)
             batch.watermark = batch.changes[-1].cluster_time if batch.changes else None
             return
         self.next_heartbeat = time.monotonic() + HEARTBEAT_S
@@ -150,12 +153,20 @@ class ChangeStreamSource:
                                   self.stream_name) if token is not None else self.last_position
         batch.watermark, batch.idle = now, True
 
+    def _hand_out_position(self, batch: Batch) -> None:
+        """The position after the last event taken: built once per batch, not per event."""
+        if self._taken is not None:
+            token, cluster_time, seq = self._taken
+            batch.position = Position(dict(token), cluster_time, seq, self.stream_name)
+            self._taken = None
+
     def _take(self, event: RawBSONDocument, batch: Batch) -> None:
         operation = event["operationType"]
-        related = (event.get("ns") or {}).get("coll")
-        if self.relations and related != self.collection.name and related in self.relations:
-            self._fan_out(event, related, batch)
-            return
+        if self.relations:
+            related = (event.get("ns") or {}).get("coll")
+            if related != self.collection.name and related in self.relations:
+                self._fan_out(event, related, batch)
+                return
         if operation in _STOPPING:
             raise StreamInvalidated(
                 f"the {self.collection.full_name} collection saw '{operation}'; the stream "
@@ -167,20 +178,19 @@ class ChangeStreamSource:
             version = self.sequencer.next(cluster_time)
         except VersionOverflow as error:  # one odd event: a dead letter, not a stopped stream
             version, problem = 0, str(error)
-        batch.position = Position(dict(event["_id"]), cluster_time, self.sequencer.seq,
-                                  self.stream_name)
-        doc_id = self._key(event)
-        problem = problem or id_problem(doc_id)
+        self._taken = (event["_id"], cluster_time, self.sequencer.seq)
         if operation == "delete":
+            doc_id = self._key(event)
             batch.changes.append(Change("delete", doc_id, version, cluster_time,
-                                        problem=problem))
+                                        problem=problem or id_problem(doc_id)))
         elif operation in ("insert", "update", "replace"):
             raw = event.get("fullDocument")
             if raw is None:
                 batch.skipped += 1
                 return
-            change = Change("upsert", doc_id, version, cluster_time,
-                            bson.decode(raw.raw, self.decode), problem, len(raw.raw))
+            document = bson.decode(raw.raw, self.decode)  # its _id is the event's key
+            change = Change("upsert", document["_id"], version, cluster_time, document,
+                            problem or id_problem(document["_id"]), len(raw.raw))
             batch.changes.append(change)
             batch.size_bytes += change.size_bytes
 
@@ -197,8 +207,7 @@ class ChangeStreamSource:
             version, problem = self.sequencer.next(cluster_time), None
         except VersionOverflow as error:
             version, problem = 0, str(error)
-        batch.position = Position(dict(event["_id"]), cluster_time, self.sequencer.seq,
-                                  self.stream_name)
+        self._taken = (event["_id"], cluster_time, self.sequencer.seq)
         if operation in _STOPPING:
             log.warning("a related collection went away; its items keep their vectors "
                         "until they change", extra={"collection": collection,

@@ -97,6 +97,9 @@ class KnnChannel(Channel):
         return [self._knn(ctx, ctx.user_vector)]
 
 
+_NONE: tuple[float, dict[str, Any]] = (-math.inf, {})  # no hit of the item yet
+
+
 class ItemToItemChannel(Channel):
     """i2i: neighbours of the user's newest items, cut at a similarity, re-weighted lightly
     towards measured-popular and fresh items."""
@@ -108,24 +111,29 @@ class ItemToItemChannel(Channel):
                 for vector in ctx.seeds.values()]
 
     def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
-        best: dict[str, float] = {}
-        half_life_s = self.recall.fresh_half_life_days * 86400
+        """An item's score: its highest similarity to a seed times its prior (popularity,
+        freshness; positive, so the best hit of an item is its most similar one, and the
+        prior is computed once per item, not once per hit)."""
         cut = self.recall.i2i_min_similarity
-        now = ctx.now.timestamp()
+        closest: dict[str, tuple[float, dict[str, Any]]] = {}  # item -> (similarity, hit)
         for response in responses:
             for hit in response["hits"]["hits"]:
                 similarity = 2 * float(hit["_score"]) - 1  # dot_product score is (1 + dot) / 2
-                if similarity < cut:
-                    continue
-                source = hit.get("_source") or {}
-                popularity = ctx.popular.by_id.get(hit["_id"], 0.0)
-                created = _epoch_s(source.get("created_at"))
-                freshness = 0.5 ** (max(0.0, now - created) / half_life_s) \
-                    if created is not None else 0.5
-                score = similarity * (1 + 0.1 * math.log1p(max(popularity, 0.0))) * \
-                    (0.8 + 0.2 * freshness)
-                best[hit["_id"]] = max(score, best.get(hit["_id"], -math.inf))
-        return sorted(best.items(), key=lambda pair: -pair[1])
+                if similarity >= cut and similarity > closest.get(hit["_id"], _NONE)[0]:
+                    closest[hit["_id"]] = (similarity, hit)
+        half_life_s = self.recall.fresh_half_life_days * 86400
+        now = ctx.now.timestamp()
+        by_id = ctx.popular.by_id
+        scored: list[tuple[str, float]] = []
+        for item_id, (similarity, hit) in closest.items():
+            created = _epoch_s((hit.get("_source") or {}).get("created_at"))
+            freshness = 0.5 ** (max(0.0, now - created) / half_life_s) \
+                if created is not None else 0.5
+            scored.append((item_id, similarity * (
+                1 + 0.1 * math.log1p(max(by_id.get(item_id, 0.0), 0.0))) * (
+                0.8 + 0.2 * freshness)))
+        scored.sort(key=lambda pair: -pair[1])
+        return scored
 
 
 class TagsChannel(Channel):

@@ -55,9 +55,9 @@ def serve_with_one_torch_thread() -> None:
 # alias lookup once per alias_ttl_s), state (MongoDB read), user_tower, cluster (the
 # nearest centroid and that cluster's popular items, re-read every popularity_ttl_s),
 # seeds (the wait for the i2i mget that the user tower did not hide), queries, msearch,
-# fusion
+# rank (each channel's hits -> its ranked list, the seen items out), fusion
 STAGES = ("resolve", "state", "user_tower", "cluster", "seeds", "queries", "msearch",
-          "fusion")
+          "rank", "fusion")
 
 
 class Stopwatch:
@@ -210,6 +210,7 @@ class Recaller:
         responses = self.es.msearch(searches=searches)["responses"] if searches else []
         watch.lap("msearch")
         ranked, reasons = self._rank(plan, responses, ctx)
+        watch.lap("rank")
         if lists is not None:
             lists.update({name: [item for item, _ in pairs] for name, pairs in ranked.items()})
         fuse_weights = {name: weights[name] for name in ranked}

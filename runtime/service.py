@@ -1,8 +1,10 @@
 """What every long-running esrec process shares: /healthz (ready), /livez (live) and
-/metrics over HTTP, and signal handling that drains within a time limit."""
+/metrics over HTTP, signal handling that drains within a time limit, and a garbage
+collector set for a service's allocation pattern."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -18,6 +20,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from runtime.health import Health
 
 log = logging.getLogger("esrec")
+# allocations between young-generation collections (CPython's default: 700); the older
+# generations are collected every 50 and 100 of the younger ones (default: 10, 10)
+GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def collect_cycles_rarely() -> None:
+    """Run the cycle collector less often, and never over what exists at start-up. A
+    batch or a request makes thousands of short-lived dicts that reference counting
+    frees; at the default thresholds the collector still walked them every 700
+    allocations and every live object (the towers, the caches) every 100th time: 20-25 %
+    of the indexer's CPU per change, and the recall service's slowest requests."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def serve_http(host: str, port: int, registry: CollectorRegistry,

@@ -23,7 +23,7 @@ from indexer.sink import TransientBulkError
 from runtime.errors import Refused
 from runtime.logs import configure
 from runtime.retry import Backoff, retry
-from runtime.service import install_signal_handlers, serve_http
+from runtime.service import collect_cycles_rarely, install_signal_handlers, serve_http
 
 if TYPE_CHECKING:  # the towers (torch) load in the commands that need them, not for --help
     from indexer.backfill import OnProgress
@@ -64,6 +64,7 @@ def indexer() -> None:
 def backfill_command(ctx: click.Context, ref: str) -> None:
     """Fill REF's index (NAME@VERSION) from a scan of the items; resumable after a crash."""
     configure()
+    collect_cycles_rarely()
     services = services_from(ctx)
     install_signal_handlers(services.stop, services.settings.indexer.shutdown_timeout_s)
     target = services.target_or_new(ref)
@@ -93,6 +94,7 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
                 metrics_port: int | None) -> None:
     """Run the daemon until SIGTERM/SIGINT (drains, then saves a final checkpoint)."""
     configure()
+    collect_cycles_rarely()
     services = services_from(ctx)
     settings = services.settings.indexer
     install_signal_handlers(services.stop, settings.shutdown_timeout_s)
@@ -143,6 +145,7 @@ def relay_command(ctx: click.Context, name: str | None, metrics_port: int | None
     item-changes topic for `esrec indexer worker`s. Run two or more: one leads (a lease
     in MongoDB, fenced by an epoch), the others stand by and take over when it stops."""
     configure()
+    collect_cycles_rarely()
     services = services_from(ctx)
     install_signal_handlers(services.stop, services.settings.indexer.shutdown_timeout_s)
     relay = services.relay(name or f"{socket.gethostname()}-{os.getpid()}")
@@ -162,6 +165,7 @@ def worker_command(ctx: click.Context, on_history_lost: str | None,
     backfill chunks) into every active model version, in a Kafka consumer group. Run as
     many as the topic has partitions."""
     configure()
+    collect_cycles_rarely()
     services = services_from(ctx)
     settings = services.settings.indexer
     install_signal_handlers(services.stop, settings.shutdown_timeout_s)

@@ -16,7 +16,7 @@ from recall.state import UserStates, problems
 from runtime.clients import elasticsearch_client, mongo_client
 from runtime.errors import Refused
 from runtime.logs import configure
-from runtime.service import install_signal_handlers, serve_http
+from runtime.service import collect_cycles_rarely, install_signal_handlers, serve_http
 
 if TYPE_CHECKING:  # the recall modules (and torch) load in the commands, not for --help
     from recall.recaller import Recaller
@@ -56,6 +56,7 @@ def events(ctx: click.Context, metrics_port: int | None) -> None:
     from recall.events import EventConsumer
 
     configure()
+    collect_cycles_rarely()
     settings = settings_from(ctx)
     stop = threading.Event()
     install_signal_handlers(stop, settings.recall.shutdown_timeout_s)
@@ -79,6 +80,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     from recall.recaller import serve_with_one_torch_thread
 
     configure()
+    collect_cycles_rarely()
     serve_with_one_torch_thread()
     recaller = recaller_from(ctx)
     # uvicorn drains on SIGTERM, then re-raises the signal into the handler it found: ours

@@ -23,6 +23,12 @@ def test_rrf_sums_weighted_reciprocal_ranks_with_provenance() -> None:
     assert [c.item_id for c in fused] == ["c", "a", "b", "d"]
 
 
+def test_rrf_ties_go_to_the_item_found_first() -> None:
+    ranked = {"knn": [("z", 0.9), ("y", 0.8)], "hot": [("b", 9.0), ("a", 8.0)]}
+    fused = rrf(ranked, {"knn": 1.0, "hot": 1.0}, k=10, rrf_k=60)
+    assert [c.item_id for c in fused] == ["z", "b", "y", "a"]  # channel order, then rank
+
+
 def test_rrf_cuts_at_k() -> None:
     assert len(rrf(RANKED, {"knn": 1.0, "hot": 1.0}, k=2, rrf_k=60)) == 2
 

@@ -1,0 +1,41 @@
+"""Channels' own ranking of Elasticsearch hits, without a server."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from recall.channels import Context, ItemToItemChannel
+from recall.popularity import Popular
+from recall.settings import ChannelSettings, RecallSettings
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _hit(item: str, similarity: float, days_old: float | None) -> dict[str, Any]:
+    source = {} if days_old is None else {
+        "created_at": (NOW - timedelta(days=days_old)).isoformat()}
+    return {"_id": item, "_score": (1 + similarity) / 2, "_source": source}
+
+
+def _context(popular: dict[str, float]) -> Context:
+    return Context(user={"x": 1}, user_vector=None, seen=[], seeds={}, filters=[],
+                   popular=Popular(list(popular.items()), None), seen_in_query=0,
+                   overfetch=0, now=NOW)
+
+
+def test_i2i_scores_an_item_by_its_closest_seed_times_its_popularity_and_freshness() -> None:
+    recall = RecallSettings(i2i_min_similarity=0.3, fresh_half_life_days=14)
+    channel = ItemToItemChannel(ChannelSettings(), recall)
+    responses = [  # one response per seed; "b" is near both seeds
+        {"hits": {"hits": [_hit("a", 0.9, 0), _hit("b", 0.5, 14), _hit("low", 0.2, 0)]}},
+        {"hits": {"hits": [_hit("b", 0.8, 14), _hit("c", 0.85, None)]}}]
+    ranked = dict(channel.rank(responses, _context({"b": math.e - 1})))
+    assert "low" not in ranked  # under i2i_min_similarity
+    assert ranked["a"] == pytest.approx(0.9 * 1.0 * (0.8 + 0.2 * 1.0))
+    assert ranked["b"] == pytest.approx(0.8 * 1.1 * (0.8 + 0.2 * 0.5))  # its closer seed
+    assert ranked["c"] == pytest.approx(0.85 * 1.0 * (0.8 + 0.2 * 0.5))  # no date: half
+    assert list(ranked) == ["a", "b", "c"]  # best first
