@@ -65,7 +65,8 @@ def mapping(manifest: Manifest, sha256: str, projection: Mapping[str, str],
 
 def create_generation(es: Elasticsearch, prefix: str, manifest: Manifest, sha256: str,
                       projection: Mapping[str, str], index_options: str,
-                      measured: Mapping[str, Any] | None = None) -> str:
+                      measured: Mapping[str, Any] | None,
+                      refresh_interval: str) -> str:
     """Create the next concrete index of a version; the version alias is not moved here."""
     alias = version_alias(prefix, manifest.name, manifest.version)
     existing = es.indices.get(index=f"{alias}-g*", allow_no_indices=True,
@@ -73,7 +74,8 @@ def create_generation(es: Elasticsearch, prefix: str, manifest: Manifest, sha256
     generation = 1 + max((int(name.rsplit("-g", 1)[1]) for name in existing), default=0)
     index = generation_index(prefix, manifest.name, manifest.version, generation)
     es.indices.create(index=index, mappings=mapping(manifest, sha256, projection,
-                                                     index_options, measured))
+                                                     index_options, measured),
+                      settings={"index": {"refresh_interval": refresh_interval}})
     return index
 
 

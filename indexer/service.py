@@ -112,7 +112,8 @@ class Services:
             measured = {"int8_recall": choice.int8_recall, "int8_recall_k": K,
                         "recall_sample": choice.sample, "recall_queries": choice.queries}
         index = create_generation(self.es, self.settings.index.prefix, artifact.manifest,
-                                  artifact.sha256, indexer.projection, options, measured)
+                                  artifact.sha256, indexer.projection, options, measured,
+                                  self.settings.index.refresh_interval)
         if point_alias:
             switch_alias(self.es, version_alias(self.settings.index.prefix,
                                                 artifact.manifest.name,

@@ -15,6 +15,7 @@ from runtime.settings import KafkaSettings, MongoSettings, Section
 
 # Elasticsearch index and alias names: lowercase, no leading -_+, none of \/*?"<>| ,#:
 _ES_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_DURATION = re.compile(r"^[1-9][0-9]*(ms|s|m)$")
 
 ProjectedType = Literal["keyword", "text", "float", "long", "date", "boolean"]
 DEFAULT_PROJECTION: dict[str, ProjectedType] = {
@@ -25,6 +26,18 @@ DEFAULT_PROJECTION: dict[str, ProjectedType] = {
 class IndexSettings(Section):
     prefix: str = "esrec"
     serving_alias: str = "esrec-items"
+    # Elasticsearch's index.refresh_interval for each new generation: a change is visible
+    # to search once indexed and refreshed, so freshness is esrec's part plus up to this;
+    # shorter costs Elasticsearch indexing throughput (existing generations keep theirs)
+    refresh_interval: str = "1s"
+
+    @field_validator("refresh_interval")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError(f"{value!r} is not a refresh interval: write a duration such as "
+                             "1s or 500ms (a serving index must refresh, so not -1)")
+        return value
 
     @field_validator("prefix", "serving_alias")
     @classmethod

@@ -62,6 +62,7 @@ def test_settings_are_frozen() -> None:
         ("ESREC_MONGO__URI", "postgres://x", "must start with mongodb://"),
         ("ESREC_KAFKA__BOOTSTRAP_SERVERS", "kafka", "is not host:port"),
         ("ESREC_INDEX__PREFIX", "Bad Prefix", "not a valid Elasticsearch name"),
+        ("ESREC_INDEX__REFRESH_INTERVAL", "-1", "write a duration such as 1s or 500ms"),
         ("ESREC_KAFKA__SECURITY_PROTOCOL", "SASL_SSL", "needs sasl_mechanism"),
         ("ESREC_ES__USERNAME", "elastic", "needs both username and password"),
         ("ESREC_ES__TYPO", "1", "unknown setting"),

@@ -41,6 +41,8 @@ def test_writes_settle_to_the_newest_version(settings: Settings, es: Elasticsear
     assert b[DELETED] is True and VECTOR not in b  # the tombstone outlived the older write
     assert svc.metrics.stale._value.get() == 2
     assert model_of(es, target.index)["model"] == "test-model@1"
+    refresh = es.indices.get_settings(index=target.index)[target.index]["settings"]["index"]
+    assert refresh["refresh_interval"] == settings.index.refresh_interval
 
 
 def test_bad_documents_are_parked_and_the_batch_goes_on(settings: Settings, es: Elasticsearch,
