@@ -31,7 +31,7 @@ from indexer.pipeline import Pipeline, Target
 from indexer.settings import IndexerConfig, IndexerSettings
 from indexer.snapshot import SnapshotSource
 from indexer.source import server_time
-from runtime.clients import MongoCollection, ensure_topic, kafka_options
+from runtime.clients import MongoCollection, ensure_topic, kafka_options, topic_offsets
 
 # (documents handed out so far, estimated total) after every saved page
 OnProgress = Callable[[int, int], None]
@@ -81,7 +81,7 @@ def backfill_via_workers(items: MongoCollection, es: Elasticsearch, checkpoints:
     to the backfill topic, each written by whichever worker gets it, then wait until every
     chunk is written. Resumable: publishing goes on after the last chunk sent, and chunks
     are idempotent. The index's live changes reach it through the workers from T on."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaProducer
 
     index, indexer, kafka = target.index, settings.indexer, settings.kafka
     saved = checkpoints.backfill_state(index)
@@ -90,18 +90,10 @@ def backfill_via_workers(items: MongoCollection, es: Elasticsearch, checkpoints:
     start = checkpoints.start_backfill(index, server_time(items))
     for topic in (kafka.topics.item_changes, kafka.topics.item_backfill):
         ensure_topic(kafka, topic, indexer.partitions)
-    consumer = KafkaConsumer(**kafka_options(kafka))
-    try:  # the workers pick the index up at T: the first change message at or after it
-        changes = [TopicPartition(kafka.topics.item_changes, p) for p in
-                   consumer.partitions_for_topic(kafka.topics.item_changes) or ()]
-        found = consumer.offsets_for_times({tp: start.operation_time.time * 1000
-                                            for tp in changes})
-        ends = consumer.end_offsets(changes)
-        TopicOffsets(checkpoints.collection, kafka.topics.item_changes).set_start(index, {
-            tp.partition: int(found[tp].offset if found.get(tp) else ends[tp])
-            for tp in changes})
-    finally:
-        consumer.close()
+    # the workers pick the index up at T: the first change message at or after it
+    at_ms = start.operation_time.time * 1000
+    TopicOffsets(checkpoints.collection, kafka.topics.item_changes).set_start(
+        index, topic_offsets(kafka, kafka.topics.item_changes, at_ms))
     published, _ = checkpoints.chunks(index)
     producer = KafkaProducer(**kafka_options(kafka), acks="all")
     source = SnapshotSource(items, start, fields={"_id": 1})

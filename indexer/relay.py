@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from bson.timestamp import Timestamp
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -34,7 +34,7 @@ from indexer.lease import Fenced, Lease
 from indexer.messages import encode_change, key
 from indexer.settings import IndexerConfig
 from indexer.source import ChangeStreamSource, server_time
-from runtime.clients import MongoCollection, ensure_topic, kafka_options
+from runtime.clients import MongoCollection, ensure_topic, kafka_options, topic_offsets
 from runtime.health import Health
 from runtime.retry import Backoff, retry
 from towers.relations import Relation
@@ -196,14 +196,7 @@ class Relay:
     def _topic_ends(self) -> dict[int, int]:
         """Where the topic ends as this relay takes the lead: what earlier leaders
         produced, so its first marks cover their changes too."""
-        consumer = KafkaConsumer(**kafka_options(self.settings.kafka))
-        try:
-            partitions = [TopicPartition(self.topic, p)
-                          for p in consumer.partitions_for_topic(self.topic) or ()]
-            return {tp.partition: int(offset)
-                    for tp, offset in consumer.end_offsets(partitions).items()}
-        finally:
-            consumer.close()
+        return topic_offsets(self.settings.kafka, self.topic)
 
     def _publish(self, producer: KafkaProducer, changes: list[Change]) -> None:
         """Send every change and wait until each is acknowledged (acks=all)."""

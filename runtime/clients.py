@@ -94,6 +94,25 @@ def ensure_topic(settings: KafkaSettings, name: str, partitions: int) -> None:
         admin.close()
 
 
+def topic_offsets(settings: KafkaSettings, topic: str,
+                  at_ms: int | None = None) -> dict[int, int]:
+    """Per partition of ``topic``: where it ends now, or (``at_ms``, epoch milliseconds)
+    the first offset of a message at or after that time, its end where there is none."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**kafka_options(settings))
+    try:
+        partitions = [TopicPartition(topic, p)
+                      for p in consumer.partitions_for_topic(topic) or ()]
+        ends = consumer.end_offsets(partitions)
+        found = consumer.offsets_for_times(dict.fromkeys(partitions, at_ms)) \
+            if at_ms is not None else {}
+        return {tp.partition: int(found[tp].offset if found.get(tp) else ends[tp])
+                for tp in partitions}
+    finally:
+        consumer.close()
+
+
 def _kafka_error() -> type[Exception]:
     from kafka.errors import KafkaError
 

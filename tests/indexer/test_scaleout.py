@@ -108,6 +108,20 @@ def _leader(svc: Services) -> str | None:
     return lease.get("holder")
 
 
+def _leading(svc: Services, cluster: Cluster) -> str | None:
+    """The relay that leads now: the lease's holder, if that process says it holds it (a
+    killed leader's name stays in the lease until it expires, and its restart is a
+    standby under the same name)."""
+    name = _leader(svc)
+    if name not in cluster.processes or not cluster.processes[name].alive():
+        return None
+    try:
+        leads = metric(cluster.ports[name], "esrec_relay_leader") == 1.0
+    except OSError:  # restarted, not serving /metrics yet
+        return None
+    return name if leads else None
+
+
 def _until(check: Callable[[], bool], what: str, cluster: Cluster,
            timeout_s: float = CONVERGE_S, detail: Callable[[], object] = lambda: "") -> None:
     deadline = time.monotonic() + timeout_s
@@ -229,8 +243,8 @@ def test_chaos_kills_and_a_paused_leader_lose_nothing(
             _until(lambda p=restarted, n=logged: _rejoined(p, n), f"{victim} back in the group",
                    cluster, 120)
         elif relay_kills < 2:
-            leader = _leader(svc)
-            if leader in cluster.processes:
+            leader = _leading(svc, cluster)
+            if leader is not None:
                 cluster.processes[leader].kill()
                 cluster.start(leader)
                 relay_kills += 1
@@ -239,7 +253,8 @@ def test_chaos_kills_and_a_paused_leader_lose_nothing(
 
     # a leader paused past its lease: the standby takes over; woken up, the old one is
     # refused: it neither sends nor saves under the lost epoch
-    paused = _leader(svc) or ""
+    _until(lambda: _leading(svc, cluster) is not None, "a leading relay", cluster, 60)
+    paused = _leading(svc, cluster) or ""
     process = cluster.processes[paused].process
     assert process is not None
     os.kill(process.pid, signal.SIGSTOP)
@@ -252,7 +267,7 @@ def test_chaos_kills_and_a_paused_leader_lose_nothing(
     finally:
         os.kill(process.pid, signal.SIGCONT)
     _until(lambda: "lease lost" in cluster.processes[paused].text(), "the old leader refused",
-           cluster, 60)
+           cluster, 60, detail=lambda: cluster.processes[paused].text()[-3000:])
     assert (metric(cluster.ports[paused], "esrec_relay_fenced_total") or 0) >= 1
     last: list[list[str]] = [[]]
     _until(_converged(es, svc, index, ModelArtifact.load(artifact_dir), last),
