@@ -47,6 +47,7 @@ from indexer.sink import BULK_RESPONSE_FIELDS
 from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import elasticsearch_client, mongo_client
 from runtime.service import collect_cycles_rarely
+from towers.artifact import use_one_torch_thread
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -103,6 +104,7 @@ class _CpuMeter:
 def measure(settings: Settings, docs: int, model_dir: Path,
             servers: dict[str, int]) -> dict[str, Any]:
     collect_cycles_rarely()  # as `esrec indexer run` does
+    use_one_torch_thread()
     es = elasticsearch_client(settings.es)
     db = mongo_client(settings.mongo)[settings.mongo.database]
     for name in db.list_collection_names():

@@ -52,11 +52,12 @@ from indexer.lifecycle import Versions
 from indexer.service import Services
 from recall.clusters import build
 from recall.popularity import ClusterPopularity
-from recall.recaller import Recaller, serve_with_one_torch_thread
+from recall.recaller import Recaller
 from recall.replay import replay
 from recall.request import RecallResponse
 from recall.state import UserStates
 from runtime.clients import elasticsearch_client, mongo_client
+from towers.artifact import use_one_torch_thread
 from towers.dataset import Collections, EvalCase, Interaction, write_mongo
 from towers.evaluate import (
     evaluate_itemknn,
@@ -214,7 +215,7 @@ def measure(settings: Settings, data: Path, config: Path, train_config: TrainCon
                                                    item_ids, users_at, cases, K_VALUES))
     lap("offline_eval_s")
 
-    serve_with_one_torch_thread()
+    use_one_torch_thread()
     recaller = Recaller(es, db, services.registry, settings)
     k = max(K_VALUES)
     rrf_k = settings.recall.rrf_k

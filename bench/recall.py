@@ -12,6 +12,8 @@ indexes a synthetic catalog, seeds user state, then measures for the same users:
                stages_ms): the overhead without the noise of two latency distributions,
                split into server_reads (resolve + state + seeds: MongoDB and the i2i mget)
                and esrec_compute (user tower, cluster, queries, rank, fusion: esrec CPU)
+    cpu        the request thread's CPU time per request (everything it runs, HTTP clients
+               and JSON parsing included): the cost without preemption or waiting
     stages     p50 / p99 of every stage
     idle wake  the user tower back to back vs after idling as long as an _msearch takes
 
@@ -37,10 +39,11 @@ from esrec.settings import Settings
 from indexer.lifecycle import Versions
 from indexer.service import Services
 from recall.fusion import rrf
-from recall.recaller import STAGES, Recaller, serve_with_one_torch_thread
+from recall.recaller import STAGES, Recaller
 from recall.state import UserEvent, UserStates
 from runtime.clients import elasticsearch_client, mongo_client
 from runtime.service import collect_cycles_rarely
+from towers.artifact import use_one_torch_thread
 from towers.dataset import Collections, write_mongo
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
@@ -62,16 +65,17 @@ def _stage_sum(stages: list[dict[str, float]], names: set[str]) -> dict[str, flo
 
 
 def _timed(call: Callable[[Any], Any], inputs: list[Any],
-           clients: int) -> tuple[list[float], list[Any]]:
-    """Seconds per call and the calls' results, from ``clients`` concurrent callers."""
-    def one(item: Any) -> tuple[float, Any]:
-        started = time.perf_counter()
+           clients: int) -> tuple[list[float], list[float], list[Any]]:
+    """Seconds per call, the calling thread's CPU seconds per call, and the calls'
+    results, from ``clients`` concurrent callers."""
+    def one(item: Any) -> tuple[float, float, Any]:
+        started, cpu = time.perf_counter(), time.thread_time()
         result = call(item)
-        return time.perf_counter() - started, result
+        return time.perf_counter() - started, time.thread_time() - cpu, result
 
     with ThreadPoolExecutor(clients) as pool:
-        seconds, results = zip(*pool.map(one, inputs), strict=True)
-    return list(seconds), list(results)
+        seconds, cpu, results = zip(*pool.map(one, inputs), strict=True)
+    return list(seconds), list(cpu), list(results)
 
 
 def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller, list[str]]:
@@ -98,7 +102,7 @@ def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller,
 
 def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> dict[str, Any]:
     recaller, users = _prepare(settings, items, model_dir)
-    serve_with_one_torch_thread()  # as `esrec recall serve` runs
+    use_one_torch_thread()  # as `esrec recall serve` runs
     collect_cycles_rarely()
     bodies: dict[str, list[dict[str, Any]]] = {}
     msearch = recaller.es.msearch
@@ -121,7 +125,8 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
                                "channels": list(recaller.channels)}
     for clients in CLIENTS:
         raw = _percentiles(_timed(lambda u: msearch(searches=bodies[u]), sample, clients)[0])
-        seconds, responses = _timed(lambda u: recaller.recall({"user_id": u}), sample, clients)
+        seconds, cpu, responses = _timed(lambda u: recaller.recall({"user_id": u}), sample,
+                                         clients)
         full = _percentiles(seconds)
         stages = [response.stages_ms for response in responses]
         figures[f"clients_{clients}"] = {
@@ -131,6 +136,9 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
             "server_reads_ms": _stage_sum(stages, {"resolve", "state", "seeds"}),
             "esrec_compute_ms": _stage_sum(stages, {"user_tower", "cluster", "queries",
                                                     "rank", "fusion"}),
+            # the request thread's CPU, all of it (HTTP clients and JSON parsing too; the
+            # i2i mget's thread not): what a core spends, without preemption and waits
+            "request_thread_cpu_ms": _percentiles(cpu),
             "stages_ms": {stage: _stage_sum(stages, {stage}) for stage in STAGES}}
     figures["fusion_alone_ms"] = _fusion_alone(recaller.settings.recall.rrf_k)
     figures["idle_wake_ms"] = _idle_wake(recaller, users[0], pause_s=figures["clients_1"][

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import torch
 from elasticsearch import Elasticsearch
 from pydantic import BaseModel
 
@@ -41,14 +40,6 @@ from towers.registry import ModelRegistry
 SEED_LOOKUP_THREADS = 8
 SHADOW_QUEUE = 4  # canary overlap comparisons waiting at most; more are skipped
 log = logging.getLogger("esrec.recall")
-
-
-def serve_with_one_torch_thread() -> None:
-    """For a recall process: a batch of one user gains nothing from intra-op threads, and
-    their spinning takes CPU from concurrent requests (measured: p99 overhead 17 -> 7 ms
-    at one client in bench/recall.py). Process-wide, so the service calls it, not the
-    library."""
-    torch.set_num_threads(1)
 
 
 # the stages of a request, in order: resolve (request validation, serving version; an

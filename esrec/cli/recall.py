@@ -77,11 +77,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from recall.api import create_app
-    from recall.recaller import serve_with_one_torch_thread
+    from towers.artifact import use_one_torch_thread
 
     configure()
     collect_cycles_rarely()
-    serve_with_one_torch_thread()
+    use_one_torch_thread()
     recaller = recaller_from(ctx)
     # uvicorn drains on SIGTERM, then re-raises the signal into the handler it found: ours
     # (a stop flag with a watchdog), so a drained service exits 0 like the other daemons
