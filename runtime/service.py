@@ -30,7 +30,7 @@ def collect_cycles_rarely() -> None:
     batch or a request makes thousands of short-lived dicts that reference counting
     frees; at the default thresholds the collector still walked them every 700
     allocations and every live object (the towers, the caches) every 100th time: 20-25 %
-    of the indexer's CPU per change, and the recall service's slowest requests."""
+    of the indexer's CPU per change (measured per thread in bench.indexer's setting)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
