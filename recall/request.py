@@ -159,6 +159,6 @@ class RecallResponse(BaseModel):
     took_ms: float
     # where took_ms went: resolve, state (MongoDB), user_tower, cluster (assignment and
     # the cluster's popular items), seeds (i2i mget wait), queries, msearch
-    # (Elasticsearch), fusion
+    # (Elasticsearch), rank (each channel's hits -> its ranked list), fusion
     stages_ms: dict[str, float]
     candidates: list[Candidate]
