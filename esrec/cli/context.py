@@ -11,9 +11,20 @@ import click
 from esrec.settings import Settings, load_settings
 from runtime.clients import MongoDatabase, elasticsearch_client, mongo_client, server_error
 from runtime.errors import EXIT_CODES, EsrecError, Kind
+from runtime.service import collect_cycles_rarely
 
 if TYPE_CHECKING:  # commands import the core packages (and torch) themselves, when run
     from indexer.service import Services
+
+
+def embedding_process() -> None:
+    """What a long-running process that embeds (items or users) sets first: the
+    collector's pace, one torch thread (towers imported here: `esrec --help` stays
+    light)."""
+    from towers.artifact import use_one_torch_thread
+
+    collect_cycles_rarely()
+    use_one_torch_thread()
 
 
 def settings_from(ctx: click.Context) -> Settings:

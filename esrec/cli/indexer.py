@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from pymongo.errors import ConnectionFailure, PyMongoError
 from tqdm import tqdm
 
-from esrec.cli.context import services_from, settings_from
+from esrec.cli.context import embedding_process, services_from, settings_from
 from indexer.sink import TransientBulkError
 from runtime.errors import Refused
 from runtime.logs import configure
@@ -53,15 +53,6 @@ def progress_bar(what: str) -> Iterator[OnProgress]:
             bar.close()
 
 
-def _embedding_process() -> None:
-    """What a process that embeds items sets first: the collector's pace, one torch
-    thread (towers imported here: `esrec --help` stays light)."""
-    from towers.artifact import use_one_torch_thread
-
-    collect_cycles_rarely()
-    use_one_torch_thread()
-
-
 @click.group()
 def indexer() -> None:
     """The change-stream indexer: MongoDB items -> item tower -> Elasticsearch."""
@@ -73,7 +64,7 @@ def indexer() -> None:
 def backfill_command(ctx: click.Context, ref: str) -> None:
     """Fill REF's index (NAME@VERSION) from a scan of the items; resumable after a crash."""
     configure()
-    _embedding_process()
+    embedding_process()
     services = services_from(ctx)
     install_signal_handlers(services.stop, services.settings.indexer.shutdown_timeout_s)
     target = services.target_or_new(ref)
@@ -103,7 +94,7 @@ def run_command(ctx: click.Context, refs: tuple[str, ...], on_history_lost: str 
                 metrics_port: int | None) -> None:
     """Run the daemon until SIGTERM/SIGINT (drains, then saves a final checkpoint)."""
     configure()
-    _embedding_process()
+    embedding_process()
     services = services_from(ctx)
     settings = services.settings.indexer
     install_signal_handlers(services.stop, settings.shutdown_timeout_s)
@@ -174,7 +165,7 @@ def worker_command(ctx: click.Context, on_history_lost: str | None,
     backfill chunks) into every active model version, in a Kafka consumer group. Run as
     many as the topic has partitions."""
     configure()
-    _embedding_process()
+    embedding_process()
     services = services_from(ctx)
     settings = services.settings.indexer
     install_signal_handlers(services.stop, settings.shutdown_timeout_s)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 from pydantic import ValidationError
 
-from esrec.cli.context import mongo_database, settings_from
+from esrec.cli.context import embedding_process, mongo_database, settings_from
 from recall.state import UserStates, problems
 from runtime.clients import elasticsearch_client, mongo_client
 from runtime.errors import Refused
@@ -77,11 +77,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from recall.api import create_app
-    from towers.artifact import use_one_torch_thread
 
     configure()
-    collect_cycles_rarely()
-    use_one_torch_thread()
+    embedding_process()
     recaller = recaller_from(ctx)
     # uvicorn drains on SIGTERM, then re-raises the signal into the handler it found: ours
     # (a stop flag with a watchdog), so a drained service exits 0 like the other daemons
