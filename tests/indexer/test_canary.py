@@ -1,6 +1,6 @@
 """Canary rolls: the decision rules alone, then on the local stack a deliberately bad
 version (item tower re-initialised: consistent with its own index, so every static gate
-passes) canaried to 20% of users and rolled back by the live comparison, a good one
+passes) canaried to 20% of users and rolled back by the live comparison, a good one (to half)
 promoted, an abort, and no answer ever mixing versions."""
 
 from __future__ import annotations
@@ -111,7 +111,11 @@ def stack(settings: Settings, es: Elasticsearch, artifact_dir: Path, trained: Tr
             # clicks decide here: latency and degraded answers only on a busy machine's
             # scale (the rules themselves are tested above)
             "canary_poll_s": 0.5, "canary_min_requests": 25, "canary_p99_slack_ms": 10000,
-            "canary_max_empty_increase": 0.3, "canary_min_ctr_ratio": 0.8,
+            "canary_max_empty_increase": 0.3,
+            # the arms are different users, and one user's clicks per answer vary widely
+            # on this feed: with 20-45 users an arm, two arms of the same model differed
+            # by up to 0.63x on CI; the bad version lands below 0.5x (asserted below)
+            "canary_min_ctr_ratio": 0.5,
             "canary_expire_grace_s": 60,
             "max_p99_ms": 5000})})  # the post-promote probe: not what is tested here
     svc = services(fast, es, artifact_dir)
@@ -244,7 +248,7 @@ def test_a_bad_version_is_rolled_back_and_a_good_one_promoted_on_live_traffic(st
         assert bad.figures["candidate"]["requests"] >= 25
         gates: list[Any] = []
         try:
-            previous = roll(versions, GOOD, canary=CanaryPlan(0.2, duration_s=15),
+            previous = roll(versions, GOOD, canary=CanaryPlan(0.5, duration_s=15),
                             on_gates=gates.extend)
         except GateFailed as error:
             pytest.fail(f"{error}: {_history(svc, GOOD)[-1][1]}")
