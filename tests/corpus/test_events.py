@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -21,6 +21,8 @@ from recall.events import EXCERPT_CHARS
 from runtime.clients import mongo_client
 from tests.indexer.helpers import cli_env
 from tests.processes import EsrecProcess, get_json, metric
+
+T = TypeVar("T")
 
 ITEMS = [{"_id": "i-int-tags", "title": "x", "tags": 5},
          {"_id": "i-nul-tag", "title": "x", "tags": ["ok", "bad\x00tag", ""]},
@@ -93,6 +95,18 @@ def _wait_applied(settings: Settings, user: str, count: int, consumer: EsrecProc
         time.sleep(0.2)
 
 
+def _settled(read: Callable[[], T], done: Callable[[T], bool]) -> T:
+    """A count read once it is reached (or after 30 s): a batch's dead letters are sent
+    and counted after its user state is written, which is what the tests wait on, so the
+    counts may trail that state by a moment."""
+    deadline = time.monotonic() + 30
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = read()
+    return value
+
+
 def test_bad_events_get_bounded_dead_letters_and_valid_ones_apply(
         topics: Settings, tmp_path: Path) -> None:
     settings = topics
@@ -108,7 +122,8 @@ def test_bad_events_get_bounded_dead_letters_and_valid_ones_apply(
                                     ts=f"2026-11-01T12:{n:02d}:30Z"))]
         _send(settings, values)
         _wait_applied(settings, "u-corpus", 2 * len(BAD), consumer)
-        health = get_json(f"http://127.0.0.1:{port}/healthz")
+        health = _settled(lambda: get_json(f"http://127.0.0.1:{port}/healthz"),
+                          lambda got: got[1].get("rejected", 0) >= len(BAD))
     finally:
         consumer.stop()
     assert health[0] == 200 and health[1]["rejected"] == len(BAD), health
@@ -149,7 +164,8 @@ def test_a_dead_letter_topic_that_refuses_writes_never_blocks_valid_events(
         consumer.wait_for("consuming user events")
         _send(settings, [_json(_event()), b"not json", _json(_event(ts="2026-11-01T13:00Z"))])
         _wait_applied(settings, "u-corpus", 2, consumer)
-        failures = metric(port, "esrec_user_events_dead_letter_failures_total")
+        failures = _settled(lambda: metric(port, "esrec_user_events_dead_letter_failures_total"),
+                            lambda value: value is not None and value >= 1)
     finally:
         consumer.stop()
     assert failures == 1.0
