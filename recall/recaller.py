@@ -84,6 +84,10 @@ class Recaller:
             name: CHANNELS[name](config, settings.recall)
             for name, config in settings.recall.channels.items() if config.enabled}
         self.metrics = metrics or RecallMetrics()
+        # each labelled child looked up once: a lookup costs about what an observation does
+        self._channel_took = {name: self.metrics.channel_took.labels(name)
+                              for name in self.channels}
+        self._stage = {stage: self.metrics.stage.labels(stage) for stage in STAGES}
         self.metrics.registry.register(CanaryCollector(self._canary_or_none))
         self._pool = ThreadPoolExecutor(SEED_LOOKUP_THREADS, thread_name_prefix="esrec-i2i")
         self._shadows = ThreadPoolExecutor(1, thread_name_prefix="esrec-canary-shadow")
@@ -128,7 +132,7 @@ class Recaller:
                                     ).observe(seconds)
         if response is not None:
             for stage, ms in watch.stages.items():
-                self.metrics.stage.labels(stage).observe(ms / 1000)
+                self._stage[stage].observe(ms / 1000)
         if route is not None and route.canary is not None and route.arm is not None:
             self.canary.record(route.canary, route.arm, seconds, error=response is None,
                                empty=response is not None and not response.candidates,
@@ -256,8 +260,9 @@ class Recaller:
                     if isinstance(error, dict) else str(error)
                 self.metrics.degraded.labels(name, "error").inc()
                 continue
+            took = self._channel_took[name]
             for response in mine:
-                self.metrics.channel_took.labels(name).observe(response.get("took", 0) / 1000)
+                took.observe(response.get("took", 0) / 1000)
             if any(response.get("timed_out") for response in mine):
                 reasons[name] = "timed out: partial results"
                 self.metrics.degraded.labels(name, "timeout").inc()

@@ -39,3 +39,17 @@ def test_i2i_scores_an_item_by_its_closest_seed_times_its_popularity_and_freshne
     assert ranked["b"] == pytest.approx(0.8 * 1.1 * (0.8 + 0.2 * 0.5))  # its closer seed
     assert ranked["c"] == pytest.approx(0.85 * 1.0 * (0.8 + 0.2 * 0.5))  # no date: half
     assert list(ranked) == ["a", "b", "c"]  # best first
+
+
+def test_i2i_reads_a_naive_date_as_utc_and_an_unparseable_one_as_no_date() -> None:
+    channel = ItemToItemChannel(ChannelSettings(), RecallSettings(fresh_half_life_days=14))
+    naive = (NOW - timedelta(days=14)).replace(tzinfo=None).isoformat()
+    responses = [{"hits": {"hits": [
+        {"_id": "naive", "_score": 1.0, "_source": {"created_at": naive}},
+        {"_id": "garbage", "_score": 1.0, "_source": {"created_at": "not a date"}},
+        {"_id": "number", "_score": 1.0, "_source": {"created_at": 12}},
+        {"_id": "new", "_score": 1.0, "_source": {"created_at": NOW.isoformat()}}]}}]
+    ranked = dict(channel.rank(responses, _context({})))
+    assert ranked["naive"] == ranked["garbage"] == ranked["number"] == pytest.approx(0.9)
+    assert ranked["new"] == pytest.approx(1.0)
+    assert next(iter(ranked)) == "new"
