@@ -17,16 +17,23 @@ indexes a synthetic catalog, seeds user state, then measures for the same users:
     stages     p50 / p99 of every stage
     idle wake  the user tower back to back vs after idling as long as an _msearch takes
 
-each at 1 and at 8 concurrent clients. Target: p99 overhead <= 3 ms.
+each at 1 and at 8 concurrent clients; then
+
+    replayed   the same requests at 1 client with every server reply answered from a
+               recording of this run: esrec's compute stages and CPU alone, with no wait
+               (and no idle core) between them, the figure that travels to any machine
+
+Targets: p99 overhead <= 3 ms; esrec compute p99 <= 1.5 ms at 1 client (issue 17).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +56,7 @@ from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
 REF = "bench@1"
+COMPUTE = ("user_tower", "cluster", "queries", "rank", "fusion")  # esrec's own work
 CLIENTS = (1, 8)
 
 
@@ -104,20 +112,12 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
     recaller, users = _prepare(settings, items, model_dir)
     use_one_torch_thread()  # as `esrec recall serve` runs
     collect_cycles_rarely()
-    bodies: dict[str, list[dict[str, Any]]] = {}
-    msearch = recaller.es.msearch
-
-    def recording(user: str) -> None:  # capture the exact _msearch each user causes
-        def capture(**kwargs: Any) -> Any:
-            bodies[user] = kwargs["searches"]
-            return msearch(**kwargs)
-        recaller.es.msearch = capture  # type: ignore[method-assign]
-        recaller.recall({"user_id": user})
-
+    replies = Replies(recaller)
+    msearch = replies.msearch
     sample = [users[n % len(users)] for n in range(requests)]
     for user in dict.fromkeys(sample):
-        recording(user)
-    recaller.es.msearch = msearch  # type: ignore[method-assign]
+        replies.record(user)
+    bodies = replies.bodies
     for user in sample[:50]:  # warm caches on both paths alike
         msearch(searches=bodies[user])
         recaller.recall({"user_id": user})
@@ -134,17 +134,84 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
             "overhead_ms": {p: round(full[p] - raw[p], 2) for p in raw},
             "outside_msearch_ms": _stage_sum(stages, set(STAGES) - {"msearch"}),
             "server_reads_ms": _stage_sum(stages, {"resolve", "state", "seeds"}),
-            "esrec_compute_ms": _stage_sum(stages, {"user_tower", "cluster", "queries",
-                                                    "rank", "fusion"}),
+            "esrec_compute_ms": _stage_sum(stages, set(COMPUTE)),
             # the request thread's CPU, all of it (HTTP clients and JSON parsing too; the
             # i2i mget's thread not): what a core spends, without preemption and waits
             "request_thread_cpu_ms": _percentiles(cpu),
             "stages_ms": {stage: _stage_sum(stages, {stage}) for stage in STAGES}}
+    figures["replayed"] = _replayed(recaller, replies, sample)
     figures["fusion_alone_ms"] = _fusion_alone(recaller.settings.recall.rrf_k)
     figures["idle_wake_ms"] = _idle_wake(recaller, users[0], pause_s=figures["clients_1"][
         "raw_msearch_ms"]["p50"] / 1000)
     figures["target_p99_overhead_ms"] = 3.0
     return figures
+
+
+class Replies:
+    """Each user's server replies as the Recaller got them (state, i2i mget, _msearch),
+    and the same requests answered from them again: esrec's compute with no server, no
+    wait and no idle core in between, a figure that travels to any machine."""
+
+    def __init__(self, recaller: Recaller) -> None:
+        self.recaller = recaller
+        self.msearch, self.mget = recaller.es.msearch, recaller.es.mget
+        self.read = recaller.states.read
+        self.bodies: dict[str, list[dict[str, Any]]] = {}  # the exact _msearch of each user
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.user = ""
+
+    def record(self, user: str) -> None:
+        self.user, replies = user, self.replies.setdefault(user, {})
+
+        def msearch(**kwargs: Any) -> Any:
+            self.bodies[user] = kwargs["searches"]
+            replies["msearch"] = self.msearch(**kwargs)
+            return replies["msearch"]
+
+        def mget(**kwargs: Any) -> Any:
+            replies["mget"] = self.mget(**kwargs)
+            return replies["mget"]
+
+        def read(*args: Any) -> Any:
+            replies["state"] = self.read(*args)
+            return replies["state"]
+
+        with self._answering(msearch, mget, read):
+            self.recaller.recall({"user_id": user})
+
+    @contextlib.contextmanager
+    def replaying(self) -> Iterator[None]:
+        with self._answering(lambda **_: self.replies[self.user]["msearch"],
+                             lambda **_: self.replies[self.user]["mget"],
+                             lambda *_: self.replies[self.user]["state"]):
+            yield
+
+    @contextlib.contextmanager
+    def _answering(self, msearch: Callable[..., Any], mget: Callable[..., Any],
+                   read: Callable[..., Any]) -> Iterator[None]:
+        recaller = self.recaller
+        recaller.es.msearch, recaller.es.mget = msearch, mget  # type: ignore[method-assign]
+        recaller.states.read = read  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            recaller.es.msearch, recaller.es.mget = self.msearch, self.mget  # type: ignore
+            recaller.states.read = self.read  # type: ignore[method-assign]
+
+
+def _replayed(recaller: Recaller, replies: Replies, sample: list[str]) -> dict[str, Any]:
+    """The sample's requests once more, at 1 client, each server reply answered from
+    the recording: the compute stages p50 / p99 and the thread's CPU per request."""
+    stages, cpu = [], []
+    with replies.replaying():
+        for user in sample:
+            replies.user = user
+            started = time.thread_time()
+            stages.append(recaller.recall({"user_id": user}).stages_ms)
+            cpu.append(time.thread_time() - started)
+    return {"esrec_compute_ms": _stage_sum(stages, set(COMPUTE)),
+            "request_thread_cpu_ms": _percentiles(cpu),
+            "stages_ms": {stage: _stage_sum(stages, {stage}) for stage in COMPUTE}}
 
 
 def _fusion_alone(rrf_k: int, channels: int = 5, candidates: int = 100,
