@@ -40,6 +40,7 @@ import bson
 import numpy as np
 from elasticsearch import Elasticsearch
 
+from esrec.cli.context import embedding_process
 from esrec.settings import Settings, load_settings, server_environment
 from esrec.stack import LocalStack
 from indexer.changes import Position
@@ -49,8 +50,6 @@ from indexer.service import Services
 from indexer.sink import BULK_RESPONSE_FIELDS
 from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import elasticsearch_client, mongo_client
-from runtime.service import collect_cycles_rarely
-from towers.artifact import use_one_torch_thread
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -106,8 +105,7 @@ class _CpuMeter:
 
 def measure(settings: Settings, docs: int, model_dir: Path,
             servers: dict[str, int]) -> dict[str, Any]:
-    collect_cycles_rarely()  # as `esrec indexer run` does
-    use_one_torch_thread()
+    embedding_process()  # as `esrec indexer run` does
     es = elasticsearch_client(settings.es)
     db = mongo_client(settings.mongo)[settings.mongo.database]
     for name in db.list_collection_names():

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from bench.indexer import stack_settings
+from esrec.cli.context import embedding_process
 from esrec.settings import Settings
 from indexer.lifecycle import Versions
 from indexer.service import Services
@@ -50,8 +51,6 @@ from recall.fusion import rrf
 from recall.recaller import STAGES, Recaller
 from recall.state import UserEvent, UserStates
 from runtime.clients import elasticsearch_client, mongo_client
-from runtime.service import collect_cycles_rarely
-from towers.artifact import use_one_torch_thread
 from towers.dataset import Collections, write_mongo
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
@@ -111,8 +110,7 @@ def _prepare(settings: Settings, items: int, model_dir: Path) -> tuple[Recaller,
 
 def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> dict[str, Any]:
     recaller, users = _prepare(settings, items, model_dir)
-    use_one_torch_thread()  # as `esrec recall serve` runs
-    collect_cycles_rarely()
+    embedding_process()  # as `esrec recall serve` does
     replies = Replies(recaller)
     msearch = replies.msearch
     sample = [users[n % len(users)] for n in range(requests)]
@@ -159,10 +157,10 @@ class Replies:
         self.read = recaller.states.read
         self.bodies: dict[str, list[dict[str, Any]]] = {}  # the exact _msearch of each user
         self.replies: dict[str, dict[str, Any]] = {}
-        self.user = ""
+        self.user = ""  # whose replies answer while replaying
 
     def record(self, user: str) -> None:
-        self.user, replies = user, self.replies.setdefault(user, {})
+        replies = self.replies.setdefault(user, {})
 
         def msearch(**kwargs: Any) -> Any:
             self.bodies[user] = kwargs["searches"]
