@@ -62,12 +62,17 @@ def coverage(services: Services, target: Target, settings: RolloutSettings) -> G
 def freshness(services: Services, target: Target, settings: RolloutSettings) -> GateResult:
     if not services.checkpoints.backfill_finished(target.index):
         return GateResult("freshness", False, "the backfill has not finished")
-    progress = services.progress(target.index)
-    lag = progress.lag_s(server_time(services.items)) if progress else None
+    lag = lag_of(services, target.index)
     if lag is None or lag > settings.max_lag_s:
         return GateResult("freshness", False, f"lag {lag}s > {settings.max_lag_s:g}s: is "
                           "`esrec indexer run` (or are its workers) following this version?")
     return GateResult("freshness", True, f"lag {lag}s <= {settings.max_lag_s:g}s")
+
+
+def lag_of(services: Services, index: str) -> float | None:
+    """How far ``index`` is behind the catalog (None: unknown, or past the marks kept)."""
+    progress = services.progress(index)
+    return progress.lag_s(server_time(services.items)) if progress else None
 
 
 def vectors(services: Services, target: Target, sample: list[dict[str, Any]],

@@ -1,6 +1,9 @@
 """A roll: build -> validate -> [canary] -> promote -> probe, with automatic rollbacks.
 
     build     unless the version is ready or serving already
+    catch up  while the index replays the changes made during its backfill: until its lag
+              is within max_lag_s (catch_up_timeout_s at most; max_lag_s without moving:
+              nothing follows it, and the freshness gate says so)
     validate  every gate (gates.validate); one failure refuses the promote: the version
               that served keeps serving
     canary    optional: a share of users on live traffic against the serving version
@@ -12,14 +15,25 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+from bson.timestamp import Timestamp
+
 from indexer.backfill import OnProgress
 from indexer.canary import CanaryStore, OnFigures, run_canary
-from indexer.gates import GateResult, probe_serving, validate
+from indexer.checkpoint import Progress
+from indexer.gates import GateResult, lag_of, probe_serving, validate
 from indexer.lifecycle import VersionError, Versions
+from indexer.settings import RolloutSettings
+from indexer.source import server_time
+
+log = logging.getLogger("esrec.versions")
+CATCH_UP_POLL_S = 1.0
+CATCH_UP_LOG_EVERY_S = 10.0
 
 # what a caller sees of a roll: a step starts (context manager around it), gates are known
 Step = Callable[[str], AbstractContextManager[None]]
@@ -53,8 +67,14 @@ def roll(versions: Versions, ref: str, step: Step = _no_step,
         if not report.done:
             raise VersionError(f"stopped before {ref}'s backfill finished",
                                "run the build again to resume it")
+    target = services.target(ref)
+    lag = lag_of(services, target.index)
+    if lag is None or lag > services.settings.rollout.max_lag_s:
+        with step(f"catch up {ref}: {'unknown' if lag is None else f'{lag:g} s'} behind"):
+            catch_up(lambda: services.progress(target.index),
+                     lambda: server_time(services.items), services.settings.rollout)
     with step(f"validate {ref}"):
-        results = validate(services, services.target(ref))
+        results = validate(services, target)
         on_gates(results)
     if not all(result.passed for result in results):
         raise GateFailed(f"not promoting {ref}: a gate failed; "
@@ -82,3 +102,26 @@ def roll(versions: Versions, ref: str, step: Step = _no_step,
         raise GateFailed(f"the post-promote probe failed; rolled back to {previous}")
     return previous
 
+
+
+def catch_up(progress: Callable[[], Progress | None], server_now: Callable[[], Timestamp],
+             settings: RolloutSettings) -> None:
+    """Wait until an index's ``progress`` is within max_lag_s of the catalog, for as long
+    as its watermark moves: the changes written during a backfill reach the new index after
+    it, and on busy workers that replay takes a while. The freshness gate judges the end."""
+    started = moved_at = logged_at = time.monotonic()
+    watermark: Timestamp | None = None
+    while True:
+        now_progress = progress()
+        lag = now_progress.lag_s(server_now()) if now_progress else None
+        now = time.monotonic()
+        if lag is not None and lag <= settings.max_lag_s:
+            return
+        if now_progress is not None and now_progress.watermark != watermark:
+            watermark, moved_at = now_progress.watermark, now
+        if now - started >= settings.catch_up_timeout_s or now - moved_at >= settings.max_lag_s:
+            return
+        if now - logged_at >= CATCH_UP_LOG_EVERY_S:
+            logged_at = now
+            log.info("catching up", extra={"lag_s": lag})
+        time.sleep(CATCH_UP_POLL_S)

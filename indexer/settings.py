@@ -108,6 +108,8 @@ class RolloutSettings(Section):
     retire_grace_s: float = Field(default=60.0, ge=0)
     min_coverage: float = Field(default=0.999, gt=0, le=1)  # live items indexed / in MongoDB
     max_lag_s: float = Field(default=30.0, gt=0)  # checkpoint behind the catalog
+    # a roll waits this long at most for a new index to come within max_lag_s (0: never)
+    catch_up_timeout_s: float = Field(default=600.0, ge=0)
     vector_sample: int = Field(default=50, gt=0)  # items re-embedded and compared
     vector_tolerance: float = Field(default=1e-4, gt=0)  # max abs difference per dimension
     ann_queries: int = Field(default=20, gt=0)
