@@ -1,6 +1,6 @@
 """Recall latency against the raw Elasticsearch round trip of the same queries, one run.
 
-    python -m bench.recall [--items 3000] [--requests 400] [--configured]
+    python -m bench.recall [--items 3000] [--requests 400] [--configured] [--pin-servers]
 
 Starts a private local stack (or uses the configured servers), trains a small model,
 indexes a synthetic catalog, seeds user state, then measures for the same users:
@@ -15,7 +15,8 @@ indexes a synthetic catalog, seeds user state, then measures for the same users:
     cpu        the request thread's CPU time per request (everything it runs, HTTP clients
                and JSON parsing included): the cost without preemption or waiting
     stages     p50 / p99 of every stage
-    idle wake  the user tower back to back vs after idling as long as an _msearch takes
+    idle wake  the user tower back to back vs after sleeping 5 ms, 20 ms and as long as
+               an _msearch takes (no server at work meanwhile)
 
 each at 1 and at 8 concurrent clients; then
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -241,13 +243,16 @@ def _fusion_alone(rrf_k: int, channels: int = 5, candidates: int = 100,
 
 
 def _idle_wake(recaller: Recaller, user_id: str, pause_s: float) -> dict[str, float]:
-    """The same user-tower call back to back and after the process idled as long as it
-    waits for an _msearch: how much slower CPU work runs on a core that just woke up
-    (cold caches, clock ramp-up) on this machine, which inflates every stage at 1 client."""
+    """The same user-tower call back to back and after the process slept (no server at
+    work) as long as a real cluster's _msearch takes (5 and 20 ms) and as long as this
+    run's did: how much slower CPU work runs on a core that just woke up (cold caches,
+    clock ramp-up, a VM's rescheduling), which inflates every stage at 1 client."""
     artifact = recaller.resolver.current().artifact
     user = recaller.states.read(user_id).document
     figures = {}
-    for name, pause in (("back_to_back", 0.0), ("after_pause", pause_s)):
+    pauses = {"back_to_back": 0.0, "after_5ms": 0.005, "after_20ms": 0.02,
+              "after_pause": pause_s}
+    for name, pause in pauses.items():
         seconds = []
         for _ in range(50):
             time.sleep(pause)
@@ -259,21 +264,41 @@ def _idle_wake(recaller: Recaller, user_id: str, pause_s: float) -> dict[str, fl
     return figures
 
 
+def _pin_servers(pids: list[int]) -> int:
+    """Every thread of ``pids`` onto the last CPU, this process onto the others; returns
+    the servers' CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not pids:
+        raise SystemExit("--pin-servers needs 2+ cores and a private stack (no --configured)")
+    for pid in pids:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(thread), {cpus[-1]})
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return cpus[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=3000)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--configured", action="store_true",
                         help="use the servers in ESREC_* settings instead of a private stack")
+    parser.add_argument("--pin-servers", action="store_true",
+                        help="Linux, 2+ cores: the private stack's servers on the last core, "
+                             "the bench on the others (esrec's compute without the servers "
+                             "running on its core)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(generate(SynthConfig(items=args.items, users=500, seed=4)),
                        TrainConfig(epochs=1))
         model_dir = Path(tmp) / "model"
         result.export(model_dir, "bench", "1")
-        settings, _pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
+        settings, pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
         try:
-            print(json.dumps(measure(settings, args.items, args.requests, model_dir), indent=2))
+            pinned = _pin_servers(list(pids.values())) if args.pin_servers else None
+            figures = measure(settings, args.items, args.requests, model_dir)
+            print(json.dumps({**figures, "servers_pinned_to_cpu": pinned}, indent=2))
         finally:
             if stack is not None:
                 stack.down()
