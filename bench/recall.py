@@ -268,8 +268,6 @@ def _pin_servers(pids: list[int]) -> int:
     """Every thread of ``pids`` onto the last CPU, this process onto the others; returns
     the servers' CPU."""
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2 or not pids:
-        raise SystemExit("--pin-servers needs 2+ cores and a private stack (no --configured)")
     for pid in pids:
         for thread in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(ProcessLookupError):  # a thread that just ended
@@ -285,10 +283,12 @@ def main() -> None:
     parser.add_argument("--configured", action="store_true",
                         help="use the servers in ESREC_* settings instead of a private stack")
     parser.add_argument("--pin-servers", action="store_true",
-                        help="Linux, 2+ cores: the private stack's servers on the last core, "
-                             "the bench on the others (esrec's compute without the servers "
-                             "running on its core)")
+                        help="Linux, 2+ cores: the private stack's Elasticsearch and MongoDB "
+                             "on the last core, the bench on the others (esrec's compute "
+                             "without the servers it asks running on its core)")
     args = parser.parse_args()
+    if args.pin_servers and (args.configured or len(os.sched_getaffinity(0)) < 2):
+        parser.error("--pin-servers needs a private stack (no --configured) and 2+ cores")
     with tempfile.TemporaryDirectory() as tmp:
         result = train(generate(SynthConfig(items=args.items, users=500, seed=4)),
                        TrainConfig(epochs=1))
