@@ -34,8 +34,10 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench.indexer import _cpu_seconds, _CpuMeter, stack_settings
-from bench.quality import _applied, _free_port
+from bench.indexer import _cpu_seconds, _CpuMeter, kafka_used, stack_settings
+from bench.quality import _applied
+from esrec.lifetime import die_with_parent, exit_on_sigterm
+from esrec.ports import free_port
 from esrec.settings import Settings, server_environment
 from recall.state import UserEvent, UserStates
 from runtime.clients import kafka_options, mongo_client
@@ -98,12 +100,12 @@ def _consumer(settings: Settings, log: list[UserEvent], work: Path,
                       value=event.model_dump_json().encode())
     producer.flush()
     producer.close()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **server_environment(settings)}
     with (work / "events.log").open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "esrec", "recall", "events",
                                     "--metrics-port", str(port)], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         started = time.perf_counter()
         first: tuple[float, float, float, float] | None = None  # wall, applied, cpus
@@ -164,12 +166,13 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         settings, pids, stack = stack_settings(args.configured, work / "stack")
         try:
-            print(json.dumps(measure(settings, args.events, args.users, work,
-                                     pids.get("mongodb")), indent=2))
+            result = measure(settings, args.events, args.users, work, pids.get("mongodb"))
+            print(json.dumps({"kafka": kafka_used(settings, stack), **result}, indent=2))
         finally:
             if stack is not None:
                 stack.down()
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_sigterm():  # its stack and child processes stop with it
+        main()

@@ -41,6 +41,7 @@ import numpy as np
 from elasticsearch import Elasticsearch
 
 from esrec.cli.context import embedding_process
+from esrec.lifetime import die_with_parent, exit_on_sigterm
 from esrec.settings import Settings, load_settings, server_environment
 from esrec.stack import LocalStack
 from indexer.changes import Position
@@ -60,13 +61,21 @@ def stack_settings(configured: bool,
               stack_dir: Path) -> tuple[Settings, dict[str, int], LocalStack | None]:
     if configured:
         return load_settings(), {}, None
-    stack = LocalStack(stack_dir)
+    stack = LocalStack(stack_dir, bound=True)  # its servers die with the bench
     records = stack.up(pick_free_ports=True)
     urls = {name: record.url for name, record in records.items()}
     pids = {name: records[name].pid for name in ("elasticsearch", "mongodb")}
     return Settings(es={"hosts": [urls["elasticsearch"]]}, mongo={"uri": urls["mongodb"],
                     "database": "bench"}, kafka={"bootstrap_servers": [urls["kafka"]]},
                     index={"prefix": "bench"}), pids, stack
+
+
+def kafka_used(settings: Settings, stack: LocalStack | None) -> str:
+    """Which Kafka a bench ran on, for its JSON: the private stack's, or the configured one."""
+    record = stack.running("kafka") if stack is not None else None
+    if record is None:
+        return f"configured: {','.join(settings.kafka.bootstrap_servers)}"
+    return record.engine
 
 
 def _catalog(count: int, offset: int) -> list[dict[str, Any]]:
@@ -228,7 +237,8 @@ def _daemon_process(svc: Services, settings: Settings, index: str) -> Iterator[f
     env = {**os.environ, **server_environment(settings), "ESREC_INDEXER__METRICS_PORT": "0"}
     wall, started = time.time(), time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "esrec", "indexer", "run"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   preexec_fn=die_with_parent)
     try:
         while True:
             progress = svc.checkpoints.progress(index)
@@ -318,4 +328,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_sigterm():  # its stack and child processes stop with it
+        main()

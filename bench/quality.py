@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ import numpy as np
 
 from bench.fusion import calibrate, contributions, fused_hr
 from bench.indexer import stack_settings
+from esrec.lifetime import die_with_parent, exit_on_sigterm
+from esrec.ports import free_port
 from esrec.settings import Settings, server_environment
 from indexer.layout import model_of
 from indexer.lifecycle import Versions
@@ -83,13 +84,6 @@ def _hr(metrics: dict[str, float]) -> dict[str, float]:
             if key.startswith(("hr@", "ndcg@")) or key == "cases"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _applied(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -102,7 +96,7 @@ def build_user_state(settings: Settings, events: Sequence[Interaction], log: Pat
                      timeout_s: float = 3600) -> dict[str, float]:
     """Replay ``events`` through Kafka into a real `esrec recall events` process and wait
     until it has applied every one; returns the replay's and the consumer's rates."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **server_environment(settings)}
     started = time.perf_counter()
     sent = replay(settings, events)
@@ -110,7 +104,7 @@ def build_user_state(settings: Settings, events: Sequence[Interaction], log: Pat
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "esrec", "recall", "events",
                                     "--metrics-port", str(port)], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + timeout_s
         applied = 0.0
@@ -302,4 +296,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_sigterm():  # its stack and child processes stop with it
+        main()

@@ -46,6 +46,7 @@ import numpy as np
 
 from bench.indexer import stack_settings
 from esrec.cli.context import embedding_process
+from esrec.lifetime import exit_on_sigterm
 from esrec.settings import Settings
 from indexer.lifecycle import Versions
 from indexer.service import Services
@@ -305,4 +306,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_sigterm():  # its stack and child processes stop with it
+        main()

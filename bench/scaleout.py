@@ -31,9 +31,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.indexer import _catalog, _cpu_seconds, stack_settings
+from bench.indexer import _catalog, _cpu_seconds, kafka_used, stack_settings
+from esrec.lifetime import die_with_parent, exit_on_sigterm
+from esrec.ports import free_port
 from esrec.settings import Settings, server_environment
-from esrec.stack import free_port
 from indexer.service import Services
 from runtime.clients import elasticsearch_client, mongo_client
 from towers.synth import SynthConfig, generate
@@ -59,7 +60,8 @@ class Proc:
         self.port = free_port()
         env = {**env, "ESREC_INDEXER__METRICS_PORT": str(self.port)}
         self.process = subprocess.Popen([sys.executable, "-m", "esrec", *args], env=env,
-                                        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+                                        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                        preexec_fn=die_with_parent)
 
     def cpu(self) -> float:
         return _cpu_seconds(self.process.pid)
@@ -189,17 +191,19 @@ def main() -> None:
             trained.export(directory, NAME, str(version))
             model_dirs.append(directory)
         settings, pids, stack = stack_settings(args.configured, Path(tmp) / "stack")
-        if stack is not None:
-            pids["kafka"] = (stack.running("kafka") or stack.up(["kafka"])["kafka"]).pid
+        kafka = stack.running("kafka") if stack is not None else None
+        if kafka is not None:
+            pids["kafka"] = kafka.pid
         logs = Path(tmp) / "logs"
         logs.mkdir()
         try:
-            print(json.dumps(measure(settings, args.docs, args.workers, model_dirs, pids,
-                                     logs), indent=2))
+            result = measure(settings, args.docs, args.workers, model_dirs, pids, logs)
+            print(json.dumps({"kafka": kafka_used(settings, stack), **result}, indent=2))
         finally:
             if stack is not None:
                 stack.down()
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_sigterm():  # its stack and child processes stop with it
+        main()

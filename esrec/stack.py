@@ -1,9 +1,11 @@
-"""The local stack: wire-compatible stand-ins for Elasticsearch, MongoDB and Kafka.
+"""The local stack: Apache Kafka itself and wire-compatible stand-ins for Elasticsearch
+and MongoDB.
 
 For machines without Docker (see README, "Local stack"). Each server is a child process
 in its own session, started on loopback, with a PID file and a log in the stack
 directory, stopped by PID. esrec never knows which server it talks to: the stack only
-hands out URLs. The stand-ins come from the ``esrec[stack]`` extra.
+hands out URLs. Kafka is Apache Kafka (esrec.apache_kafka) where Java 17+ runs, else a
+stand-in; the stand-ins come from the ``esrec[stack]`` extra.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,29 +23,19 @@ from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
+from esrec import apache_kafka
+from esrec.lifetime import die_with_parent
+from esrec.ports import LOOPBACK, free_port, port_open
 from esrec.settings import ENV_PREFIX
 from runtime.errors import Refused
 
-LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 30.0  # SecantusDB opens WiredTiger in ~2 s; noida starts in < 1 s
 STOP_TIMEOUT_S = 30.0  # then SIGKILL; noida flushes its data on SIGTERM, which takes a while
+KAFKA_ENGINES = ("apache", "stand-in", "tansu")
 
 
 class StackError(Refused):
     """A stand-in that cannot be started, or a port that is taken."""
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A port the OS considers free right now (the usual bind-to-0 trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout_s):
-        return True
-    return False
 
 
 def _noida_binary() -> str:
@@ -89,6 +80,26 @@ def _tcp_ready(address: str) -> bool:
     return port_open(host, int(port))
 
 
+def _kafka_ready(address: str) -> bool:
+    """The node answers a metadata request with itself as a broker (its port opens
+    before the broker has caught up with the controller)."""
+    if not _tcp_ready(address):
+        return False
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=2000)
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        return bool(admin.describe_cluster().get("brokers"))
+    except (KafkaError, OSError, ValueError):
+        return False
+    finally:
+        admin.close()
+
+
 def _noida(service: str) -> Callable[[Path, str, int], list[str]]:
     """One noida-db process serving just ``service`` (ES and Kafka run as two processes)."""
     return lambda data, host, port: [
@@ -108,6 +119,8 @@ class Service:
     url: Callable[[str, int], str]
     command: Callable[[Path, str, int], list[str]]
     ready: Callable[[str], bool]
+    engine: str  # what runs: a stack status line names it
+    ready_timeout_s: float = READY_TIMEOUT_S
 
 
 SERVICES: dict[str, Service] = {
@@ -119,6 +132,7 @@ SERVICES: dict[str, Service] = {
         url=lambda host, port: f"http://{host}:{port}",
         command=_noida("elasticsearch"),
         ready=_es_ready,
+        engine="noida-db (stand-in)",
     ),
     "mongodb": Service(
         name="mongodb",
@@ -132,6 +146,7 @@ SERVICES: dict[str, Service] = {
             "--log-level", "WARNING", "--noop-heartbeat-seconds", "10",
         ],
         ready=_mongo_ready,
+        engine="SecantusDB (stand-in)",
     ),
     "kafka": Service(
         name="kafka",
@@ -139,19 +154,40 @@ SERVICES: dict[str, Service] = {
         default_port=9092,
         env_var=f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS",
         url=lambda host, port: f"{host}:{port}",
-        command=_noida("kafka"),
-        ready=_tcp_ready,
+        command=apache_kafka.command,
+        ready=_kafka_ready,
+        engine=f"Apache Kafka {apache_kafka.KAFKA_VERSION} (KRaft)",
+        ready_timeout_s=120.0,  # a JVM on a busy 2-core machine
     ),
 }
 
-# tansu survives a killed consumer's rebalance (noida Kafka never expires a dead member);
-# crash tests ask for it. Its end_offsets is wrong: never compute lag on it.
-TANSU_KAFKA = replace(SERVICES["kafka"], command=lambda data, host, port: [
-    _tansu_binary(), "broker",
-    "--listener-url", f"tcp://{host}:{port}",
-    "--advertised-listener-url", f"tcp://{host}:{port}",
-    "--storage-engine", "memory://tansu/",
-])
+# Kafka stand-ins, where Java 17+ cannot run: noida never expires a killed group member;
+# tansu does (crash tests), but its end_offsets is wrong: never compute lag on it.
+KAFKA_STAND_INS = {
+    "stand-in": replace(SERVICES["kafka"], command=_noida("kafka"), ready=_tcp_ready,
+                        engine="noida-db (stand-in)", ready_timeout_s=READY_TIMEOUT_S),
+    "tansu": replace(SERVICES["kafka"], command=lambda data, host, port: [
+        _tansu_binary(), "broker",
+        "--listener-url", f"tcp://{host}:{port}",
+        "--advertised-listener-url", f"tcp://{host}:{port}",
+        "--storage-engine", "memory://tansu/",
+    ], ready=_tcp_ready, engine="tansu (stand-in)", ready_timeout_s=READY_TIMEOUT_S),
+}
+
+
+def kafka_service(engine: str, notice: Callable[[str], None]) -> Service:
+    """The Kafka to start: Apache Kafka unless a stand-in is asked for or Apache Kafka
+    cannot run here (then ``notice`` gets the one-line reason and noida serves)."""
+    if engine not in KAFKA_ENGINES:
+        raise StackError(f"unknown Kafka {engine!r}: choose one of {', '.join(KAFKA_ENGINES)}")
+    if engine == "apache":
+        reason = apache_kafka.unavailable_reason()
+        if reason is None:
+            return SERVICES["kafka"]
+        notice(f"kafka: {reason}; using the noida stand-in instead "
+               "(install OpenJDK 17+ and Maven for Apache Kafka)")
+        engine = "stand-in"
+    return KAFKA_STAND_INS[engine]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -169,6 +205,8 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap if it is our own child
         if not _pid_alive(pid):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # it may have become a zombie since
             return True
         time.sleep(0.05)
     return False
@@ -183,14 +221,21 @@ class Running:
     port: int
     url: str
     log: str
+    engine: str = ""
 
 
 class LocalStack:
     """Starts, reports and stops the stand-ins whose state lives under ``directory``."""
 
-    def __init__(self, directory: Path, host: str = LOOPBACK) -> None:
+    def __init__(self, directory: Path, host: str = LOOPBACK, bound: bool = False,
+                 notice: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+                 ) -> None:
+        """``bound``: the servers die with this process (benches, the demo, tests), not
+        only on ``down``; ``esrec stack up`` leaves them running after it exits."""
         self.directory = directory.resolve()
         self.host = host
+        self.bound = bound
+        self.notice = notice
 
     def _state_file(self, service: str) -> Path:
         return self.directory / f"{service}.json"
@@ -211,12 +256,12 @@ class LocalStack:
         services: Iterable[str] = tuple(SERVICES),
         ports: dict[str, int] | None = None,
         pick_free_ports: bool = False,
-        kafka_engine: str = "noida",
+        kafka: str = "apache",
     ) -> dict[str, Running]:
         """Start what is not running yet and wait until each answers; idempotent."""
         self.directory.mkdir(parents=True, exist_ok=True)
         chosen = {
-            name: TANSU_KAFKA if name == "kafka" and kafka_engine == "tansu" else SERVICES[name]
+            name: kafka_service(kafka, self.notice) if name == "kafka" else SERVICES[name]
             for name in services
         }
         records: dict[str, Running] = {}
@@ -228,6 +273,10 @@ class LocalStack:
                     port = self._choose_port(service, ports or {}, pick_free_ports)
                     running = self._start(service, port)
                     new.append(name)
+                else:  # it may have been started as another Kafka: await it as that one
+                    chosen[name] = next((other for other in (SERVICES[name],
+                                                            *KAFKA_STAND_INS.values())
+                                         if other.engine == running.engine), service)
                 records[name] = running
             for name, record in records.items():
                 self._wait_ready(chosen[name], record)
@@ -254,13 +303,15 @@ class LocalStack:
         data = self.directory / f"{service.name}-data"
         data.mkdir(exist_ok=True)
         log_path = self.directory / f"{service.name}.log"
+        command = service.command(data, self.host, port)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                service.command(data, self.host, port),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the caller's terminal does not reach it
+                preexec_fn=die_with_parent if self.bound else None,
             )
         record = Running(
             service=service.name,
@@ -268,12 +319,13 @@ class LocalStack:
             port=port,
             url=service.url(self.host, port),
             log=str(log_path),
+            engine=service.engine,
         )
         self._state_file(service.name).write_text(json.dumps(record.__dict__))
         return record
 
     def _wait_ready(self, service: Service, record: Running) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + service.ready_timeout_s
         while time.monotonic() < deadline:
             if not _pid_alive(record.pid):
                 tail = Path(record.log).read_text(errors="replace")[-800:]
@@ -283,7 +335,8 @@ class LocalStack:
                 return
             time.sleep(0.1)
         raise StackError(
-            f"{record.service} did not answer at {record.url} within {READY_TIMEOUT_S:.0f} s; "
+            f"{record.service} did not answer at {record.url} within "
+            f"{service.ready_timeout_s:.0f} s; "
             f"see {record.log}"
         )
 

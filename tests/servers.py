@@ -3,8 +3,9 @@
 1. An explicit URL in the environment (ESREC_TEST_ES_URL, ESREC_TEST_MONGO_URL,
    ESREC_TEST_KAFKA_BOOTSTRAP), so real servers, e.g. from deploy/, can be qualified.
 2. testcontainers, when a Docker engine answers.
-3. The local stand-ins, started by esrec's own stack on free loopback ports and
-   stopped by PID when the session ends.
+3. esrec's own local stack on free loopback ports, stopped by PID when the session ends
+   (and by the kernel if the test process dies): Apache Kafka itself where Java 17+ runs
+   (ESREC_TEST_KAFKA=stand-in picks the noida stand-in), the ES and MongoDB stand-ins.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from esrec import apache_kafka
 from esrec.stack import LocalStack
 
 ENV_URLS = {
@@ -25,6 +27,13 @@ ENV_URLS = {
 ES_IMAGE = "docker.elastic.co/elasticsearch/elasticsearch:8.15.3"
 MONGO_IMAGE = "mongo:7.0"
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.7.1"
+KAFKA_ENGINE_ENV = "ESREC_TEST_KAFKA"  # apache (the default) or stand-in
+
+
+def local_kafka_engine() -> str:
+    """Which Kafka the local stack runs for the tests: Apache Kafka unless the stand-in
+    is asked for or Java cannot run it (then the stack says why, once)."""
+    return os.environ.get(KAFKA_ENGINE_ENV) or "apache"
 
 
 def docker_available() -> bool:
@@ -83,8 +92,8 @@ class ServerPool:
     """Resolves each server once per test session and releases them all at the end."""
 
     def __init__(self, stack_dir: Path) -> None:
-        self._stack = LocalStack(stack_dir)
-        self._expiring = LocalStack(stack_dir / "expiring-kafka")
+        self._stack = LocalStack(stack_dir, bound=True)
+        self._expiring = LocalStack(stack_dir / "expiring-kafka", bound=True)
         self._exit = contextlib.ExitStack()
         self._urls: dict[str, str] = {}
         self._docker: bool | None = None
@@ -95,13 +104,14 @@ class ServerPool:
         return self._urls[service]
 
     def expiring_kafka(self) -> str:
-        """A Kafka whose group coordinator expires a killed member (crash tests): a real
-        or containerised Kafka if there is one, else tansu (noida never expires one)."""
-        if os.environ.get(ENV_URLS["kafka"]) or self._docker_up():
+        """A Kafka whose group coordinator expires a killed member (crash tests): Apache
+        Kafka, a real or containerised one, else tansu (noida never expires one)."""
+        apache = local_kafka_engine() == "apache" and apache_kafka.unavailable_reason() is None
+        if os.environ.get(ENV_URLS["kafka"]) or self._docker_up() or apache:
             return self.url("kafka")
         if "expiring-kafka" not in self._urls:
             self._urls["expiring-kafka"] = self._expiring.up(
-                ["kafka"], pick_free_ports=True, kafka_engine="tansu")["kafka"].url
+                ["kafka"], pick_free_ports=True, kafka="tansu")["kafka"].url
         return self._urls["expiring-kafka"]
 
     def _docker_up(self) -> bool:
@@ -114,7 +124,8 @@ class ServerPool:
             return os.environ[ENV_URLS[service]]
         if self._docker_up():
             return self._exit.enter_context(CONTAINERS[service]())
-        return self._stack.up([service], pick_free_ports=True)[service].url
+        return self._stack.up([service], pick_free_ports=True,
+                              kafka=local_kafka_engine())[service].url
 
     def close(self) -> None:
         self._exit.close()

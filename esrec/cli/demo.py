@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from esrec.cli.context import settings_from
+from esrec.lifetime import exit_on_sigterm
 from esrec.settings import Settings
 from esrec.stack import LocalStack
 from runtime.logs import configure
@@ -65,7 +66,8 @@ def demo(ctx: click.Context, out: Path, items: int, users: int, epochs: int,
     """Run the whole mission end to end: data, training, indexing, events, recall, a model
     roll and a rollback, with a check at every step; exit 0 only if all pass.
 
-    Starts the local stand-in servers unless servers are configured (ESREC_* or --config).
+    Starts the local servers (Apache Kafka, the ES and MongoDB stand-ins) unless servers
+    are configured (ESREC_* or --config).
     """
     from esrec.demo import Demo, DemoFailed, DemoSize
 
@@ -74,24 +76,26 @@ def demo(ctx: click.Context, out: Path, items: int, users: int, epochs: int,
     configured = ctx.obj.get("config") is not None or any(v in os.environ
                                                           for v in SERVER_VARIABLES)
     stack = None
-    if configured:
-        settings = settings_from(ctx)
-    else:
-        click.echo("== no servers configured: starting the local stand-ins", err=True)
-        stack = LocalStack(out / "stack")
-        urls = {name: record.url for name, record in stack.up(pick_free_ports=True).items()}
-        settings = Settings(es={"hosts": [urls["elasticsearch"]]}, mongo={"uri": urls["mongodb"]},
-                            kafka={"bootstrap_servers": [urls["kafka"]]})
-    try:
-        runner = Demo(_namespaced(settings, namespace), out, DemoSize(items, users, epochs))
-        _clean(runner)
+    with exit_on_sigterm():  # a SIGTERM stops the servers and processes it started
+        if configured:
+            settings = settings_from(ctx)
+        else:
+            click.echo("== no servers configured: starting the local servers", err=True)
+            stack = LocalStack(out / "stack", bound=True)
+            urls = {name: record.url for name, record in stack.up(pick_free_ports=True).items()}
+            settings = Settings(es={"hosts": [urls["elasticsearch"]]},
+                                mongo={"uri": urls["mongodb"]},
+                                kafka={"bootstrap_servers": [urls["kafka"]]})
         try:
-            report = runner.run()
-        except DemoFailed as error:
-            raise DemoFailed(f"demo check failed: {error.message}",
-                             f"see {runner.report}") from None
-    finally:
-        if stack is not None:
-            stack.down()
-            click.echo("== local stand-ins stopped", err=True)
+            runner = Demo(_namespaced(settings, namespace), out, DemoSize(items, users, epochs))
+            _clean(runner)
+            try:
+                report = runner.run()
+            except DemoFailed as error:
+                raise DemoFailed(f"demo check failed: {error.message}",
+                                 f"see {runner.report}") from None
+        finally:
+            if stack is not None:
+                stack.down()
+                click.echo("== local servers stopped", err=True)
     click.echo(f"demo passed in {time.perf_counter() - started:.0f}s; report: {report}")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from esrec.stack import SERVICES, LocalStack, env_exports
+from esrec.stack import KAFKA_ENGINES, SERVICES, LocalStack, env_exports
 
 DEFAULT_STACK_DIR = Path(".esrec/stack")
 
 
 @click.group()
 def stack() -> None:
-    """Run the local stand-in servers (for machines without Docker; see README)."""
+    """Run the local servers: Apache Kafka and the ES / MongoDB stand-ins (see README)."""
 
 
 _stack_dir = click.option(
@@ -36,14 +36,16 @@ _stack_dir = click.option(
     help="Start only these servers (repeatable).",
 )
 @click.option(
-    "--kafka-engine", type=click.Choice(["noida", "tansu"]), default="noida", show_default=True,
-    help="tansu expires killed consumers (crash tests); noida is the default.",
+    "--kafka", "kafka", type=click.Choice(KAFKA_ENGINES), default="apache", show_default=True,
+    help="apache: Apache Kafka itself (needs Java 17+; the jars are fetched once by Maven); "
+         "stand-in: noida-db; tansu: a stand-in that expires killed consumers. Without Java "
+         "or Maven, apache says so and uses the stand-in.",
 )
 def stack_up(
     directory: Path, es_port: int | None, mongo_port: int | None, kafka_port: int | None,
-    free_ports: bool, only: tuple[str, ...], kafka_engine: str,
+    free_ports: bool, only: tuple[str, ...], kafka: str,
 ) -> None:
-    """Start the stand-ins on loopback and wait until each answers (idempotent).
+    """Start the servers on loopback and wait until each answers (idempotent).
 
     Prints `export` lines for the settings; `eval "$(esrec stack up --free-ports)"` applies them.
     """
@@ -55,17 +57,17 @@ def stack_up(
     }
     records = LocalStack(directory).up(
         services=only or tuple(SERVICES), ports=ports, pick_free_ports=free_ports,
-        kafka_engine=kafka_engine,
+        kafka=kafka,
     )
     for name, record in records.items():
-        click.echo(f"{name:<14} up   {record.url}  (pid {record.pid})", err=True)
+        click.echo(f"{name:<14} up   {record.url}  (pid {record.pid}, {record.engine})", err=True)
     click.echo("\n".join(env_exports(records)))
 
 
 @stack.command("down")
 @_stack_dir
 def stack_down(directory: Path) -> None:
-    """Stop every stand-in started from DIR, by PID (data is kept)."""
+    """Stop every server started from DIR, by PID (data is kept)."""
     stopped = LocalStack(directory).down()
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running", err=True)
 
@@ -74,13 +76,13 @@ def stack_down(directory: Path) -> None:
 @_stack_dir
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stack_status(directory: Path, as_json: bool) -> None:
-    """Show which stand-ins run, where, and their PIDs. Exit 1 if any is down."""
+    """Show which servers run, where, what they are and their PIDs. Exit 1 if any is down."""
     status = LocalStack(directory).status()
     if as_json:
         click.echo(json.dumps({n: r.__dict__ if r else None for n, r in status.items()}))
     else:
         for name, record in status.items():
-            line = f"up   {record.url}  (pid {record.pid})" if record else "down"
+            line = f"up   {record.url}  (pid {record.pid}, {record.engine})" if record else "down"
             click.echo(f"{name:<14} {line}")
     if not all(status.values()):
         sys.exit(1)

@@ -33,8 +33,8 @@ from pymongo import UpdateOne
 from esrec.cli.towers import print_epoch
 from esrec.demo.processes import Background, environment, esrec, scrape_counter
 from esrec.demo.report import Record, write
+from esrec.ports import free_port
 from esrec.settings import Settings
-from esrec.stack import free_port
 from indexer.lifecycle import Versions
 from indexer.service import Services
 from recall.recaller import Recaller

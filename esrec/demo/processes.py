@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from esrec.lifetime import die_with_parent
 from esrec.settings import Settings, server_environment
 
 STOP_TIMEOUT_S = 60.0
@@ -42,7 +43,8 @@ class Background:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "esrec", *args], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT)
+                                            stdout=out, stderr=subprocess.STDOUT,
+                                            preexec_fn=die_with_parent)
 
     def wait_for(self, line: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s

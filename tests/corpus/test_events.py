@@ -15,8 +15,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from esrec.ports import free_port
 from esrec.settings import Settings
-from esrec.stack import free_port
 from recall.events import EXCERPT_CHARS
 from runtime.clients import mongo_client
 from tests.indexer.helpers import cli_env

@@ -18,8 +18,8 @@ from elasticsearch import Elasticsearch
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 
+from esrec.ports import free_port
 from esrec.settings import Settings
-from esrec.stack import free_port
 from indexer.lifecycle import Versions
 from tests.indexer.helpers import cli_env, services
 from tests.processes import EsrecProcess, get_json

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from esrec.cli import main
-from esrec.stack import free_port
+from esrec.ports import free_port
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,8 @@ from elasticsearch import Elasticsearch
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from esrec.ports import free_port
 from esrec.settings import Settings
-from esrec.stack import free_port
 from indexer.lifecycle import Versions
 from tests.indexer.helpers import cli_env, services, wait_caught_up
 from tests.processes import EsrecProcess, get_json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,8 +69,7 @@ def test_cli_up_doctor_down_leaves_nothing_behind(tmp_path: Path) -> None:
             ["elasticsearch", "ok"], ["mongodb", "ok"], ["kafka", "ok"]]
     finally:
         subprocess.run([*ESREC, "stack", "down", "--dir", str(tmp_path)], check=True, timeout=60)
-    pids = [int(line.split("pid ")[1].rstrip(")")) for line in up.stderr.splitlines()
-            if "pid " in line]
+    pids = [int(found.group(1)) for found in re.finditer(r"\(pid (\d+),", up.stderr)]
     assert len(pids) == 3
     assert not any(_pid_alive(pid) for pid in pids)
     status = subprocess.run([*ESREC, "stack", "status", "--dir", str(tmp_path)],

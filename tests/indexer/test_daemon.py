@@ -136,7 +136,7 @@ def test_health_and_metrics_endpoints(settings: Settings, es: Elasticsearch,
     import urllib.error
     import urllib.request
 
-    from esrec.stack import free_port
+    from esrec.ports import free_port
     from runtime.service import serve_http
 
     svc, target = _ready(settings, es, artifact_dir)

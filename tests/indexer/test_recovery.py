@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 from elasticsearch import Elasticsearch
 
+from esrec.ports import free_port
 from esrec.settings import Settings
-from esrec.stack import free_port
 from indexer.service import Services
 from tests.indexer.helpers import (
     CATALOG,
