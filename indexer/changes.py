@@ -17,10 +17,12 @@ import bson
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
-# _id types that map one to one onto an Elasticsearch id (a string); other BSON types
-# (sub-documents, floats, binary, dates...) go to dead letters with the reason
+from runtime.ids import id_text_problem
+
+# _id types whose text is an Elasticsearch id (one catalog holds ids of one kind, so the
+# text maps back to one document: indexer.id_kinds); other BSON types (sub-documents,
+# floats, binary, dates...) go to dead letters with the reason
 ID_TYPES = (str, int, Int64, bson.ObjectId)
-MAX_ID_BYTES = 512  # Elasticsearch refuses longer ids
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,18 @@ def id_problem(doc_id: Any) -> str | None:
         kind = _KIND_NAMES.get(type(doc_id), type(doc_id).__name__)
         return (f"_id: {kind} ids are not supported (use a string, an integer or an "
                 "ObjectId)")
-    if isinstance(doc_id, str) and (not doc_id or len(doc_id.encode()) > MAX_ID_BYTES):
-        return f"_id: a string id must have 1 to {MAX_ID_BYTES} bytes"
-    return None
+    problem = id_text_problem(doc_id) if isinstance(doc_id, str) else None
+    return f"_id: {problem}" if problem else None
+
+
+def id_kind(doc_id: Any) -> str:
+    """``string``, ``integer`` or ``objectid``: ids of two kinds can share a text (1 and
+    "1"), so a catalog's ids must all be of one."""
+    if isinstance(doc_id, bson.ObjectId):
+        return "objectid"
+    return "integer" if isinstance(doc_id, int) else "string"
 
 
 def es_id(doc_id: Any) -> str:
-    """Elasticsearch ids are strings; ObjectIds, ints and strings all map one to one."""
+    """Elasticsearch ids are strings: the text of the _id (one kind per catalog)."""
     return str(doc_id)

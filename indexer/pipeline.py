@@ -1,6 +1,7 @@
 """One batch of changes -> checked documents -> vectors per target -> one _bulk.
 
-    prepare: park what a source flagged (unsupported _id, unversionable) -> coalesce ->
+    prepare: park what a source flagged (unsupported _id, unversionable) or whose _id is
+             not of the catalog's kind (indexer.id_kinds) -> coalesce ->
              documents.project (checks) -> item tower per target -> actions
     commit:  Sink.write (a verdict per item) -> Elasticsearch refusals parked -> budget
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from indexer.changes import Change
 from indexer.documents import DocumentRejected, project
+from indexer.id_kinds import IdKinds
 from indexer.layout import item_document, tombstone
 from indexer.metrics import IndexerMetrics
 from indexer.relations import Related, embed
@@ -75,11 +77,12 @@ def coalesce(changes: list[Change]) -> list[Change]:
 
 class Pipeline:
     def __init__(self, targets: list[Target], sink: Sink, dead_letters: Parking,
-                 settings: IndexerSettings, metrics: IndexerMetrics,
+                 ids: IdKinds, settings: IndexerSettings, metrics: IndexerMetrics,
                  related: Related | None = None) -> None:
         self.targets = targets
         self.sink = sink
         self.dead_letters = dead_letters
+        self.ids = ids
         self.settings = settings
         self.metrics = metrics
         self.related = related  # joins items with related documents (None: no server)
@@ -93,6 +96,9 @@ class Pipeline:
         """Check, embed and build the bulk actions of a batch (no write yet)."""
         for op, count in Counter(change.op for change in changes).items():
             self.metrics.events.labels(op).inc(count)
+        changes = [change if change.problem is not None
+                   or (problem := self.ids.problem(change.doc_id)) is None
+                   else replace(change, problem=problem) for change in changes]
         flagged = [change for change in changes if change.problem is not None]
         for change in flagged:
             self._park(change, "validate", change.problem or "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from elasticsearch import Elasticsearch
@@ -18,6 +19,7 @@ from indexer.checkpoint import Checkpoints, Progress, earliest
 from indexer.daemon import Indexer, Resync
 from indexer.dead_letters import DeadLetters
 from indexer.follower import Follower
+from indexer.id_kinds import CatalogIdKind
 from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
 from indexer.lease import Lease, lease_id
 from indexer.metrics import IndexerMetrics
@@ -142,14 +144,19 @@ class Services:
         return DeadLetters(self.db[self.settings.mongo.collections.dead_letters],
                            indexer.error_budget_ratio, indexer.error_budget_window)
 
+    @cached_property
+    def id_kinds(self) -> CatalogIdKind:
+        """The catalog's one kind of _id, read once per process."""
+        return CatalogIdKind(self.checkpoints.collection, self.items)
+
     def pipeline(self, targets: list[Target], parking: Parking | None = None) -> Pipeline:
         """The pipeline into ``targets``; bad documents to ``parking`` (default: the
         dead-letter collection with its error budget)."""
         indexer = self.settings.indexer
         sink = ElasticsearchSink(self.es, self.metrics, self.stop,
                                  Backoff(max_s=indexer.retry_max_delay_s), self.health)
-        return Pipeline(targets, sink, parking or self.dead_letters, indexer, self.metrics,
-                        Related(self.db))
+        return Pipeline(targets, sink, parking or self.dead_letters, self.id_kinds, indexer,
+                        self.metrics, Related(self.db))
 
     def backfill(self, target: Target, on_progress: OnProgress | None = None) -> BackfillReport:
         """Fill ``target``'s index from a scan of the items (resumable): in this process,

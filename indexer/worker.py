@@ -353,7 +353,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         changes = [Change("upsert", d["_id"], version, chunk.operation_time, d,
                           id_problem(d["_id"])) for d in documents]
         pipeline = Pipeline([target], self.pipeline.sink, self.pipeline.dead_letters,
-                            self.settings.indexer, self.services.metrics)
+                            self.pipeline.ids, self.settings.indexer, self.services.metrics,
+                            self.pipeline.related)
         prepared = pipeline.prepare(changes) if changes else None
         self.writers.submit((prepared, Done(offsets={tp: record.offset + 1},
                                             chunk=(chunk.index, chunk.number))))

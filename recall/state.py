@@ -30,19 +30,20 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from recall.settings import RecallConfig
 from runtime.clients import MongoDatabase
+from runtime.ids import Id
 from towers.dataset import ITEM_TAGS_FIELD, behaviour, usable_tags
 
 DUPLICATE_KEY = 11000
 MAX_CACHED_ITEMS = 200_000  # item tags kept for item_tags_ttl_s (~100 bytes each)
-ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+ItemId = Id  # the one id rule of every stage (runtime.ids)
 EventType = Literal["view", "click", "like", "add_to_cart", "purchase", "share"]
 
 

@@ -26,10 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runtime.errors import Refused
+from runtime.ids import id_text_problem
 from towers.dataset import Dataset, Interaction, tag_problem
 
-MAX_ID_CHARS = 128
-_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")  # what an event's ids may be (recall.state)
 EXAMPLE_ROWS = 5  # row numbers kept per bad-row reason
 OnProgress = Callable[[str, int], None]  # (file stem, rows read so far)
 PROGRESS_EVERY = 10_000
@@ -207,8 +206,9 @@ def _identifier(value: Any, what: str) -> str:
             isinstance(value, float) and not math.isfinite(value)):
         raise BadRow(f"{what}: missing or not an id")
     text = str(value).strip()
-    if not _ID.match(text):
-        raise BadRow(f"{what}: an id must be 1-{MAX_ID_CHARS} of A-Z a-z 0-9 _ . : @ -")
+    problem = id_text_problem(text)
+    if problem is not None:
+        raise BadRow(f"{what}: {problem}")
     return text
 
 

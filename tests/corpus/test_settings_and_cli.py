@@ -97,7 +97,7 @@ def test_recall_settings_that_name_unknown_channels_or_fields_exit_2() -> None:
     (["nope"], 2, "No such command"),
     (["indexer", "backfill", "notaref"], 1, "'notaref' is not NAME@VERSION"),
     (["models", "show", "@"], 1, "is not NAME@VERSION"),
-    (["recall", "query", "u 1"], 1, "user_id: String should match pattern"),
+    (["recall", "query", "u\t1"], 1, "user_id: Value error, an id is 1 to 512 UTF-8 bytes"),
 ])
 def test_bad_arguments_say_what_to_fix(args: list[str], code: int, says: str,
                                        tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from bson import ObjectId
 from bson.timestamp import Timestamp
 
 from indexer.changes import Change, id_problem
+from indexer.id_kinds import CatalogIdKind
 from indexer.layout import DELETED, VECTOR
 from indexer.metrics import IndexerMetrics
 from indexer.pipeline import Pipeline, Target, coalesce
@@ -55,7 +57,8 @@ class MemoryParking:
 
 def _pipeline(artifact: ModelArtifact) -> tuple[Pipeline, MemorySink, MemoryParking]:
     sink, parking = MemorySink(), MemoryParking()
-    return (Pipeline([Target("idx", artifact)], sink, parking, IndexerSettings(),
+    ids = CatalogIdKind(None, None, kind="string")  # type: ignore[arg-type]  # known: no read
+    return (Pipeline([Target("idx", artifact)], sink, parking, ids, IndexerSettings(),
                      IndexerMetrics()), sink, parking)
 
 
@@ -92,3 +95,19 @@ def test_coalesce_keeps_the_newest_change_per_document() -> None:
     assert (newer in kept and older not in kept and same_text_other_type in kept
             and len(kept) == 3)
 
+
+
+def test_an_id_of_another_kind_than_the_catalogs_is_parked_not_overwriting(
+        artifact: ModelArtifact) -> None:
+    """1 and "1", ObjectId(x) and str(x) would be one Elasticsearch document."""
+    pipeline, sink, parking = _pipeline(artifact)
+    oid = ObjectId()
+    pipeline.process([_upsert("1", 1, title="string one"), _upsert(1, 2, title="int one"),
+                      _upsert(str(oid), 3, title="hex"), _upsert(oid, 4, title="oid"),
+                      Change("delete", 7, _v(5), T)])
+    assert [a.change.doc_id for a in sink.written] == ["1", str(oid)]
+    reasons = {repr(doc_id): error for doc_id, _, error in parking.parked}
+    assert reasons["1"].startswith("_id: integer id in a catalog of string ids")
+    assert "give this document an _id of the catalog's kind (string)" in reasons["1"]
+    assert reasons[repr(oid)].startswith("_id: objectid id in a catalog of string ids")
+    assert reasons["7"].startswith("_id: integer id")  # a delete could tombstone "7"

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from esrec.settings import Settings
+from indexer.changes import Change
 from indexer.lifecycle import Versions
+from indexer.versioning import external_version
 from recall.channels import Channel, Context
 from recall.events import EventConsumer
 from recall.popularity import Popularity
@@ -245,3 +248,43 @@ def _comparable(value: Any) -> Any:
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
         return aware.replace(microsecond=aware.microsecond // 1000 * 1000).timestamp()
     return value
+
+
+def test_an_id_with_a_space_or_non_ascii_letters_goes_from_catalog_to_recall(
+        recaller: Recaller, consumer: EventConsumer, es: Elasticsearch,
+        artifact_dir: Path) -> None:
+    """One id rule for every stage (runtime.ids): what the indexer indexes, an event may
+    name, recall may be asked about and returns."""
+    settings = recaller.settings
+    svc = services(settings, es, artifact_dir)
+    odd = ["red shoe 42", "Žluťoučký kůň", "東京タワー"]
+    now = datetime.now(UTC)
+    documents = [{"_id": item, "title": item, "category": "cat2", "tags": ["x"],
+                  "created_at": now.isoformat()} for item in odd]
+    svc.items.insert_many(documents)
+    cluster_time = Timestamp(int(time.time()), 1)
+    svc.pipeline(svc.active_targets()).process([
+        Change("upsert", d["_id"], external_version(cluster_time, n), cluster_time, d)
+        for n, d in enumerate(documents)])
+    es.indices.refresh(index=svc.active_targets()[0].index)
+
+    fresh = recaller.recall({"user_id": "nobody", "k": 5, "channels": {"fresh": 1.0}})
+    assert set(odd) <= {c.item_id for c in fresh.candidates}
+
+    user = "usér ünïcode"
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    for n, item in enumerate(odd):
+        producer.send(settings.kafka.topics.user_events, key=user.encode(),
+                      value=json.dumps(_event(user, item, 5 - n)).encode())
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 15
+    while consumer.counts.applied < len(odd):
+        assert time.monotonic() < deadline, consumer.counts
+        time.sleep(0.1)
+    assert consumer.counts.rejected == 0
+    state = recaller.states.states.find_one({"_id": user})
+    assert [r["item_id"] for r in state["recent"]] == odd[::-1]
+    response = recaller.recall({"user_id": user, "k": 30, "recent_items": [odd[0]]})
+    assert not response.cold_start and response.candidates
+    assert not {c.item_id for c in response.candidates} & set(odd)  # seen: excluded

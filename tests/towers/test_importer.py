@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.ids import RULE
 from towers.dataset import Collections, load_mongo, write_mongo
 from towers.importer import ImportConfig, ImportConfigError, import_dataset
 
@@ -36,7 +37,7 @@ def _write(directory: Path) -> Path:
         "b,2,not-a-time,3\n"   # bad timestamp
         "b,9,300,3\n"          # item not in the catalog
         "b,2,300,nan\n"        # bad weight
-        "b ad,2,300,3\n"       # bad user id
+        "b\x07ad,2,300,3\n"    # bad user id (a control character)
         "b,2,400,5\n")
     config = directory / "map.yaml"
     config.write_text(json.dumps(CONFIG))
@@ -54,7 +55,7 @@ def test_import_maps_fields_and_counts_bad_rows(tmp_path: Path) -> None:
     assert report.bad == {"items: id: missing or not an id": 2,
                           "log: timestamp: not a s timestamp": 1,
                           "log: r: not a finite number": 1,
-                          "log: u: an id must be 1-128 of A-Z a-z 0-9 _ . : @ -": 1}
+                          f"log: u: {RULE}": 1}
     assert report.examples["log: timestamp: not a s timestamp"] == [4]
     assert report.skipped["log: weight below min_weight"] == 1
     assert report.skipped["log: duplicate interaction"] == 1
