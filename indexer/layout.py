@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from elasticsearch import Elasticsearch, NotFoundError
 
+from runtime.errors import Refused
 from towers.artifact import Manifest
 
 VECTOR = "vector"
@@ -29,6 +30,10 @@ VERSION = "source_version"
 LIVE = {"bool": {"must_not": {"term": {DELETED: True}}}}  # every query filters tombstones
 
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")
+
+
+class AliasError(Refused):
+    """An alias esrec manages that does not point at exactly one index."""
 
 
 def version_alias(prefix: str, model_name: str, version: str) -> str:
@@ -86,7 +91,10 @@ def resolve_alias(es: Elasticsearch, alias: str) -> str | None:
     except NotFoundError:
         return None
     if len(indices) != 1:
-        raise RuntimeError(f"alias {alias} points at {indices}; esrec expects exactly one")
+        raise AliasError(f"alias {alias} points at {len(indices)} indices ({', '.join(indices)});"
+                         " esrec expects exactly one",
+                         "point it at one: esrec models promote NAME@V (or remove the others "
+                         "from it with POST _aliases)")
     return indices[0]
 
 

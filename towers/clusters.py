@@ -21,8 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import Refused
+
 MIN_USERS_PER_CLUSTER = 50  # the default k leaves about this many users per cluster at least
 MAX_DEFAULT_K = 256
+
+
+class ClusterError(Refused):
+    """A cluster set that cannot be made, or a stored one that is corrupt."""
 
 
 def default_k(users: int) -> int:
@@ -115,8 +121,10 @@ class ClusterSet:
                        document["generation"], document["basis"], document["inertia"],
                        document["users"], dict(document.get("moved") or {}))
         if clusters.sha256 != document["sha256"]:
-            raise ValueError(f"cluster set {document['model']} generation "
-                             f"{document['generation']} is corrupt (sha256 mismatch)")
+            raise ClusterError(f"cluster set {document['model']} generation "
+                               f"{document['generation']} is corrupt (sha256 mismatch)",
+                               f"build a new generation: esrec recall clusters build "
+                               f"{document['model']}")
         return clusters
 
 
@@ -126,7 +134,8 @@ def kmeans(model: str, vectors: np.ndarray, k: int, seed: int = 0,
     farthest from its centroid, so every one of the k clusters holds users."""
     vectors = np.asarray(vectors, np.float32)
     if len(vectors) < k:
-        raise ValueError(f"{len(vectors)} users cannot make {k} clusters; lower k")
+        raise ClusterError(f"{len(vectors)} users cannot make {k} clusters",
+                           f"ask for at most {len(vectors)} (--k)")
     rng = np.random.default_rng(seed)
     centroids = _plus_plus(vectors, k, rng)
     previous = math.inf

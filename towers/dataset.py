@@ -19,6 +19,7 @@ from typing import Any
 from pymongo import ReplaceOne
 from pymongo.database import Database
 
+from runtime.errors import Refused
 from towers.relations import Relation, enrich
 
 RECENT_ITEMS = "recent_items"
@@ -26,6 +27,10 @@ TAG_COUNTS = "tag_counts"
 ITEM_TAGS_FIELD = "tags"
 MAX_TAG_CHARS = 256
 _CONTROL = {chr(code) for code in range(32)} | {"\x7f"}
+
+
+class DatasetError(Refused):
+    """Dataset files that cannot be read, or a dataset that cannot be made or trained on."""
 
 
 def usable_tags(item: Mapping[str, Any]) -> list[str]:
@@ -200,14 +205,16 @@ def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+                    raise DatasetError(f"{path}:{number}: not JSON ({error.msg})",
+                                       "fix that line, or write the files again") from None
 
 
 def _find(directory: Path, stem: str) -> Path:
     for suffix in (".jsonl", ".parquet"):
         if (directory / f"{stem}{suffix}").is_file():
             return directory / f"{stem}{suffix}"
-    raise FileNotFoundError(f"{directory} has no {stem}.jsonl or {stem}.parquet")
+    raise DatasetError(f"{directory} has no {stem}.jsonl or {stem}.parquet",
+                       f"create a dataset with `esrec towers synth --out {directory}`")
 
 
 def load_files(directory: Path, related: Sequence[str] = ()) -> Dataset:

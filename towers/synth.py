@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from towers.dataset import Dataset, Interaction
+from towers.dataset import Dataset, DatasetError, Interaction
 
 _DAY = 86_400.0
 
@@ -36,7 +36,8 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.items < self.topics:
-            raise ValueError(f"need at least one item per topic: items >= topics ({self.topics})")
+            raise DatasetError(f"{self.items} items cannot cover {self.topics} topics",
+                               f"ask for at least {self.topics} items")
 
 
 def generate(config: SynthConfig = SynthConfig()) -> Dataset:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from towers.artifact import ModelArtifact, export_artifact
 from towers.coldstart import DEFAULT_K, ColdStart, KnownItems, Method
-from towers.dataset import Dataset, EvalCase, Example, Split, leave_last_out
+from towers.dataset import Dataset, DatasetError, EvalCase, Example, Split, leave_last_out
 from towers.evaluate import K_VALUES, evaluate_popularity, evaluate_vectors, usable_cases
 from towers.features import OOV, PAD, FeatureSpec, ItemId, default_spec
 from towers.featurizer import Featurizer
@@ -196,7 +196,9 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
 
     examples = [e for e in split.train if e.item_id in row_of]
     if not examples:
-        raise ValueError("no training example refers to an item in the catalog")
+        raise DatasetError("no training example refers to an item in the catalog",
+                           "the interactions' item ids must be the items' _id texts: check "
+                           "the import mapping's item column against the items' id column")
     users = example_inputs(featurizer, examples, split.train_end, config.example_age)
     targets = torch.tensor([row_of[e.item_id] for e in examples])
     frequency = torch.bincount(targets, minlength=len(item_ids)).float()

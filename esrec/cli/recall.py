@@ -89,8 +89,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
                 log_config=None, access_log=False)
 
 
-def print_table(response: RecallResponse, limit: int) -> None:
-    """Candidates with provenance, readable in a terminal."""
+def print_table(response: RecallResponse, limit: int | None = None) -> None:
+    """Candidates (the first ``limit``, default all) with provenance, for a terminal."""
     click.echo(f"user {response.user_id}  model {response.model}  index {response.index}  "
                f"{response.took_ms:.1f} ms" + ("  cold start" if response.cold_start else "")
                + (f"  DEGRADED {response.reasons}" if response.degraded else ""))
@@ -102,22 +102,24 @@ def print_table(response: RecallResponse, limit: int) -> None:
 
 @recall.command("query")
 @click.argument("user_id")
-@click.option("--k", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--k", type=click.IntRange(min=1),
+              help="Candidates to return (default: recall.default_k, ESREC_RECALL__DEFAULT_K).")
 @click.option("--recent", multiple=True, help="A session item id, newest first (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="The full response as JSON.")
 @click.pass_context
-def query(ctx: click.Context, user_id: str, k: int, recent: tuple[str, ...],
+def query(ctx: click.Context, user_id: str, k: int | None, recent: tuple[str, ...],
           as_json: bool) -> None:
     """Recall for USER_ID once, printed as a table with provenance."""
     recaller = recaller_from(ctx)
+    request = {"user_id": user_id, "recent_items": list(recent)} | ({"k": k} if k else {})
     try:
-        response = recaller.recall({"user_id": user_id, "k": k, "recent_items": list(recent)})
+        response = recaller.recall(request)
     except ValidationError as error:
         raise Refused(problems(error)) from None
     if as_json:
         click.echo(response.model_dump_json(indent=2))
     else:
-        print_table(response, k)
+        print_table(response)
 
 
 @recall.group("clusters")

@@ -40,11 +40,7 @@ def _load_dataset(ctx: click.Context, data: Path | None,
                   related: Sequence[str] = ()) -> Dataset:
     """From files or MongoDB, with the ``related`` collections a spec joins items with."""
     if data is not None:
-        try:
-            return load_files(data, related)
-        except (FileNotFoundError, ValueError) as error:
-            raise Refused(str(error), f"create a dataset with `esrec towers synth --out {data}`"
-                          ) from None
+        return load_files(data, related)
     db = mongo_database(ctx)
     dataset = load_mongo(db, _collections(ctx), related)
     if not dataset.interactions:

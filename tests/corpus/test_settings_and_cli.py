@@ -4,6 +4,7 @@ of its kind (2 settings/usage, 1 refused, 3 a server unavailable); never a trace
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,6 +117,28 @@ def test_refusals_and_missing_files_name_the_fix(tmp_path: Path) -> None:
     result = _run(["towers", "train", "--data", str(empty), "--out", str(tmp_path / "m"),
                    "--version", "1"])
     assert result.exit_code == 1 and "towers synth --out" in result.stderr
+
+
+def test_data_the_towers_cannot_use_is_refused_with_the_fix(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert _run(["towers", "synth", "--out", str(data), "--items", "40",
+                 "--users", "20"]).exit_code == 0
+    interactions = (data / "interactions.jsonl").read_text().splitlines()
+    (data / "interactions.jsonl").write_text("\n".join(
+        json.dumps({**json.loads(line), "item_id": f"unknown-{n}"})
+        for n, line in enumerate(interactions)) + "\n")
+    train = ["towers", "train", "--data", str(data), "--out", str(tmp_path / "m"),
+             "--version", "1", "--epochs", "1"]
+    result = _run(train)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[0] == (
+        "esrec: no training example refers to an item in the catalog")
+    assert "what to do: the interactions' item ids must be the items' _id texts" in (
+        result.stderr)
+    (data / "items.jsonl").write_text('{"_id": "a"}\n{"_id": \n')
+    result = _run(train)
+    assert result.exit_code == 1 and "items.jsonl:2: not JSON" in result.stderr
+    assert "what to do: fix that line" in result.stderr
 
 
 def test_servers_that_do_not_answer_exit_3_in_one_line() -> None:

@@ -50,3 +50,20 @@ def test_backfill_then_status(settings: Settings, es: Elasticsearch, artifact_di
 
     unknown = _esrec(settings, "indexer", "backfill", "nope@3")
     assert unknown.returncode == 1 and "nope@3 is not in the registry" in unknown.stderr
+
+
+def test_a_serving_alias_on_two_indices_is_refused_in_one_line(
+        settings: Settings, es: Elasticsearch, artifact_dir: Path) -> None:
+    """Someone pointed the serving alias at two indices by hand: every command that reads
+    it says so and how to fix it (exit 1), never a traceback."""
+    services(settings, es, artifact_dir)
+    alias = settings.index.serving_alias
+    for suffix in ("a", "b"):
+        es.indices.create(index=f"{settings.index.prefix}-hand-{suffix}",
+                          aliases={alias: {}})
+    result = _esrec(settings, "models", "status")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"esrec: alias {alias} points at 2 indices"), lines
+    assert lines[1].startswith("  what to do: point it at one: esrec models promote NAME@V")
+    assert "Traceback" not in result.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from recall.events import EventConsumer
 from recall.popularity import ClusterPopularity
 from recall.recaller import Recaller
 from recall.state import UserEvent, UserStates
-from tests.indexer.helpers import CATALOG, services
+from tests.indexer.helpers import CATALOG, cli_env, services
 from towers.clusters import ClusterSet
 from towers.dataset import Collections, write_mongo
 from towers.synth import generate
@@ -264,3 +266,28 @@ def test_mlt_finds_items_like_the_newest_ones_and_never_them(world) -> None:
     assert sum(categories[item] == TOPICS[1] for item in served) > 0.8 * len(served)
     assert json.loads(response.model_dump_json())["candidates"][0]["sources"][0][
         "channel"] == "mlt"
+
+
+def test_the_cli_builds_and_refreshes_and_refuses_more_clusters_than_users(world) -> None:
+    """`esrec recall clusters build|refresh` as a user runs them."""
+    svc, states, topics = world
+
+    def esrec(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "esrec", "recall", "clusters", *args],
+                              env=cli_env(svc.settings), capture_output=True, text=True,
+                              timeout=300)
+
+    built = esrec("build", V1, "--k", "3")
+    assert built.returncode == 0, built.stderr[-2000:]
+    report = json.loads(built.stdout)
+    assert (report["k"], report["users"], report["generation"]) == (3, 3 * PER_GROUP, 1)
+    assert f"{3 * PER_GROUP} users read" in built.stderr  # progress on stderr
+    states.apply(_events("g0-0", topics[TOPICS[1]][:10], after=timedelta(hours=1)))
+    refreshed = esrec("refresh", V1)
+    assert refreshed.returncode == 0, refreshed.stderr[-2000:]
+    assert json.loads(refreshed.stdout)["generation"] == 2
+    too_many = esrec("build", V1, "--k", "1000")
+    assert too_many.returncode == 1, too_many.stderr
+    assert too_many.stderr.splitlines()[-2:] == [
+        f"esrec: {3 * PER_GROUP} users with state cannot make 1000 clusters",
+        "  what to do: lower --k, or build once users have acted"]

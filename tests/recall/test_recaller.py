@@ -4,6 +4,8 @@ candidates with provenance, seen items excluded, a broken channel degrading the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +30,7 @@ from recall.popularity import Popularity
 from recall.recaller import STAGES, Recaller
 from recall.replay import replay
 from recall.state import UserEvent, UserStates
-from tests.indexer.helpers import CATALOG, services
+from tests.indexer.helpers import CATALOG, cli_env, services
 from towers.dataset import Collections, Dataset, Interaction, leave_last_out, write_mongo
 from towers.synth import generate
 
@@ -288,3 +290,18 @@ def test_an_id_with_a_space_or_non_ascii_letters_goes_from_catalog_to_recall(
     response = recaller.recall({"user_id": user, "k": 30, "recent_items": [odd[0]]})
     assert not response.cold_start and response.candidates
     assert not {c.item_id for c in response.candidates} & set(odd)  # seen: excluded
+
+
+def test_the_cli_query_defaults_to_the_settings_k(recaller: Recaller) -> None:
+    """`esrec recall query` asks for recall.default_k unless --k says otherwise: one default."""
+    def query(*args: str, **env: str) -> int:
+        run = subprocess.run([sys.executable, "-m", "esrec", "recall", "query", "nobody",
+                              "--json", *args], env=cli_env(recaller.settings, **env),
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return len(json.loads(run.stdout)["candidates"])
+
+    in_process = len(recaller.recall({"user_id": "nobody"}).candidates)
+    assert query() == in_process > 20  # 20 was the CLI's own default
+    assert query(ESREC_RECALL__DEFAULT_K="7") == 7
+    assert query("--k", "5") == 5
