@@ -1,4 +1,4 @@
-"""Where the test servers come from, in the order LOCAL_STACK.md gives.
+"""Where the test servers come from (docs/ARCHITECTURE.md, "Servers"), in this order.
 
 1. An explicit URL in the environment (ESREC_TEST_ES_URL, ESREC_TEST_MONGO_URL,
    ESREC_TEST_KAFKA_BOOTSTRAP), so real servers, e.g. from deploy/, can be qualified.

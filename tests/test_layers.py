@@ -1,5 +1,6 @@
 """The walls between the packages, checked on the source: a core package never reaches
-into the shell, and the leaf imports none of the packages (see DESIGN.md, "Packages")."""
+into the shell, and the leaf imports none of the packages (see docs/ARCHITECTURE.md,
+"Packages and the walls between them")."""
 
 from __future__ import annotations
 

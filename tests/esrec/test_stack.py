@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,106 @@ def test_cli_up_doctor_down_leaves_nothing_behind(tmp_path: Path) -> None:
     status = subprocess.run([*ESREC, "stack", "status", "--dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=30)
     assert status.returncode == 1
+
+
+def _running(marker: str) -> list[int]:
+    """Live processes whose command line names ``marker`` (a stack's directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in command and _pid_alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def _gone(pids: list[int], timeout_s: float = 60.0) -> list[int]:
+    """``pids`` still alive after waiting up to ``timeout_s`` for them to end."""
+    deadline = time.monotonic() + timeout_s
+    while (alive := [pid for pid in pids if _pid_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_servers_of_a_killed_owner_stop_with_it(tmp_path: Path, how: int) -> None:
+    """A bench, the demo or a test session owns its stack (bound=True): however it ends,
+    the kernel's parent-death signal stops every server it started."""
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from esrec.stack import LocalStack; "
+        "LocalStack(Path(sys.argv[1]), bound=True).up(pick_free_ports=True); "
+        "print('up', flush=True); time.sleep(600)"), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+        servers = [pid for pid in _running(str(tmp_path)) if pid != owner.pid]
+        assert len(servers) == 3, servers  # Elasticsearch, MongoDB, Kafka
+        owner.send_signal(how)
+        owner.wait(30)
+        assert _gone(servers) == []
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        LocalStack(tmp_path).down()
+
+
+def test_a_terminated_demo_stops_its_servers_and_processes(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ESREC_")}
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        demo = subprocess.Popen([*ESREC, "demo", "--out", str(tmp_path / "demo"), "--items",
+                                 "400", "--users", "150", "--epochs", "1"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while "== user events -> Kafka -> user state" not in log.read_text():
+            assert demo.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        servers = [pid for pid in _running(str(tmp_path)) if pid != demo.pid]
+        processes = [pid for pid in _children(demo.pid) if pid not in servers]
+        assert len(servers) == 3 and len(processes) >= 2, (servers, processes)
+        demo.terminate()
+        assert demo.wait(120) == 128 + signal.SIGTERM
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "== local servers stopped" in log.read_text()
+    assert "Traceback" not in log.read_text()
+    assert _gone([*servers, *processes]) == []
+
+
+def test_a_terminated_bench_stops_its_servers(tmp_path: Path) -> None:
+    bench = subprocess.Popen([sys.executable, "-m", "bench.events", "--events", "200000"],
+                             env={**os.environ, "TMPDIR": str(tmp_path)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while len(servers := _running(str(tmp_path))) < 3:
+            assert bench.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1.0)  # past the stack's start, into the bench
+        bench.terminate()
+        assert bench.wait(120) == 128 + signal.SIGTERM
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert _gone(servers) == []
+    assert not any(tmp_path.iterdir())  # its temporary directory was removed too
