@@ -24,8 +24,8 @@ DEFAULT_PROJECTION: dict[str, ProjectedType] = {
 
 
 class IndexSettings(Section):
-    prefix: str = "esrec"
-    serving_alias: str = "esrec-items"
+    prefix: str = "esrec"  # every index name starts with it: PREFIX-NAME-vV-gN
+    serving_alias: str = "esrec-items"  # the alias recall resolves; promote and rollback move it
     # Elasticsearch's index.refresh_interval for each new generation: a change is visible
     # to search once indexed and refreshed, so freshness is esrec's part plus up to this;
     # shorter costs Elasticsearch indexing throughput (existing generations keep theirs)
@@ -56,8 +56,8 @@ class IndexerSettings(Section):
     # 500 docs / 8 MB / 50 ms: bulk requests of a few MB amortise the round trip while a
     # quiet stream still reaches ES within ~50 ms of the change.
     batch_max_docs: int = Field(default=500, gt=0)
-    batch_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    batch_max_wait_ms: int = Field(default=50, ge=0)
+    batch_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # of source documents in one batch
+    batch_max_wait_ms: int = Field(default=50, ge=0)  # a batch goes out after this even if not full
     # source fields copied into the index document for the other recall channels
     projection: dict[str, ProjectedType] = Field(default_factory=lambda: dict(DEFAULT_PROJECTION))
     # a document without one goes to dead letters
@@ -68,12 +68,14 @@ class IndexerSettings(Section):
     # reaches int8_min_recall (0.99: a miss in the top 100 is a lost candidate; on real
     # data a 0.96 recall@10 over item mixes cost about a point of HR@100)
     index_options: Literal["auto", "hnsw", "int8_hnsw"] = "auto"
-    int8_min_recall: float = Field(default=0.99, ge=0, le=1)
+    int8_min_recall: float = Field(default=0.99, ge=0, le=1)  # see index_options
     error_budget_ratio: float = Field(default=0.05, gt=0, le=1)  # dead letters per event
     error_budget_window: int = Field(default=1000, gt=0)  # ... over this many recent events
+    # the cap of the backoff while a server is away
     retry_max_delay_s: float = Field(default=30.0, gt=0)
-    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)  # SIGTERM: drain within this, then exit
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # 0: no HTTP endpoint
+    # fail: exit 4 with the fix; resync: rebuild into fresh indices
     on_history_lost: Literal["fail", "resync"] = "fail"
     # delete tombstones older than this (and only when no backfill writes to the index):
     # long enough for any replay from a checkpoint to have happened
@@ -88,6 +90,7 @@ class IndexerSettings(Section):
     # a relay that stops renewing loses the lease after this; a standby then takes over.
     # Several heartbeats (1 s) long, so a busy relay never loses it by accident
     lease_ttl_s: float = Field(default=10.0, gt=1)
+    # the Kafka consumer group of `esrec indexer worker`s
     worker_group: str = "esrec-indexer-workers"
     # a killed worker's partitions move to the others after this (Kafka session timeout)
     worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
@@ -112,15 +115,15 @@ class RolloutSettings(Section):
     catch_up_timeout_s: float = Field(default=600.0, ge=0)
     vector_sample: int = Field(default=50, gt=0)  # items re-embedded and compared
     vector_tolerance: float = Field(default=1e-4, gt=0)  # max abs difference per dimension
-    ann_queries: int = Field(default=20, gt=0)
-    ann_k: int = Field(default=10, gt=0)
+    ann_queries: int = Field(default=20, gt=0)  # the ann gate's probe queries
+    ann_k: int = Field(default=10, gt=0)  # the ann gate's top-k
     min_ann_overlap: float = Field(default=0.9, ge=0, le=1)  # kNN top-k vs exact top-k
     max_p99_ms: float = Field(default=250.0, gt=0)  # kNN latency probe on the new index
     # canary rolls (indexer.canary): the candidate against the serving version on live
     # traffic; each arm needs canary_min_requests before anything is decided
     canary_share: float = Field(default=0.1, gt=0, lt=1)
-    canary_duration_s: float = Field(default=600.0, gt=0)
-    canary_min_requests: int = Field(default=200, gt=0)
+    canary_duration_s: float = Field(default=600.0, gt=0)  # then the canary decides
+    canary_min_requests: int = Field(default=200, gt=0)  # per arm, before anything is decided
     canary_max_error_increase: float = Field(default=0.01, ge=0, le=1)  # error rate
     canary_max_empty_increase: float = Field(default=0.05, ge=0, le=1)  # empty or degraded
     canary_max_p99_ratio: float = Field(default=1.5, ge=1)  # p99 over the baseline's
@@ -128,7 +131,7 @@ class RolloutSettings(Section):
     canary_min_ctr_ratio: float = Field(default=0.9, ge=0)  # clicks per request over base
     # overlap@k with the baseline's answers (0: reported only; a better model may differ)
     canary_min_overlap: float = Field(default=0.0, ge=0, le=1)
-    canary_poll_s: float = Field(default=2.0, gt=0)
+    canary_poll_s: float = Field(default=2.0, gt=0)  # how often a roll reads the arms' figures
     # recall stops splitting traffic this long after the planned end without a verdict
     canary_expire_grace_s: float = Field(default=300.0, gt=0)
 

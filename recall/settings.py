@@ -40,19 +40,23 @@ def _default_channels() -> dict[str, ChannelSettings]:
 class RecallSettings(Section):
     """Recall for the feed service: user state, channels, fusion, the HTTP API."""
 
-    consumer_group: str = "esrec-user-state"
+    consumer_group: str = "esrec-user-state"  # the Kafka group of `esrec recall events`
     events_metrics_port: int = Field(default=9465, ge=0, le=65535)  # `recall events`; 0: none
     history_len: int = Field(default=50, gt=0)  # recent items kept per user
     seen_event_ids: int = Field(default=500, gt=0)  # per user, for idempotent event replays
     alias_ttl_s: float = Field(default=1.0, ge=0)  # how long a resolved serving alias is reused
+    # JSON: channel -> enabled, weight, size, timeout_ms
     channels: dict[str, ChannelSettings] = Field(default_factory=_default_channels)
+    # rrf: weighted reciprocal rank; quota: each channel a share by weight
     fusion: Literal["rrf", "quota"] = "rrf"
     rrf_k: int = Field(default=60, gt=0)  # the constant of Cormack et al. 2009
-    default_k: int = Field(default=100, gt=0)
-    max_k: int = Field(default=500, gt=0)
+    default_k: int = Field(default=100, gt=0)  # candidates when a request names no k
+    max_k: int = Field(default=500, gt=0)  # the most a request may ask for
     i2i_items: int = Field(default=3, gt=0)  # the user's newest items used as i2i seeds
+    # i2i keeps neighbours at least this similar
     i2i_min_similarity: float = Field(default=0.3, ge=-1, le=1)
     mlt_items: int = Field(default=5, gt=0, le=50)  # the user's newest items mlt starts from
+    # text fields more-like-this compares
     mlt_fields: list[str] = Field(default_factory=lambda: ["title", "tags"], min_length=1)
     # seen items: the newest seen_in_query go into every search's must_not; any older ones
     # are filtered out of the results, each search asking for that many more (at most
@@ -62,9 +66,9 @@ class RecallSettings(Section):
     # measured popularity (recall.popularity): events in the window before the newest
     # event, decayed with this half-life; the top popularity_top kept, re-read every ttl
     hot_window_days: float = Field(default=30.0, gt=0)
-    popularity_half_life_days: float = Field(default=3.0, gt=0)
-    popularity_top: int = Field(default=1000, gt=0)
-    popularity_ttl_s: float = Field(default=5.0, ge=0)
+    popularity_half_life_days: float = Field(default=3.0, gt=0)  # the hot channel's decay
+    popularity_top: int = Field(default=1000, gt=0)  # items the hot channel ranks
+    popularity_ttl_s: float = Field(default=5.0, ge=0)  # how long a read of the counts is reused
     # `recall events` writes the counts folded in memory at most this often (fewer writes
     # for the same counts; a crash loses at most this long's counts)
     popularity_flush_s: float = Field(default=10.0, ge=0)
@@ -77,7 +81,7 @@ class RecallSettings(Section):
     # the only fields a request may filter on (no query injection): field -> "term" | "range"
     filter_fields: dict[str, FilterKind] = Field(default_factory=lambda: dict(DEFAULT_FILTERS))
     api_token: SecretStr | None = None  # when set, POST /v1/recall needs "Bearer <token>"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)  # `esrec recall serve`
     retry_max_delay_s: float = Field(default=30.0, gt=0)  # servers down: wait this at most
     shutdown_timeout_s: float = Field(default=30.0, gt=0)  # `recall events` drain limit
 

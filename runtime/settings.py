@@ -57,13 +57,14 @@ def mask_url(url: str) -> str:
 
 
 class ElasticsearchSettings(Section):
+    # comma-separated URLs with their scheme; a password in one is masked in output
     hosts: Annotated[list[str], NoDecode] = Field(default=[DEFAULT_ES_URL], min_length=1)
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = None  # either this or username + password
     username: str | None = None
     password: SecretStr | None = None
-    ca_certs: Path | None = None
+    ca_certs: Path | None = None  # a CA bundle for https hosts
     verify_certs: bool = True
-    request_timeout_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)  # per request
 
     _split_hosts = field_validator("hosts", mode="before")(split_csv)
 
@@ -91,14 +92,15 @@ class ElasticsearchSettings(Section):
 
 
 class CollectionNames(Section):
-    items: str = "items"
-    users: str = "users"
-    user_state: str = "user_state"
+    items: str = "items"  # the catalog the indexer follows
+    users: str = "users"  # user profiles (recall, training)
+    user_state: str = "user_state"  # recent items per user, from events
     item_popularity: str = "item_popularity"  # decayed event counts (recall.popularity)
     cluster_popularity: str = "cluster_popularity"  # ... per user cluster and model version
-    interactions: str = "interactions"
+    interactions: str = "interactions"  # the training log (towers)
+    # stream positions, backfill states, the relay's lease, each catalog's id kind
     checkpoints: str = "esrec_checkpoints"
-    dead_letters: str = "esrec_dead_letters"
+    dead_letters: str = "esrec_dead_letters"  # catalog documents the indexer parked
     models: str = "esrec_models"  # registry documents; GridFS bucket of the same name
     canary: str = "esrec_canary"  # the running (or last) canary roll
     canary_observations: str = "esrec_canary_observations"  # what each arm saw
@@ -109,7 +111,7 @@ class MongoSettings(Section):
     uri: SecretStr = SecretStr(DEFAULT_MONGO_URI)  # may embed credentials
     database: str = "esrec"
     collections: CollectionNames = CollectionNames()
-    server_selection_timeout_ms: int = Field(default=10_000, gt=0)
+    server_selection_timeout_ms: int = Field(default=10_000, gt=0)  # then: unavailable
 
     @field_validator("uri")
     @classmethod
@@ -124,10 +126,10 @@ class MongoSettings(Section):
 
 
 class TopicNames(Section):
-    user_events: str = "esrec.user-events"
+    user_events: str = "esrec.user-events"  # what the feed service produces
     item_changes: str = "esrec.item-changes"  # the relay's changes, for indexer workers
     item_backfill: str = "esrec.item-backfill"  # a distributed build's chunks
-    dead_letters: str = "esrec.dead-letters"
+    dead_letters: str = "esrec.dead-letters"  # user events `recall events` parked
 
     @field_validator("*")
     @classmethod
@@ -139,14 +141,15 @@ class TopicNames(Section):
 
 
 class KafkaSettings(Section):
-    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(  # comma-separated host:port
         default=[DEFAULT_KAFKA_BOOTSTRAP], min_length=1
     )
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SASL needs the three below)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
+    ssl_cafile: Path | None = None  # a CA bundle for SSL listeners
     client_id: str = "esrec"
     topics: TopicNames = TopicNames()
 
@@ -175,4 +178,4 @@ class KafkaSettings(Section):
 class HttpSettings(Section):
     """Where every esrec process's HTTP endpoints listen (recall API, /healthz, /metrics)."""
 
-    host: str = DEFAULT_LISTEN_HOST
+    host: str = DEFAULT_LISTEN_HOST  # deploy/ sets 0.0.0.0

@@ -49,6 +49,15 @@ def config_show(ctx: click.Context) -> None:
     click.echo(settings_from(ctx).model_dump_json(indent=2))
 
 
+@config.command("table")
+def config_table() -> None:
+    """Print every setting's variable, default and purpose as a Markdown table (the
+    README's, generated from the settings model)."""
+    from esrec.settings_table import table
+
+    click.echo(table())
+
+
 for command in (stack, doctor, towers, models, indexer, recall, demo):
     main.add_command(command)
 indexer.add_command(dead_letters.catalog)

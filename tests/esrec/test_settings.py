@@ -91,3 +91,17 @@ def test_env_var_names_cover_every_leaf() -> None:
     assert {"ESREC_ES__HOSTS", "ESREC_MONGO__COLLECTIONS__DEAD_LETTERS",
             "ESREC_KAFKA__TOPICS__USER_EVENTS", "ESREC_INDEX__SERVING_ALIAS"} <= names
     assert "ESREC_ES" not in names  # sections are not settings themselves
+
+
+def test_the_readme_settings_table_is_the_generated_one() -> None:
+    """Every setting in the model, with its default, is in the README: regenerate with
+    `esrec config table` after changing a section."""
+    from esrec.settings_table import END, START, table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert START in readme and END in readme
+    shown = readme[readme.index(START):readme.index(END) + len(END)]
+    assert shown == table()
+    for name in ("SEEN_EVENT_IDS", "DEFAULT_K", "MAX_K", "I2I_ITEMS", "I2I_MIN_SIMILARITY",
+                 "FRESH_HALF_LIFE_DAYS"):
+        assert f"`ESREC_RECALL__{name}`" in shown
