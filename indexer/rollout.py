@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from bson.timestamp import Timestamp
 
 from indexer.backfill import OnProgress
-from indexer.canary import CanaryStore, OnFigures, run_canary
+from indexer.canary import OnFigures, run_canary
+from indexer.canary_store import CanaryStore
 from indexer.checkpoint import Progress
 from indexer.gates import GateResult, lag_of, probe_serving, validate
 from indexer.lifecycle import VersionError, Versions

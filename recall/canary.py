@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pymongo.errors import PyMongoError
 
-from indexer.canary import LATENCY_BUCKETS, Arm, ArmCounts, Canary, CanaryStore
+from indexer.canary_store import LATENCY_BUCKETS, Arm, ArmCounts, Canary, CanaryStore
 from recall.refresh import Refreshed
 from recall.state import UserEvent
 

@@ -34,7 +34,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
-from indexer.canary import CanaryStore
+from indexer.canary_store import CanaryStore
 from recall.canary import ClickCounter
 from recall.clusters import ClusterTracker
 from recall.metrics import EventMetrics

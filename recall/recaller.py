@@ -21,7 +21,7 @@ import numpy as np
 from elasticsearch import Elasticsearch
 from pydantic import BaseModel
 
-from indexer.canary import Canary, CanaryStore
+from indexer.canary_store import Canary, CanaryStore
 from indexer.layout import VECTOR
 from recall.canary import CanaryCollector, CanaryObserver
 from recall.channels import CHANNELS, Channel, Context

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from elasticsearch import Elasticsearch
 
-from indexer.canary import Arm, Canary, CanaryStore
+from indexer.canary_store import Arm, Canary, CanaryStore
 from indexer.layout import model_of, resolve_alias
 from recall.refresh import Refreshed
 from runtime.errors import Refused, Unavailable

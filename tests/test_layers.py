@@ -5,6 +5,8 @@ into the shell, and the leaf imports none of the packages (see docs/ARCHITECTURE
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,13 @@ def test_a_package_imports_only_what_its_layer_allows(package: str) -> None:
                                                  - ALLOWED[package])
              for path in (ROOT / package).rglob("*.py")}
     assert {path: names for path, names in wrong.items() if names} == {}
+
+
+def test_recall_reaches_only_the_index_layout_the_settings_and_the_canary_store() -> None:
+    """Serving recall needs the index's layout and names and the canary's data, not the
+    indexer's machinery (sources, pipeline, relay, workers, rollouts)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, recall.recaller, recall.api, recall.events; "
+         "print(' '.join(sorted(m for m in sys.modules if m.startswith('indexer.'))))"],
+        capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+    assert loaded == ["indexer.canary_store", "indexer.layout", "indexer.settings"]

@@ -254,7 +254,7 @@ def canary() -> None:
 @_with_services
 def canary_status(services: Services) -> None:
     """The latest canary: versions, share, state, figures per arm, as JSON."""
-    from indexer.canary import CanaryStore
+    from indexer.canary_store import CanaryStore
 
     current = CanaryStore(services.db, services.settings).current()
     if current is None:
@@ -269,7 +269,8 @@ def canary_status(services: Services) -> None:
 def canary_abort(services: Services) -> None:
     """Stop the running canary now: every user goes back to the serving version and the
     candidate back to ready."""
-    from indexer.canary import CanaryStore, abort
+    from indexer.canary import abort
+    from indexer.canary_store import CanaryStore
     from indexer.lifecycle import Versions
 
     stopped = abort(Versions(services), CanaryStore(services.db, services.settings))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from indexer.canary import Canary
+from indexer.canary_store import Canary
 from indexer.metrics import IndexerMetrics
 from indexer.relay import RelayMetrics
 from indexer.worker import WorkerMetrics

@@ -23,13 +23,8 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from esrec.settings import Settings
-from indexer.canary import (
-    ArmCounts,
-    Canary,
-    CanaryStore,
-    run_canary,
-    verdict,
-)
+from indexer.canary import run_canary, verdict
+from indexer.canary_store import ArmCounts, Canary, CanaryStore
 from indexer.lifecycle import Versions
 from indexer.rollout import CanaryPlan, GateFailed, roll
 from indexer.service import Services

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from indexer.canary import ArmCounts, Canary
+from indexer.canary_store import ArmCounts, Canary
 from recall.canary import ClickCounter
 from recall.state import UserEvent
 
