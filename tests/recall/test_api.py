@@ -25,7 +25,8 @@ def client(recaller: Recaller) -> Iterator[TestClient]:  # noqa: F811
         yield test_client
 
 
-def test_recall_health_and_metrics(client: TestClient) -> None:
+def test_recall_health_and_metrics(client: TestClient, recaller: Recaller  # noqa: F811
+                                   ) -> None:
     response = client.post("/v1/recall", json={
         "user_id": "u1", "k": 15, "channels": {"knn": 1.0, "fresh": 0.5},
         "filters": {"category": ["cat1", "cat2"], "price": {"gte": 1}},
@@ -33,6 +34,11 @@ def test_recall_health_and_metrics(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert 0 < len(body["candidates"]) <= 15 and body["model"] == "test-model@1"
+    served = {c["item_id"] for c in body["candidates"]}
+    catalog = {str(d["_id"]): d for d in recaller.states.items.find({"_id": {"$in": list(
+        served)}})}
+    assert set(catalog) == served  # every candidate, and each matches both filters
+    assert all(d["category"] in ("cat1", "cat2") and d["price"] >= 1 for d in catalog.values())
     assert {s["channel"] for c in body["candidates"] for s in c["sources"]} <= {"knn", "fresh"}
     assert all(c["item_id"] != "i1" for c in body["candidates"])
     health = client.get("/healthz")
@@ -41,6 +47,10 @@ def test_recall_health_and_metrics(client: TestClient) -> None:
     assert 'esrec_recall_seconds_count{model="test-model@1",outcome="ok"} 1.0' in metrics
     assert 'esrec_recall_channel_seconds_count{channel="knn"} 1.0' in metrics
     assert 'esrec_recall_stage_seconds_count{stage="user_tower"} 1.0' in metrics
+    unfiltered = client.post("/v1/recall", json={"user_id": "u1", "k": 15}).json()
+    others = recaller.states.items.count_documents({"_id": {"$in": [
+        c["item_id"] for c in unfiltered["candidates"]]}, "category": {"$nin": ["cat1", "cat2"]}})
+    assert others > 0  # the filters changed the answer: they were applied, not ignored
 
 
 def test_bearer_token_when_configured(recall_settings: Settings, recaller: Recaller  # noqa: F811
