@@ -225,10 +225,12 @@ def _summed(cluster: Cluster, name: str) -> float:
     return total
 
 
-def _kill_worker(cluster: Cluster, victim: str, writing: bool) -> dict[str, float | None]:
+def _kill_worker(cluster: Cluster, victim: str,
+                 writing: Callable[[], bool]) -> dict[str, float | None]:
     """SIGKILL a worker and restart it at once, as a supervisor would; returns the seconds
     from the kill until the group owns every partition again with the restarted member in
-    it (the dead member expired), and, while changes flow, until the workers write again."""
+    it (the dead member expired), and until the workers write again (None if the changes
+    stopped first)."""
     logged = len(cluster.processes[victim].text())
     killed_at = time.monotonic()
     cluster.processes[victim].kill()
@@ -243,14 +245,13 @@ def _kill_worker(cluster: Cluster, victim: str, writing: bool) -> dict[str, floa
         assert time.monotonic() < deadline, f"{victim} not back in the group within 120 s"
         time.sleep(0.2)
     reowned_s = time.monotonic() - killed_at
-    writing_s = None
-    if writing:
-        before = _summed(cluster, "esrec_indexer_events_total")
-        while (_summed(cluster, "esrec_indexer_events_total") <= before
-               and time.monotonic() < deadline):
-            time.sleep(0.2)
-        writing_s = round(time.monotonic() - killed_at, 2)
-    return {"reowned_s": round(reowned_s, 2), "writing_s": writing_s}
+    before = _summed(cluster, "esrec_indexer_events_total")
+    while writing() and time.monotonic() < deadline:  # no new changes: nothing to time
+        if _summed(cluster, "esrec_indexer_events_total") > before:
+            return {"reowned_s": round(reowned_s, 2),
+                    "writing_s": round(time.monotonic() - killed_at, 2)}
+        time.sleep(0.2)
+    return {"reowned_s": round(reowned_s, 2), "writing_s": None}
 
 
 def _chaos(svc: Services, cluster: Cluster, es: Elasticsearch, artifact_dir: Path,
@@ -273,7 +274,7 @@ def _chaos(svc: Services, cluster: Cluster, es: Elasticsearch, artifact_dir: Pat
     while writer.is_alive() or len(rebalances) < worker_kills or relays_killed < relay_kills:
         time.sleep(rng.uniform(2.0, 4.0))
         if len(rebalances) < worker_kills or (writer.is_alive() and rng.random() < 0.5):
-            rebalances.append(_kill_worker(cluster, rng.choice(WORKERS), writer.is_alive()))
+            rebalances.append(_kill_worker(cluster, rng.choice(WORKERS), writer.is_alive))
         elif relays_killed < relay_kills:
             leader = _leading(svc, cluster)
             if leader is not None:
