@@ -176,8 +176,12 @@ def _resolve(mvn: str, work: Path, progress: TextIO) -> None:
 
 
 def _cluster_id() -> str:
-    """A cluster id as Kafka's storage tool makes one: 16 random bytes, URL-safe base64."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A cluster id as Kafka's own Uuid.randomUuid makes one: 16 random bytes, URL-safe
+    base64, never starting with "-" (a command line would read it as an option)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def server_properties(data: Path, host: str, port: int, controller_port: int) -> str:
@@ -215,7 +219,7 @@ def command(data: Path, host: str, port: int) -> list[str]:
     if not (data / "log" / "meta.properties").is_file():
         formatted = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", _cluster_id(), "-c", str(properties)],
+             f"--cluster-id={_cluster_id()}", f"--config={properties}"],
             capture_output=True, text=True, timeout=FORMAT_TIMEOUT_S)
         if formatted.returncode != 0:
             raise KafkaUnavailable("formatting its storage failed: "

@@ -11,6 +11,8 @@
     promote   one atomic alias switch (the canary's own, when it passed)
     probe     user-tower kNN on the serving alias; a failure promotes the previous version
               again (automatic rollback, with the probe's detail in the registry history)
+    watch     recall's figures for the new version for rollout.watch_s (indexer.watch);
+              a broken rule promotes the previous version again and says why
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from indexer.gates import GateResult, lag_of, probe_serving, validate
 from indexer.lifecycle import VersionError, Versions
 from indexer.settings import RolloutSettings
 from indexer.source import server_time
+from indexer.watch import watch
 
 log = logging.getLogger("esrec.versions")
 CATCH_UP_POLL_S = 1.0
@@ -58,9 +61,10 @@ class CanaryPlan:
 def roll(versions: Versions, ref: str, step: Step = _no_step,
          on_gates: OnGates = lambda _results: None,
          on_progress: OnProgress | None = None, canary: CanaryPlan | None = None,
-         on_figures: OnFigures | None = None) -> str | None:
+         on_figures: OnFigures | None = None, watch_s: float | None = None) -> str | None:
     """Roll ``ref`` out; returns the version that served before. Raises GateFailed when
-    a gate refuses the promote, the canary rolled it back, or the probe did."""
+    a gate refuses the promote, or the canary, the probe or the watch rolled it back.
+    ``watch_s``: how long to watch after the promote (None: rollout.watch_s; 0: not)."""
     services = versions.services
     if services.registry.get(ref).state not in ("ready", "serving"):
         with step(f"build {ref}"):
@@ -101,7 +105,26 @@ def roll(versions: Versions, ref: str, step: Step = _no_step,
                              f"to roll back to; {ref} serves")
         versions.promote(previous, reason=f"automatic rollback: {probe.detail}")
         raise GateFailed(f"the post-promote probe failed; rolled back to {previous}")
+    watch_s = services.settings.rollout.watch_s if watch_s is None else watch_s
+    if watch_s > 0 and previous is not None:
+        store = CanaryStore(services.db, services.settings)
+        reference = _baseline_ctr(store) if canary is not None else None
+        with step(f"watch {ref} for {watch_s:g} s"):
+            outcome, reason = watch(versions, store, ref, previous, watch_s, reference,
+                                    on_figures)
+        log.info("watch ended", extra={"outcome": outcome, "reason": reason})
+        if outcome == "rolled_back":
+            raise GateFailed(f"{reason}; {previous} serves again")
     return previous
+
+
+def _baseline_ctr(store: CanaryStore) -> float | None:
+    """The click-through the canary measured on the serving version's users: the
+    reference the watch holds the new version to."""
+    current = store.current()
+    baseline = (current.figures.get("baseline") or {}) if current is not None else {}
+    ctr = baseline.get("ctr")
+    return float(ctr) if ctr is not None else None
 
 
 

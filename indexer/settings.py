@@ -134,6 +134,14 @@ class RolloutSettings(Section):
     canary_poll_s: float = Field(default=2.0, gt=0)  # how often a roll reads the arms' figures
     # recall stops splitting traffic this long after the planned end without a verdict
     canary_expire_grace_s: float = Field(default=300.0, gt=0)
+    # after a roll's promote, recall's figures for the new version are watched this long
+    # (indexer.watch; 0: no watch); a broken rule promotes the previous version again
+    watch_s: float = Field(default=300.0, ge=0)
+    watch_max_error_rate: float = Field(default=0.01, ge=0, le=1)  # recall errors
+    watch_max_empty_rate: float = Field(default=0.05, ge=0, le=1)  # empty or degraded
+    watch_max_p99_ms: float = Field(default=250.0, gt=0)  # recall p99, the whole request
+    # clicks per answer over the canary's baseline arm (only after a canary: the reference)
+    watch_min_ctr_ratio: float = Field(default=0.9, ge=0)
 
 
 class IndexConfig(Protocol):

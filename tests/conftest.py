@@ -87,6 +87,7 @@ def settings(es: Elasticsearch, es_url: str, mongo_client: MongoClient, mongo_ur
                "topics": {"user_events": f"{stem}.events", "item_changes": f"{stem}.changes",
                           "item_backfill": f"{stem}.backfill", "dead_letters": f"{stem}.dead"}},
         index={"prefix": stem, "serving_alias": f"{stem}-serving"},
+        rollout={"watch_s": 0},  # a roll watches only in the tests about the watch
     )
     delete_indices(es, f"{stem}-*")
     mongo_client.drop_database(stem.replace("-", "_"))

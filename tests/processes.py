@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from esrec.lifetime import die_with_parent
+
 
 class EsrecProcess:
     """One long-running `esrec ...` command (restartable), its log in a file."""
@@ -23,7 +25,8 @@ class EsrecProcess:
     def start(self) -> EsrecProcess:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "esrec", *self.args],
-                                            env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                                            env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            preexec_fn=die_with_parent)  # a killed run too
         return self
 
     def kill(self) -> None:

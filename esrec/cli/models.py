@@ -227,12 +227,15 @@ def _print_figures(figures: dict[str, object], results: list[GateResult]) -> Non
                    "by the rollout.canary_* thresholds.")
 @click.option("--canary-duration-s", type=click.FloatRange(min=0, min_open=True),
               help="How long the canary runs (default: rollout.canary_duration_s).")
+@click.option("--watch-s", type=click.FloatRange(min=0),
+              help="After the promote, watch recall's figures for the new version this long "
+                   "and roll back if a rule breaks (default: rollout.watch_s; 0: no watch).")
 @_with_services
 def roll_command(services: Services, ref: str, share: float | None,
-                 canary_duration_s: float | None) -> None:
+                 canary_duration_s: float | None, watch_s: float | None) -> None:
     """Build, validate (and canary) and promote NAME@VERSION in one command. Refuses to
     promote when a gate or the canary fails; rolls back by itself when the post-promote
-    probe fails."""
+    probe or the watch after it fails."""
     from indexer.lifecycle import Versions
     from indexer.rollout import CanaryPlan, roll
 
@@ -241,7 +244,7 @@ def roll_command(services: Services, ref: str, share: float | None,
         share, canary_duration_s or settings.canary_duration_s)
     with progress_bar(f"build {ref}") as on_progress:
         previous = roll(Versions(services), ref, _step, _print_gates, on_progress, plan,
-                        _print_figures)
+                        _print_figures, watch_s)
     click.echo(f"serving {ref} (was {previous or 'nothing'})")
 
 

@@ -311,9 +311,10 @@ class Demo:
         self.record.tables.append((title, status.stdout))
 
     def _roll(self) -> None:
-        with self.step("roll demo-two-tower@2 (build, validate, promote, probe)") as notes:
+        with self.step("roll demo-two-tower@2 (build, validate, promote, probe, watch)") as notes:
             self._status("models status before the roll")
-            rolled = esrec(self.env, "models", "roll", "demo-two-tower@2")
+            # nobody asks recall during the roll here: a short watch, kept on no traffic
+            rolled = esrec(self.env, "models", "roll", "demo-two-tower@2", "--watch-s", "3")
             click.echo(rolled.stdout, err=True)
             self.record.tables.append(("esrec models roll demo-two-tower@2", rolled.stdout))
             self._check(rolled.returncode == 0, "roll failed: " + _failures(rolled))

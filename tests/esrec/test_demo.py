@@ -13,6 +13,7 @@ import pytest
 from elasticsearch import Elasticsearch
 from pymongo import MongoClient
 
+from esrec.lifetime import die_with_parent
 from esrec.settings import Settings
 from indexer.layout import delete_indices
 
@@ -36,7 +37,7 @@ def test_demo_end_to_end_in_small(settings: Settings, namespace: str, tmp_path: 
     result = subprocess.run(
         [sys.executable, "-m", "esrec", "demo", "--items", "400", "--users", "150",
          "--epochs", "1", "--namespace", namespace, "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=600)
+        env=env, capture_output=True, text=True, timeout=600, preexec_fn=die_with_parent)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "demo passed" in result.stdout
     report = (out / "report.md").read_text()

@@ -62,7 +62,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     import os
 
     return {**os.environ, **server_environment(settings), "ESREC_INDEXER__METRICS_PORT": "0",
-            **extra}
+            "ESREC_ROLLOUT__WATCH_S": str(settings.rollout.watch_s), **extra}
 
 
 def write_changes(items: Collection, count: int, seed: int, pace_s: float = 0.0) -> int:

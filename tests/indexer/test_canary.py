@@ -115,6 +115,9 @@ def stack(settings: Settings, es: Elasticsearch, artifact_dir: Path, trained: Tr
             "canary_min_ctr_ratio": 0.5,
             "canary_expire_grace_s": 60,
             "max_p99_ms": 5000,  # the post-promote probe: not what is tested here
+            # the watch after a promote: broken answers decide here, latency only on a
+            # busy machine's scale
+            "watch_max_p99_ms": 10000, "watch_max_empty_rate": 0.3,
             # no indexer follows the versions here (the catalog does not change): their
             # lag is the time since their builds, which a busy machine stretches
             "max_lag_s": 600})})
@@ -216,13 +219,14 @@ class Feed:
         switched = {key: arms for key, arms in self.arms.items() if len(arms) > 1}
         assert not switched, switched
 
-    def stop(self) -> None:
+    def stop(self, clean: bool = True) -> None:
+        """Stop asking; ``clean``: no answer may have failed or mixed versions."""
         self.halt.set()
         for thread in self.threads:
             thread.join(30)
         self.producer.close()
         self._settle()
-        assert self.problems == []
+        assert self.problems == [] or not clean
 
 
 def _history(svc: Services, ref: str) -> list[tuple[str, str]]:
@@ -310,3 +314,47 @@ def test_an_aborted_canary_sends_everyone_back(stack) -> None:
     assert {a.model for a in answers} == {V1} and {a.canary for a in answers} == {None}
     status = CliRunner(env=cli_env(svc.settings)).invoke(main, ["models", "canary", "status"])
     assert json.loads(status.output)["state"] == "aborted"
+
+
+@pytest.mark.slow
+def test_a_version_that_breaks_after_its_promote_is_rolled_back_by_the_watch(stack) -> None:
+    """GOOD passes every gate and the probe, then its index is emptied while the watch
+    runs: recall's answers from it come back empty, and the watch promotes V1 again,
+    saying why in the error, the registry history and the watch's record."""
+    svc, topic_of = stack
+    versions = Versions(svc)
+    store = CanaryStore(svc.db, svc.settings)
+    good_index = svc.index_of(GOOD) or ""
+    feed = Feed(svc, topic_of)
+
+    def break_after_the_promote() -> None:
+        deadline = time.monotonic() + 120
+        while (current := store.current()) is None or current.share != 1.0 or \
+                not current.running():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+        time.sleep(1.0)  # some healthy answers first
+        # a bad job empties the new version's index: its kNN answers come back empty
+        svc.es.delete_by_query(index=good_index, query={"match_all": {}}, refresh=True,
+                               conflicts="proceed")
+
+    breaker = threading.Thread(target=break_after_the_promote, daemon=True)
+    breaker.start()
+    try:
+        with pytest.raises(GateFailed, match=f"watch rolled back {GOOD}: empty"):
+            roll(versions, GOOD, watch_s=60)
+        assert versions.serving() == V1
+        state, reason = _history(svc, V1)[-1]
+        assert state == "serving" and reason.startswith(f"watch rolled back {GOOD}")
+        watched = store.current()
+        assert watched is not None and watched.state == "rolled_back"
+        assert watched.figures["candidate"]["requests"] >= 25
+        time.sleep(0.5)  # the alias ttl: V1 answers everyone again
+        settled = feed.answered.get(V1, 0)
+        time.sleep(1.0)
+        assert feed.answered.get(V1, 0) > settled
+    finally:
+        breaker.join(130)
+        feed.stop()
+    assert feed.answered[GOOD] > 0

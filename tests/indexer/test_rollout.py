@@ -9,9 +9,11 @@ import pytest
 from bson.timestamp import Timestamp
 
 from indexer import rollout
+from indexer.canary_store import ArmCounts
 from indexer.checkpoint import Progress
 from indexer.rollout import catch_up
 from indexer.settings import RolloutSettings
+from indexer.watch import watch_checks
 
 NOW = Timestamp(1_000, 0)
 
@@ -55,3 +57,18 @@ def test_a_timeout_of_zero_looks_once() -> None:
     progress, seen = _feed(iter([900, 990]))
     catch_up(progress, lambda: NOW, RolloutSettings(catch_up_timeout_s=0))
     assert seen == [900]
+
+
+def test_the_watch_rules_read_the_new_versions_own_figures() -> None:
+    settings = RolloutSettings(watch_max_error_rate=0.01, watch_max_empty_rate=0.05,
+                               watch_max_p99_ms=250, watch_min_ctr_ratio=0.9)
+    healthy = ArmCounts(requests=1000, errors=5, empty=10, degraded=20, clicks=300)
+    healthy.latency[3] = 1000  # every answer within 30 ms
+    assert all(r.passed for r in watch_checks(healthy, settings, 0.3, final=True))
+    assert [r.name for r in watch_checks(healthy, settings, None, final=True)] == [
+        "errors", "empty", "latency"]  # no canary: no click-through reference
+    failing = {r.name for r in watch_checks(
+        ArmCounts(requests=1000, errors=20, empty=40, degraded=20, clicks=100,
+                  latency=[0] * 15 + [1000]), settings, 0.3, final=True) if not r.passed}
+    assert failing == {"errors", "empty", "latency", "ctr"}
+    assert "ctr" not in {r.name for r in watch_checks(healthy, settings, 0.3, final=False)}
