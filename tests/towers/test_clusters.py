@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from towers.clusters import ClusterSet, default_k, kmeans, refresh
+from towers.clusters import ClusterError, ClusterSet, default_k, kmeans, refresh
 
 
 def _groups(centres: np.ndarray, per: int, seed: int, spread: float = 0.05) -> np.ndarray:
@@ -34,7 +34,7 @@ def test_every_cluster_keeps_users_and_too_few_users_is_refused() -> None:
     vectors = _groups(CENTRES[:2], 30, seed=2)
     clusters = kmeans("m@1", vectors, k=5, seed=0)
     assert min(clusters.sizes(vectors)) > 0
-    with pytest.raises(ValueError, match="cannot make"):
+    with pytest.raises(ClusterError, match="cannot make"):
         kmeans("m@1", vectors[:3], k=5)
 
 
@@ -63,7 +63,7 @@ def test_a_stored_cluster_set_round_trips_and_refuses_corruption() -> None:
     assert np.array_equal(again.centroids, clusters.centroids)
     assert again.sha256 == clusters.sha256 and again.k == 4
     broken = dict(document, centroids=b"\x00" * len(document["centroids"]))
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(ClusterError, match="corrupt"):
         ClusterSet.from_document(broken)
 
 

@@ -8,6 +8,7 @@ from pymongo.database import Database
 from towers.dataset import (
     Collections,
     Dataset,
+    DatasetError,
     Interaction,
     behaviour,
     leave_last_out,
@@ -100,12 +101,12 @@ def test_files_round_trip(tmp_path: Path, fmt: str) -> None:
 
 
 def test_bad_files_say_where(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"items\.jsonl or items\.parquet"):
+    with pytest.raises(DatasetError, match=r"items\.jsonl or items\.parquet"):
         load_files(tmp_path)
     for stem in ("items", "users", "interactions"):
         (tmp_path / f"{stem}.jsonl").write_text("{}\n")
     (tmp_path / "users.jsonl").write_text('{"_id": 1}\nnot json\n')
-    with pytest.raises(ValueError, match=r"users\.jsonl:2: not JSON"):
+    with pytest.raises(DatasetError, match=r"users\.jsonl:2: not JSON"):
         load_files(tmp_path)
 
 
