@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,12 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     documents = _catalog(docs, 0)
     artifact = registry.pull(REF)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     vectors = np.concatenate([artifact.embed_items(documents[s:s + batch])
                               for s in range(0, docs, batch)])
     tower = docs / (time.perf_counter() - started)
+    # the reference the indexer's own cost is read against: featurize + item tower, batched
+    tower_cpu_us = (time.process_time() - cpu_started) * 1e6 / docs
 
     # the same documents the indexer writes (vector + projection), ready-made
     projected = [project(document, len(bson.encode(document)), settings.indexer)
@@ -149,6 +151,7 @@ def measure(settings: Settings, docs: int, model_dir: Path,
         es.bulk(operations=operations, filter_path=BULK_RESPONSE_FIELDS)
     bulk = docs / (time.perf_counter() - started)
     bulk_cpu_us = bulk_cpu.per_unit_us(docs)
+    bulk_round_trip_ms = _bulk_round_trip_ms(es, scratch, vectors[0], projected[0], now)
     es.indices.delete(index=scratch)  # the indexer phase starts with the same empty cluster
 
     target = svc.new_generation(REF, point_alias=True)
@@ -186,8 +189,12 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     with _daemon_process(svc, settings, target.index) as first_checkpoint_s:
         latencies = [_latency(svc, es, target.index, seconds=4, rate_per_s=50, tick_s=0.02),
                      _latency(svc, es, target.index, seconds=5, rate_per_s=1000, sample=10)]
+    import_torch_s = _import_torch_s()
     startup = {"daemon_to_first_checkpoint": round(first_checkpoint_s, 2),
-               "esrec_help": round(_help_s(settings), 2)}
+               "esrec_help": round(_help_s(settings), 2),
+               "python_import_torch": round(import_torch_s, 2)}
+    # freshness reference: a batch's wait plus one small bulk's round trip, this machine
+    freshness_reference_ms = settings.indexer.batch_max_wait_ms + bulk_round_trip_ms
 
     naive_docs = documents[: min(1000, docs)]  # ~1.5 s: long enough to average out noise
     naive_index = svc.new_generation(REF, point_alias=False).index
@@ -201,7 +208,20 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     naive = len(naive_docs) / (time.perf_counter() - started)
 
     ceiling = min(tower, bulk)
+    ratios = {  # esrec's cost over a reference measured in this run: what travels
+        "cpu_per_change_over_tower_cpu_per_item": round(
+            indexer_cpu_us["indexer"] / tower_cpu_us, 2),  # target <= 3
+        "daemon_start_over_import_torch": round(
+            first_checkpoint_s / import_torch_s, 2),  # target <= 2
+        "indexed_p99_at_1000_per_s_over_wait_plus_bulk": round(
+            latencies[1]["indexed_p99"] / freshness_reference_ms, 2),  # target <= 3
+    }
     return {
+        "ratios": ratios,
+        "references": {"tower_cpu_us_per_item": round(tower_cpu_us, 1),
+                       "python_import_torch_s": round(import_torch_s, 2),
+                       "batch_max_wait_ms": settings.indexer.batch_max_wait_ms,
+                       "bulk_round_trip_ms": round(bulk_round_trip_ms, 2)},
         "benchmark": "indexer", "docs": docs, "batch_max_docs": batch,
         "tower_items_per_s": round(tower), "bulk_docs_per_s": round(bulk),
         "stream_events_per_s": round(stream), "indexer_changes_per_s": round(indexer),
@@ -219,6 +239,31 @@ def measure(settings: Settings, docs: int, model_dir: Path,
         "indexer_vs_cpu_bound": round(indexer / cpu_ceiling, 3),
         "dead_letters": svc.db[settings.mongo.collections.dead_letters].count_documents({}),
     }
+
+
+def _import_torch_s() -> float:
+    """How long a fresh interpreter takes to import torch: the floor of any process that
+    embeds, on this machine (median of three)."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def _bulk_round_trip_ms(es: Elasticsearch, index: str, vector: Sequence[float],
+                        fields: dict[str, Any], now: str) -> float:
+    """One _bulk of one document, as a quiet stream sends it (median of 20)."""
+    times = []
+    for n in range(20):
+        started = time.perf_counter()
+        es.bulk(operations=[{"index": {"_index": index, "_id": f"rt{n}", "version": 1,
+                                       "version_type": "external"}},
+                            item_document(vector, fields, 1, now)],
+                filter_path=BULK_RESPONSE_FIELDS)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
 
 
 def _help_s(settings: Settings) -> float:

@@ -146,6 +146,14 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
     figures["idle_wake_ms"] = _idle_wake(recaller, users[0], pause_s=figures["clients_1"][
         "raw_msearch_ms"]["p50"] / 1000)
     figures["target_p99_overhead_ms"] = 3.0
+    replayed_p99 = figures["replayed"]["esrec_compute_ms"]["p99"]
+    figures["ratios"] = {  # esrec's cost over references measured in this run: what travels
+        # replayed compute over the user tower alone, back to back (target <= 4)
+        "replayed_compute_p99_over_user_tower_p50": round(
+            replayed_p99 / figures["idle_wake_ms"]["user_tower_back_to_back_p50"], 2),
+        # the same compute in situ, between real _msearch waits (target <= 1.5)
+        "in_situ_compute_p99_over_replayed_p99": round(
+            figures["clients_1"]["esrec_compute_ms"]["p99"] / replayed_p99, 2)}
     return figures
 
 
