@@ -81,7 +81,7 @@ def rows(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX
     for name, field in model.model_fields.items():
         variable = f"{prefix}{name.upper()}"
         default = field.get_default(call_default_factory=True)
-        if isinstance(default, BaseModel) and not isinstance(default, SecretStr):
+        if isinstance(default, BaseModel):
             yield from rows(type(default), variable + ENV_NESTED_DELIMITER)
         else:
             yield variable, _shown(default), comments.get(name, "")

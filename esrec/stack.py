@@ -190,6 +190,13 @@ def kafka_service(engine: str, notice: Callable[[str], None]) -> Service:
     return KAFKA_STAND_INS[engine]
 
 
+def _service_of(record: Running) -> Service:
+    """The service a recorded process was started as (its engine names it)."""
+    return next((service for service in (*SERVICES.values(), *KAFKA_STAND_INS.values())
+                 if service.name == record.service and service.engine == record.engine),
+                SERVICES[record.service])
+
+
 def _pid_alive(pid: int) -> bool:
     """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
     try:
@@ -260,24 +267,21 @@ class LocalStack:
     ) -> dict[str, Running]:
         """Start what is not running yet and wait until each answers; idempotent."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        chosen = {
-            name: kafka_service(kafka, self.notice) if name == "kafka" else SERVICES[name]
-            for name in services
-        }
+        chosen: dict[str, Service] = {}
         records: dict[str, Running] = {}
         new: list[str] = []  # started by this call: stopped again if the call fails
         try:  # all start first, then all are awaited: their start-ups overlap
-            for name, service in chosen.items():
+            for name in services:
                 running = self.running(name)
                 if running is None:
+                    service = kafka_service(kafka, self.notice) if name == "kafka" \
+                        else SERVICES[name]
                     port = self._choose_port(service, ports or {}, pick_free_ports)
                     running = self._start(service, port)
                     new.append(name)
-                else:  # it may have been started as another Kafka: await it as that one
-                    chosen[name] = next((other for other in (SERVICES[name],
-                                                            *KAFKA_STAND_INS.values())
-                                         if other.engine == running.engine), service)
-                records[name] = running
+                else:  # already up, maybe as another Kafka: await it as what it is
+                    service = _service_of(running)
+                chosen[name], records[name] = service, running
             for name, record in records.items():
                 self._wait_ready(chosen[name], record)
         except BaseException:
