@@ -10,7 +10,6 @@ import io
 import json
 import tokenize
 from collections.abc import Iterator
-from enum import Enum
 from functools import cache
 from typing import Any
 
@@ -53,11 +52,7 @@ def _shown(value: Any) -> str:
         value = mask_url(value.get_secret_value())  # a URL's password stays hidden
     if value is None:
         return "none"
-    if isinstance(value, Enum):
-        value = value.value
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # a section is walked by rows(); a dict of them is a value
         return f"`{json.dumps(_plain(value), separators=(',', ':'))}`"
     if isinstance(value, list | tuple):
         return ", ".join(f"`{item}`" for item in value) or "empty"
