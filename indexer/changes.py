@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import bson
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
 from runtime.ids import id_text_problem
+
+if TYPE_CHECKING:  # a batch may name its own targets: only the type is needed here
+    from indexer.pipeline import Target
 
 # _id types whose text is an Elasticsearch id (one catalog holds ids of one kind, so the
 # text maps back to one document: indexer.id_kinds); other BSON types (sub-documents,
@@ -47,6 +50,17 @@ class SnapshotPosition:
 
 
 @dataclass(frozen=True)
+class TopicPosition:
+    """Where a worker's share of the topics stands once a batch is written: the next
+    offset of every (topic, partition) it read, the relay epochs it saw, and the backfill
+    chunk it completes."""
+
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    epochs: dict[int, int] = field(default_factory=dict)  # relay epoch per partition
+    chunk: tuple[str, int] | None = None  # (index, chunk number)
+
+
+@dataclass(frozen=True)
 class Change:
     op: Literal["upsert", "delete"]
     doc_id: Any  # the MongoDB _id
@@ -68,7 +82,8 @@ class Change:
 @dataclass
 class Batch:
     changes: list[Change] = field(default_factory=list)
-    position: Position | SnapshotPosition | None = None  # resume here once acknowledged
+    # resume here once acknowledged
+    position: Position | SnapshotPosition | TopicPosition | None = None
     # everything MongoDB held up to this cluster time is in the index once this batch is
     # acknowledged: the last change's time, or the server's time when the stream was idle
     watermark: Timestamp | None = None
@@ -76,6 +91,7 @@ class Batch:
     last: bool = False  # the source has nothing more (a finished snapshot)
     skipped: int = 0  # updates of documents deleted before the lookup
     size_bytes: int = 0
+    targets: list[Target] | None = None  # only these (a backfill chunk), not the job's
 
 
 class Source(Protocol):

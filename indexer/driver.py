@@ -1,11 +1,13 @@
-"""The one driver loop of every indexing job: the live daemon and the backfill alike.
+"""The one driver loop of every indexing job: the daemon, the backfill and the workers.
 
     until stop / turn() says to end / the source is exhausted:
         source.poll() -> pipeline.prepare (read and embed here) -> Writers.submit
     Writers: pipeline.commit on two threads -> save(batch) strictly in order
 
 ``save`` is the job's checkpoint: a stream position for the daemon, the snapshot's last
-``_id`` for a backfill. It runs only after the batch and every earlier one are written.
+``_id`` for a backfill, the topics' offsets for a worker (indexer/worker.py). It runs
+only after the batch and every earlier one are written. A batch that names its own
+targets (a worker's backfill chunk) is written to those alone.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def drive(source: Source, pipeline: Pipeline, save: Callable[[Batch], None],
                                 settings.batch_max_wait_ms / 1000)
             if batch.position is None:
                 continue
-            writers.submit((pipeline.prepare(batch.changes) if batch.changes else None, batch))
+            targets = pipeline.targets if batch.targets is None else batch.targets
+            prepared = pipeline.prepare(batch.changes, targets) \
+                if batch.changes and targets else None
+            writers.submit((prepared, batch))
             if batch.last:
                 exhausted = True
                 break

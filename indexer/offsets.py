@@ -8,13 +8,20 @@ Saves use ``$max``: a worker that lost a partition and still finishes a batch ca
 move an index backwards past what the partition's new owner saved. An index no worker
 wrote yet gets its start offsets once (the first worker to look decides, ``$setOnInsert``),
 so every worker that gains one of its partitions starts it at the same place.
+
+``TopicCheckpoint`` is a worker's one owner of its offsets, in a fixed order: the driver
+saves a batch only once its writes are acknowledged -> the offsets go to MongoDB (never
+backwards) -> the reader commits them to Kafka at its next poll (Kafka's offsets are for
+lag and tooling; MongoDB's are where each index resumes).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
-from indexer.checkpoint import Progress
+from indexer.changes import Batch, TopicPosition
+from indexer.checkpoint import Checkpoints, Progress
 from indexer.lease import marks_of
 from runtime.clients import MongoCollection
 
@@ -80,3 +87,41 @@ class TopicOffsets:
 
     def forget(self, index: str) -> None:
         self.collection.delete_one({"_id": self._id(index)})
+
+
+class TopicCheckpoint:
+    def __init__(self, offsets: TopicOffsets, checkpoints: Checkpoints,
+                 indices: Callable[[], list[str]]) -> None:
+        self.offsets = offsets
+        self.checkpoints = checkpoints  # where backfill chunks are marked written
+        self.indices = indices  # the live indices a batch of changes was written to
+        self.lock = threading.Lock()  # saves run on writer threads, commits on the reader's
+        self.high: dict[tuple[str, int], int] = {}  # (index, partition) -> saved offset
+        self.uncommitted: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
+
+    def save(self, batch: Batch) -> None:
+        """A written batch's offsets (writer thread): each index's offsets only move
+        forward, whatever order partitions were sought in; a chunk is marked written."""
+        position = batch.position
+        assert isinstance(position, TopicPosition)
+        moved = {partition: offset for (topic, partition), offset in position.offsets.items()
+                 if topic == self.offsets.topic}
+        if moved:
+            for index in self.indices():
+                ahead = {p: o for p, o in moved.items() if o > self.high.get((index, p), -1)}
+                if ahead:
+                    self.offsets.save([index], ahead, {})
+                    self.high.update({(index, p): o for p, o in ahead.items()})
+        if position.epochs:
+            self.offsets.save([], {}, position.epochs)
+        if position.chunk is not None:
+            self.checkpoints.chunk_done(*position.chunk)
+        with self.lock:
+            for tp, offset in position.offsets.items():
+                self.uncommitted[tp] = max(offset, self.uncommitted.get(tp, 0))
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """What is written and saved since the last call: for the Kafka commit."""
+        with self.lock:
+            taken, self.uncommitted = self.uncommitted, {}
+        return taken

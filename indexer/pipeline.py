@@ -92,8 +92,9 @@ class Pipeline:
         if changes:
             self.commit(self.prepare(changes))
 
-    def prepare(self, changes: list[Change]) -> Prepared:
-        """Check, embed and build the bulk actions of a batch (no write yet)."""
+    def prepare(self, changes: list[Change], targets: list[Target] | None = None) -> Prepared:
+        """Check, embed and build the bulk actions of a batch (no write yet) for
+        ``targets`` (default: the pipeline's)."""
         for op, count in Counter(change.op for change in changes).items():
             self.metrics.events.labels(op).inc(count)
         changes = [change if change.problem is not None
@@ -116,7 +117,7 @@ class Pipeline:
         actions: list[Action] = []
         indexed_at = datetime.now(UTC).isoformat()
         upserts = [p for p in projected if p not in failed]
-        for target in self.targets:
+        for target in self.targets if targets is None else targets:
             started = time.perf_counter()
             vectors = embed(target.artifact, [batch[p].document or {} for p in upserts],
                             self.related)

@@ -23,13 +23,14 @@ from indexer.id_kinds import CatalogIdKind
 from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
 from indexer.lease import Lease, lease_id
 from indexer.metrics import IndexerMetrics
-from indexer.offsets import TopicOffsets
+from indexer.offsets import TopicCheckpoint, TopicOffsets
 from indexer.pipeline import Parking, Pipeline, Target
 from indexer.quantization import SAMPLE_ITEMS, K, choose_index_options
 from indexer.relations import Related, relations_of
 from indexer.relay import Relay
 from indexer.settings import IndexerConfig
 from indexer.sink import ElasticsearchSink
+from indexer.topic_source import TopicSource, WorkerMetrics
 from indexer.worker import Worker
 from runtime.clients import MongoCollection, MongoDatabase
 from runtime.errors import Refused
@@ -181,7 +182,18 @@ class Services:
     def worker(self, targets: list[Target], follow: bool = True,
                resync: Resync | None = None) -> Worker:
         """An indexer worker (distributed mode): its share of the item-changes topic."""
-        return Worker(self, targets, self.follower() if follow else None, self.health, resync)
+        pipeline = self.pipeline(targets)
+        checkpoints = self.checkpoints
+        offsets = TopicOffsets(checkpoints.collection, self.settings.kafka.topics.item_changes)
+        checkpoint = TopicCheckpoint(offsets, checkpoints,
+                                     lambda: [target.index for target in pipeline.targets])
+        metrics = WorkerMetrics(self.metrics.registry)
+        source = TopicSource(self.settings, self.items, offsets, checkpoints, checkpoint,
+                             self.target, metrics)
+        return Worker(source, checkpoint, pipeline, checkpoints.collection,
+                      self.settings.indexer, metrics, self.stop, self.health,
+                      self.follower() if follow else None, resync,
+                      self.settings.rollout.follow_interval_s)
 
     def relay(self, holder: str) -> Relay:
         """The change-stream relay (distributed mode); ``holder`` names it in the lease."""

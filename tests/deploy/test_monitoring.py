@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from indexer.canary_store import Canary
 from indexer.metrics import IndexerMetrics
 from indexer.relay import RelayMetrics
-from indexer.worker import WorkerMetrics
+from indexer.topic_source import WorkerMetrics
 from recall.canary import CanaryCollector
 from recall.metrics import EventMetrics, RecallMetrics
 
@@ -28,7 +27,7 @@ PROMETHEUS_OWN = {"up"}  # what Prometheus adds to every target
 def _exposed() -> set[str]:
     """Every sample name the code's registries can expose."""
     indexer = IndexerMetrics()
-    WorkerMetrics(SimpleNamespace(metrics=indexer))  # type: ignore[arg-type]
+    WorkerMetrics(indexer.registry)
     recall = RecallMetrics()
     registries: list[CollectorRegistry] = [indexer.registry, RelayMetrics().registry,
                                            recall.registry, EventMetrics().registry]

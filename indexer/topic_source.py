@@ -1,0 +1,380 @@
+"""The worker's source: its share of the item-changes and item-backfill topics, as the
+batches the one driver loop (indexer/driver.py) writes.
+
+    poll: commit to Kafka what the checkpoint saved -> check the group membership ->
+          consumer.poll -> seek partitions assigned meanwhile -> a gap is a lost history
+          -> item changes (a fenced relay's dropped, big documents read by id) as one
+          batch, each backfill chunk (its documents read by id) as a batch of its own
+    position: TopicPosition, the next offset of every partition read (offsets.py saves it)
+
+Kafka's group protocol gives each worker its partitions. A partition gained is paused
+until the reader seeks it to the oldest saved offset of the live indices (the others
+drop the replay as stale, 409); chunk partitions resume where the group committed. The
+rebalance callbacks run on kafka-python's IO thread, which also sends the heartbeats:
+they only record what changed and never wait. A batch of a revoked partition that is
+still being written saves its offsets with ``$max``; the next owner replays at most the
+few batches in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import MemberState, OffsetAndMetadata
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from indexer.changes import Batch, Change, TopicPosition, id_problem
+from indexer.checkpoint import Checkpoints
+from indexer.messages import decode_change, decode_chunk
+from indexer.offsets import TopicCheckpoint, TopicOffsets
+from indexer.pipeline import Target
+from indexer.settings import IndexerConfig
+from indexer.source import HistoryLost
+from indexer.versioning import external_version
+from runtime.clients import MongoCollection, ensure_topic, kafka_options
+
+log = logging.getLogger("esrec.worker")
+LAG_EVERY_S = 5.0
+METADATA_EVERY_MS = 15_000  # partitions added to a topic reach the group within this
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry  # beside the pipeline's own metrics
+        self.partitions = Gauge("esrec_worker_partitions", "Item-changes partitions owned",
+                                registry=r)
+        self.lag = Gauge("esrec_worker_lag", "Messages behind in the owned partitions",
+                         registry=r)
+        self.fenced = Counter("esrec_worker_fenced_messages", "Changes dropped: sent by a "
+                              "relay whose lease had been taken over", registry=r)
+        self.chunks = Counter("esrec_worker_backfill_chunks", "Backfill chunks written",
+                              registry=r)
+        self.rejoins = Counter("esrec_worker_rejoins", "Group memberships started again: "
+                               "an assignment the Kafka client could not decode, or a "
+                               "membership that stopped heartbeating", registry=r)
+
+
+def membership_stalled(state: str, last_heartbeat_s: float, since_s: float,
+                       session_s: float, rebalance_s: float) -> str | None:
+    """Why a consumer's group membership is lost though its client still waits, or None.
+
+    A stable member whose heartbeats went unanswered for two session timeouts was
+    expired by the coordinator; a member rebalancing for longer than the rebalance
+    timeout will never be assigned. Either way only a fresh membership gets partitions
+    again (seen under CPU starvation: a SyncGroup that never completed)."""
+    if state == MemberState.STABLE and last_heartbeat_s > 2 * session_s:
+        return f"no heartbeat answered for {last_heartbeat_s:.0f} s"
+    if state != MemberState.STABLE and since_s > rebalance_s + session_s:
+        return f"rebalancing for {since_s:.0f} s"
+    return None
+
+
+class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, settings: IndexerConfig, items: MongoCollection,
+                 offsets: TopicOffsets, checkpoints: Checkpoints,
+                 checkpoint: TopicCheckpoint, chunk_target: Callable[[str, str], Target],
+                 metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.items = items
+        self.offsets = offsets
+        self.checkpoints = checkpoints  # a new index's stream position: where it starts
+        self.checkpoint = checkpoint
+        self.chunk_target = chunk_target  # (model ref, index) -> the chunk's one target
+        self.metrics = metrics
+        topics = settings.kafka.topics
+        self.changes_topic, self.backfill_topic = topics.item_changes, topics.item_backfill
+        self.indices: list[str] = []  # the live indices: set by the worker (reposition)
+        self.consumer: KafkaConsumer | None = None
+        self.lock = threading.Lock()  # the callbacks' state, shared with the IO thread
+        self.unpositioned: set[TopicPartition] = set()  # assigned, not yet sought
+        self.expected: dict[TopicPartition, int] = {}  # the next offset each must have
+        self.epochs: dict[int, int] = {}  # partition -> highest relay epoch seen
+        self.ready: deque[Batch] = deque()  # read in one poll, handed out one by one
+        self.targets: dict[str, Target] = {}  # chunk index -> its target
+        self.changed_at = time.monotonic()  # the membership's last sign of life
+        self.next_lag = 0.0
+
+    # -- the membership ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Join the group (raises KafkaError while Kafka is not there yet)."""
+        indexer = self.settings.indexer
+        topics = [self.changes_topic, self.backfill_topic]
+        for topic in topics:  # subscribed: they must exist
+            ensure_topic(self.settings.kafka, topic, indexer.partitions)
+        consumer = KafkaConsumer(**kafka_options(self.settings.kafka),
+                                 metadata_max_age_ms=METADATA_EVERY_MS,
+                                 group_id=indexer.worker_group, enable_auto_commit=False,
+                                 # only before the reader seeks a new partition (it is
+                                 # paused until then); a reset past a gap is caught by _gap
+                                 auto_offset_reset="earliest",
+                                 session_timeout_ms=indexer.worker_session_timeout_ms,
+                                 heartbeat_interval_ms=indexer.worker_session_timeout_ms // 4,
+                                 max_poll_interval_ms=indexer.worker_rebalance_timeout_ms,
+                                 fetch_max_bytes=64 * 1024 * 1024,
+                                 max_partition_fetch_bytes=indexer.max_message_bytes * 2)
+        for topic in topics:
+            # the group leader assigns only topics its metadata knows: a topic created a
+            # moment ago may be missing from it, and its partitions would go to no one
+            if not consumer.partitions_for_topic(topic):
+                consumer.close()
+                raise KafkaError(f"no partitions of {topic} in the metadata yet")
+        consumer.subscribe(topics, listener=self)
+        self.consumer = consumer
+        self.changed_at = time.monotonic()
+
+    def close(self) -> None:
+        """Commit what is saved and leave the group (the driver drained the writers)."""
+        if self.consumer is None:
+            return
+        try:
+            self._commit()
+        finally:
+            self.consumer.close()
+            self.consumer = None
+            self.metrics.partitions.set(0)
+
+    def _rejoin(self, why: str) -> None:
+        log.warning("group membership lost; joining again", extra={"error": why})
+        self.metrics.rejoins.inc()
+        self.close()
+        with self.lock:
+            self.unpositioned.clear()
+            self.expected.clear()
+        self.ready.clear()
+        self.open()
+
+    def _check_membership(self) -> None:
+        assert self.consumer is not None
+        coordinator = self.consumer._coordinator  # kafka-python exposes no public state
+        now = time.monotonic()
+        indexer = self.settings.indexer
+        stalled = membership_stalled(
+            coordinator.state, now - max(coordinator.heartbeat.last_receive, self.changed_at),
+            now - self.changed_at, indexer.worker_session_timeout_ms / 1000,
+            indexer.worker_rebalance_timeout_ms / 1000)
+        if coordinator.state == MemberState.STABLE and coordinator.heartbeat.last_receive > \
+                self.changed_at:
+            self.changed_at = coordinator.heartbeat.last_receive
+        if stalled is not None:
+            self._rejoin(stalled)
+
+    # kafka-python runs these on its IO thread: record, never wait (heartbeats wait too)
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        with self.lock:
+            self.unpositioned -= revoked
+            for tp in revoked:
+                self.expected.pop(tp, None)
+        self.changed_at = time.monotonic()
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        assert self.consumer is not None
+        self.consumer.pause(*assigned)
+        with self.lock:
+            self.unpositioned |= assigned
+        self.changed_at = time.monotonic()
+        self.metrics.partitions.set(len(self.owned()))  # local state: no broker call
+        log.info("partitions assigned", extra={"partitions": ",".join(
+            f"{tp.topic}:{tp.partition}" for tp in sorted(assigned))})
+
+    def owned(self) -> list[TopicPartition]:
+        """The item-changes partitions this worker holds now."""
+        if self.consumer is None:
+            return []
+        return [tp for tp in self.consumer.assignment() if tp.topic == self.changes_topic]
+
+    # -- positions -----------------------------------------------------------------------
+
+    def reposition(self, indices: list[str]) -> None:
+        """The live indices changed (the writers are drained): read every owned partition
+        again from the oldest saved offset of the new set."""
+        self.indices = indices
+        self.ready = deque(batch for batch in self.ready if batch.targets is not None)
+        self._seek(self.owned())
+
+    def _position(self) -> set[TopicPartition]:
+        """Seek newly assigned partitions, then let them be fetched; returns them. One
+        assigned while this runs waits for the next poll."""
+        assert self.consumer is not None
+        owned: set[TopicPartition] = self.consumer.assignment()
+        with self.lock:
+            pending = self.unpositioned & owned
+            self.unpositioned -= pending
+        if not pending:
+            return pending
+        self._seek([tp for tp in pending if tp.topic == self.changes_topic])
+        for tp in pending:  # chunks: where the group left off, or every chunk there is
+            if tp.topic == self.backfill_topic and self.consumer.committed(tp) is None:
+                self.consumer.seek_to_beginning(tp)
+        self.consumer.resume(*pending)
+        return pending
+
+    def _seek(self, partitions: list[TopicPartition]) -> None:
+        """Each partition from the oldest saved offset of the live indices."""
+        assert self.consumer is not None
+        for tp in partitions:
+            starts = [self.offsets.start(index, tp.partition, self._initial_offsets)
+                      for index in self.indices]
+            if starts:
+                self.consumer.seek(tp, min(starts))
+                self.expected[tp] = min(starts)
+            else:  # no version to write yet: a new one starts at its own offsets
+                self.consumer.seek_to_end(tp)
+                self.expected.pop(tp, None)
+            self.epochs[tp.partition] = self.offsets.epoch(tp.partition)
+
+    def _initial_offsets(self, index: str) -> dict[int, int]:
+        """Where an index no worker wrote yet starts: the first message at or after the
+        cluster time its stream position names (its backfill's T, or where a daemon
+        left it); the whole topic if it names none."""
+        assert self.consumer is not None
+        partitions = [TopicPartition(self.changes_topic, p) for p in
+                      self.consumer.partitions_for_topic(self.changes_topic) or ()]
+        position = self.checkpoints.load(index)
+        if position is None or position.cluster_time is None:
+            starts = self.consumer.beginning_offsets(partitions)
+            return {tp.partition: int(offset) for tp, offset in starts.items()}
+        at = position.cluster_time.time * 1000
+        found = self.consumer.offsets_for_times({tp: at for tp in partitions})
+        ends = self.consumer.end_offsets(partitions)
+        return {tp.partition: int(found[tp].offset if found.get(tp) else ends[tp])
+                for tp in partitions}
+
+    def _gap(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Records of a partition must follow on from where the reader sought or left
+        off: a jump forward means the offsets in between are gone (the topic is never
+        compacted), which Kafka's reset to the earliest offset would otherwise hide."""
+        for tp, records in polled.items():
+            if tp.topic != self.changes_topic:
+                continue
+            expected = self.expected.get(tp)
+            if expected is not None and records[0].offset > expected:
+                raise HistoryLost(
+                    f"an offset of {self.changes_topic} is no longer on the topic "
+                    f"(partition {tp.partition} resumed at offset {records[0].offset}, "
+                    f"{records[0].offset - expected} after the {expected} it needed): "
+                    "changes were missed (topic retention shorter than the outage)",
+                    "rebuild with `esrec indexer worker --on-history-lost=resync`")
+            self.expected[tp] = records[-1].offset + 1
+
+    # -- batches -------------------------------------------------------------------------
+
+    def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch:
+        """The next batch: changes, or one backfill chunk; no position when nothing came.
+        Kafka bounds a poll by records, not bytes: messages are bounded instead."""
+        if self.ready:
+            return self.ready.popleft()
+        assert self.consumer is not None
+        self._commit()
+        self._check_membership()
+        self._measure_lag()
+        try:
+            polled = self.consumer.poll(timeout_ms=max(1, int(max_wait_s * 1000)),
+                                        max_records=max_docs)
+        except struct.error as error:
+            # kafka-python cannot decode an empty SyncGroup assignment, which a
+            # coordinator may send mid-rebalance; the next poll joins again
+            log.warning("undecodable group assignment; rejoining",
+                        extra={"error": repr(error)})
+            self.metrics.rejoins.inc()
+            return Batch()
+        positioned = self._position()  # fetched before the seek: read again
+        polled = {tp: records for tp, records in polled.items() if tp not in positioned}
+        self._gap(polled)
+        changes = [tp for tp in polled if tp.topic == self.changes_topic]
+        if changes:
+            self.ready.append(self._changes({tp: polled[tp] for tp in changes}))
+        for tp, records in polled.items():
+            if tp.topic == self.backfill_topic:
+                self.ready.extend(self._chunk(record, tp) for record in records)
+        return self.ready.popleft() if self.ready else Batch()
+
+    def _changes(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> Batch:
+        batch = Batch(position=TopicPosition())
+        position = batch.position
+        assert isinstance(position, TopicPosition)
+        fetch: list[int] = []  # positions in changes whose document is read by id
+        for tp, records in polled.items():
+            for record in records:
+                published = decode_change(record.value)
+                if published.epoch < self.epochs.get(tp.partition, 0):
+                    self.metrics.fenced.inc()
+                    continue
+                self.epochs[tp.partition] = position.epochs[tp.partition] = published.epoch
+                if published.fetch:
+                    fetch.append(len(batch.changes))
+                batch.changes.append(published.change)
+            position.offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        if fetch:
+            batch.changes = self._fetched(batch.changes, fetch)
+        return batch
+
+    def _fetched(self, changes: list[Change], positions: list[int]) -> list[Change]:
+        """Changes whose document was too big for a message, with the document read by id
+        (gone since: skipped, the delete that removed it follows)."""
+        ids = [changes[n].doc_id for n in positions]
+        found = {repr(d["_id"]): d for d in self.items.find({"_id": {"$in": ids}})}
+        kept = []
+        for n, change in enumerate(changes):
+            if n in positions:
+                document = found.get(repr(change.doc_id))
+                if document is None:
+                    continue
+                change = Change("upsert", change.doc_id, change.version, change.cluster_time,
+                                document, change.problem)
+            kept.append(change)
+        return kept
+
+    def _chunk(self, record: ConsumerRecord, tp: TopicPartition) -> Batch:
+        """A backfill share: its documents at version (T, 0), for its one index."""
+        chunk = decode_chunk(record.value)
+        target = self.targets.get(chunk.index)
+        if target is None:
+            target = self.targets[chunk.index] = self.chunk_target(chunk.ref, chunk.index)
+        version = external_version(chunk.operation_time, 0)
+        documents = self.items.find({"_id": {"$in": chunk.ids}})
+        changes = [Change("upsert", d["_id"], version, chunk.operation_time, d,
+                          id_problem(d["_id"])) for d in documents]
+        return Batch(changes, TopicPosition({(tp.topic, tp.partition): record.offset + 1},
+                                            chunk=(chunk.index, chunk.number)),
+                     targets=[target])
+
+    # -- Kafka's view ----------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        """Commit to Kafka what is written and saved, for the partitions still owned."""
+        assert self.consumer is not None
+        saved = self.checkpoint.committable()
+        if not saved:
+            return
+        owned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for (topic, partition), offset in
+                   saved.items() if (tp := TopicPartition(topic, partition)) in owned}
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except KafkaError as error:  # MongoDB holds the positions; Kafka's are for lag
+                log.warning("offsets not committed to Kafka", extra={"error": repr(error)})
+
+    def _measure_lag(self) -> None:
+        if time.monotonic() < self.next_lag or self.consumer is None:
+            return
+        self.next_lag = time.monotonic() + LAG_EVERY_S
+        owned = self.owned()
+        if owned:
+            try:
+                ends = self.consumer.end_offsets(owned)
+                self.metrics.lag.set(sum(max(0, ends[tp] - self.consumer.position(tp))
+                                         for tp in owned))
+            except KafkaError as error:
+                log.debug("worker lag unknown", extra={"error": repr(error)})
