@@ -2,7 +2,8 @@
 
     item-changes    key: the item's Elasticsearch id (its changes stay in order in one
                     partition); value: {op, id, v (external version), ct (cluster time),
-                    doc | fetch, problem, epoch}; timestamp: the change's cluster time
+                    doc + size (its BSON bytes) | fetch, problem, epoch}; timestamp:
+                    the change's cluster time
     item-backfill   key: the chunk number; value: {index, ref, t (operation time T),
                     n (chunk number), ids}: the documents a worker reads and writes with
                     version (T, 0) into that one index
@@ -50,7 +51,7 @@ def encode_change(change: Change, epoch: int, max_bytes: int) -> bytes:
                                "epoch": epoch}
     if change.document is not None:
         if change.size_bytes + ENVELOPE_BYTES <= max_bytes:
-            message["doc"] = change.document
+            message["doc"], message["size"] = change.document, change.size_bytes
         else:
             message["fetch"] = True
     return bson.encode(message)
@@ -59,7 +60,8 @@ def encode_change(change: Change, epoch: int, max_bytes: int) -> bytes:
 def decode_change(value: bytes) -> Published:
     message = bson.decode(value, codec_options=_CODEC)
     change = Change(message["op"], message["id"], message["v"], message["ct"],
-                    message.get("doc"), message.get("problem"))
+                    message.get("doc"), message.get("problem"),
+                    message.get("size", -1))  # not measured again by encoding the document
     return Published(change, int(message["epoch"]), bool(message.get("fetch")))
 
 

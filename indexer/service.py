@@ -188,8 +188,13 @@ class Services:
         checkpoint = TopicCheckpoint(offsets, checkpoints,
                                      lambda: [target.index for target in pipeline.targets])
         metrics = WorkerMetrics(self.metrics.registry)
+
+        def chunk_target(ref: str, index: str) -> Target:  # a live one: no second load
+            live = [target for target in pipeline.targets if target.index == index]
+            return live[0] if live else self.target(ref, index)
+
         source = TopicSource(self.settings, self.items, offsets, checkpoints, checkpoint,
-                             self.target, metrics)
+                             chunk_target, metrics)
         return Worker(source, checkpoint, pipeline, checkpoints.collection,
                       self.settings.indexer, metrics, self.stop, self.health,
                       self.follower() if follow else None, resync,

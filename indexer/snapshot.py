@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import bson
+from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
+from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
@@ -55,12 +57,32 @@ def types_after(value: Any) -> list[str]:
     return [alias for _, aliases in _TYPE_ORDER[position + 1:] for alias in aliases]
 
 
+class RawDocuments:
+    """Catalog documents read as raw BSON: a change's size is its bytes' length, so no
+    document is encoded again to measure it (the snapshot and the workers' chunks)."""
+
+    def __init__(self, collection: MongoCollection) -> None:
+        options = collection.codec_options
+        self.collection = collection.with_options(codec_options=CodecOptions(
+            document_class=RawBSONDocument, tz_aware=options.tz_aware, tzinfo=options.tzinfo))
+        self.decode = options.with_options(document_class=dict)
+
+    def upserts(self, found: Iterable[RawBSONDocument], version: int,
+                cluster_time: Timestamp) -> list[Change]:
+        changes = []
+        for raw in found:
+            document = bson.decode(raw.raw, self.decode)
+            changes.append(Change("upsert", document["_id"], version, cluster_time, document,
+                                  id_problem(document["_id"]), len(raw.raw)))
+        return changes
+
+
 class SnapshotSource:
     """Pages of the collection in ``_id`` order, resuming after ``position.last_id``."""
 
     def __init__(self, collection: MongoCollection, position: SnapshotPosition,
                  fields: Mapping[str, Any] | None = None) -> None:
-        self.collection = collection
+        self.documents = RawDocuments(collection)
         self.position = position
         self.fields = fields  # a projection: a distributed build needs only the ids
         self.version = external_version(position.operation_time, 0)
@@ -71,15 +93,14 @@ class SnapshotSource:
         if not page:
             return Batch(position=self.position, last=True)
         time_t = self.position.operation_time
-        changes = [Change("upsert", d["_id"], self.version, time_t, d, id_problem(d["_id"]))
-                   for d in page]
-        self.position = SnapshotPosition(time_t, page[-1]["_id"],
+        changes = self.documents.upserts(page, self.version, time_t)
+        self.position = SnapshotPosition(time_t, changes[-1].doc_id,
                                          self.position.documents + len(page))
         return Batch(changes, self.position, watermark=None,
                      size_bytes=sum(change.size_bytes for change in changes))
 
-    def _page(self, limit: int) -> list[dict[str, Any]]:
-        last, find = self.position.last_id, self.collection.find
+    def _page(self, limit: int) -> list[RawBSONDocument]:
+        last, find = self.position.last_id, self.documents.collection.find
         if last is None and self.position.documents == 0:
             return list(find({}, self.fields).sort("_id", 1).limit(limit))
         page = list(find({"_id": {"$gt": last}}, self.fields).sort("_id", 1).limit(limit))

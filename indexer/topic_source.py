@@ -32,12 +32,13 @@ from kafka.errors import KafkaError
 from kafka.structs import MemberState, OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from indexer.changes import Batch, Change, TopicPosition, id_problem
+from indexer.changes import Batch, Change, TopicPosition
 from indexer.checkpoint import Checkpoints
 from indexer.messages import decode_change, decode_chunk
 from indexer.offsets import TopicCheckpoint, TopicOffsets
 from indexer.pipeline import Target
 from indexer.settings import IndexerConfig
+from indexer.snapshot import RawDocuments
 from indexer.source import HistoryLost
 from indexer.versioning import external_version
 from runtime.clients import MongoCollection, ensure_topic, kafka_options
@@ -85,6 +86,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
                  metrics: WorkerMetrics) -> None:
         self.settings = settings
         self.items = items
+        self.documents = RawDocuments(items)
         self.offsets = offsets
         self.checkpoints = checkpoints  # a new index's stream position: where it starts
         self.checkpoint = checkpoint
@@ -342,9 +344,8 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if target is None:
             target = self.targets[chunk.index] = self.chunk_target(chunk.ref, chunk.index)
         version = external_version(chunk.operation_time, 0)
-        documents = self.items.find({"_id": {"$in": chunk.ids}})
-        changes = [Change("upsert", d["_id"], version, chunk.operation_time, d,
-                          id_problem(d["_id"])) for d in documents]
+        found = self.documents.collection.find({"_id": {"$in": chunk.ids}})
+        changes = self.documents.upserts(found, version, chunk.operation_time)
         return Batch(changes, TopicPosition({(tp.topic, tp.partition): record.offset + 1},
                                             chunk=(chunk.index, chunk.number)),
                      targets=[target])
