@@ -1,19 +1,24 @@
 """The distributed mode against the embedded daemon, measured side by side in one run.
 
-    python -m bench.scaleout [--docs 20000] [--workers 3] [--configured]
+    python -m bench.scaleout [--docs 10000] [--workers 3] [--deadline-s 600] [--no-pin]
+                             [--configured]
 
-Every indexer runs as a real `esrec` process, as in production, on a backlog of ``docs``
-new catalog documents:
+Every indexer runs as a real `esrec` process, as in production:
 
-    daemon      `esrec indexer run`                          changes/s, CPU per change
-    relay + k   `esrec indexer relay` + k `esrec indexer worker`s, k = 1..workers:
-                changes/s, CPU per change of every process, each worker's share
+    daemon      `esrec indexer run` on a backlog of ``docs`` new catalog documents
+    relay + k   `esrec indexer relay` + k `esrec indexer worker`s, k = 1..workers: the
+                group formed first (every worker owns partitions), then the backlog
     backfill    `esrec models build` of a new version in the distributed mode, shared by
-                k workers: documents/s
+                k workers (the group formed first) over the whole catalog
 
-Rates are taken between the first and the last change a phase indexes (start-up is not
-throughput), from the processes' own /metrics. With a private stack every server shares
-this machine's cores: the CPU figures per change are what travels to other machines.
+Rates and CPU are taken between the first and the last change (or chunk) a phase
+indexes, from the processes' own /metrics and /proc: start-up and model loading are not
+throughput. With ``--pin`` (the default on 2+ cores) the servers run on core 0 and every
+esrec process on the others, so the workers' CPU is theirs alone. What travels to other
+machines are the same-run ratios: the distributed tax (relay + workers CPU per change
+over the daemon's), a chunk's cost per document over a live change's, and each worker's
+documents per CPU-second from 1 to k workers (constant: the workers scale with cores).
+Progress goes to stderr every 10 s; the whole run stops at ``--deadline-s``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +48,12 @@ from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
 NAME = "bench"
+PROGRESS_EVERY_S = 10.0
+EVENTS = "esrec_indexer_events_total"
+CHUNKS = "esrec_worker_backfill_chunks_total"
 
 
-def _counter(port: int, name: str) -> float:
+def _metric(port: int, name: str) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             text = reply.read().decode()
@@ -53,59 +63,111 @@ def _counter(port: int, name: str) -> float:
     return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
 
 
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process onto ``cpus`` (threads it starts inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except OSError:  # a thread that ended meanwhile
+            continue
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("bench.scaleout ran past its --deadline-s")
+        return left
+
+
 class Proc:
     """One `esrec` command with a metrics port; CPU read from /proc."""
 
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, args: list[str],
+                 cpus: set[int] | None) -> None:
         self.port = free_port()
         env = {**env, "ESREC_INDEXER__METRICS_PORT": str(self.port)}
+
+        def start() -> None:
+            die_with_parent()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
         self.process = subprocess.Popen([sys.executable, "-m", "esrec", *args], env=env,
                                         stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                        preexec_fn=die_with_parent)
+                                        preexec_fn=start)
 
     def cpu(self) -> float:
         return _cpu_seconds(self.process.pid)
+
+    def metric(self, name: str) -> float:
+        return _metric(self.port, name)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(120)
 
 
-def _phase(procs: dict[str, Proc], servers: dict[str, int], docs: int, counted: list[str],
-           timeout_s: float = 900) -> dict[str, Any]:
-    """Wait until the ``counted`` processes indexed ``docs`` changes; rates between the
-    first and the last, CPU per change of every process over the same span."""
+def _progress(what: str, done: float, total: float, since: float) -> None:
+    print(f"bench.scaleout: {what}: {int(done)}/{int(total)} "
+          f"({time.monotonic() - since:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _group_formed(workers: dict[str, Proc], partitions: int, deadline: Deadline) -> None:
+    """Until every worker owns item-changes partitions and they add up to the topic's."""
+    since, steady = time.monotonic(), 0
+    while steady < 3:  # three reads in a row: no rebalance in flight
+        owned = [proc.metric("esrec_worker_partitions") for proc in workers.values()]
+        steady = steady + 1 if all(owned) and sum(owned) == partitions else 0
+        if time.monotonic() - since > PROGRESS_EVERY_S:
+            _progress("group forming, partitions owned", sum(owned), partitions, since)
+            since = time.monotonic()
+        time.sleep(min(0.5, deadline.left()))
+
+
+def _window(procs: dict[str, Proc], servers: dict[str, int], counted: dict[str, str],
+            total: float, what: str, deadline: Deadline,
+            done: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """From the first to the last of ``total`` units the ``counted`` processes report
+    (name -> metric), or until ``done()``: the span, the units each counted, and every
+    process's CPU seconds (a child that ended is read before it is reaped)."""
     started: float | None = None
     cpu0: dict[str, float] = {}
+    units0: dict[str, float] = {}
     first = 0.0
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done = sum(_counter(procs[name].port, "esrec_indexer_events_total") for name in counted)
-        if started is None and done > 0:
+    shown = time.monotonic()
+    while True:
+        units = {name: procs[name].metric(metric) for name, metric in counted.items()}
+        reached = sum(units.values())
+        if started is None and reached > 0:
             started = time.monotonic()
             cpu0 = {**{n: p.cpu() for n, p in procs.items()},
                     **{n: _cpu_seconds(pid) for n, pid in servers.items()}}
-            first = done
-        if done >= docs:
+            first, units0 = reached, units
+        if reached >= total or done():  # done: read before it is reaped
             break
-        time.sleep(0.2)
-    else:
-        raise TimeoutError(f"{docs} changes not indexed within {timeout_s}s")
+        if time.monotonic() - shown > PROGRESS_EVERY_S:
+            _progress(what, reached, total, shown - PROGRESS_EVERY_S)
+            shown = time.monotonic()
+        time.sleep(min(0.2, deadline.left()))
     assert started is not None
-    elapsed = time.monotonic() - started
     cpu1 = {**{n: p.cpu() for n, p in procs.items()},
             **{n: _cpu_seconds(pid) for n, pid in servers.items()}}
-    measured = docs - first
-    shares = {name: _counter(procs[name].port, "esrec_indexer_events_total") / docs
-              for name in counted}
-    per_change = {name: round((cpu1[name] - cpu0[name]) * 1e6 / measured, 1) for name in cpu1}
-    return {"changes_per_s": round(measured / elapsed),
-            "cpu_us_per_change": per_change, "share": {k: round(v, 3) for k, v in
-                                                        shares.items()}}
+    return {"elapsed_s": time.monotonic() - started, "measured": reached - first,
+            "units": {n: units[n] - units0.get(n, 0.0) for n in units},
+            "cpu_s": {n: cpu1[n] - cpu0[n] for n in cpu1}}
+
+
+def _per_unit_us(window: dict[str, Any]) -> dict[str, float]:
+    return {n: round(cpu * 1e6 / window["measured"], 1) for n, cpu in window["cpu_s"].items()}
 
 
 def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
-            servers: dict[str, int], logs: Path) -> dict[str, Any]:
+            servers: dict[str, int], logs: Path, pin: bool,
+            deadline: Deadline) -> dict[str, Any]:
     es = elasticsearch_client(settings.es)
     db = mongo_client(settings.mongo)[settings.mongo.database]
     for name in db.list_collection_names():
@@ -113,11 +175,16 @@ def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
     svc = Services.create(settings, es, db)
     for directory in model_dirs:
         svc.registry.publish(directory)
+    partitions = max(6, 2 * workers)
+    esrec_cpus = set(range(1, os.cpu_count() or 1)) if pin else None
+    if pin and esrec_cpus:
+        for pid in [*servers.values(), os.getpid()]:  # this process polls: beside them
+            _pin(pid, {0})
     env = {**os.environ, **server_environment(settings),
-           "ESREC_INDEXER__PARTITIONS": str(max(6, 2 * workers)),
+           "ESREC_INDEXER__PARTITIONS": str(partitions),
            "ESREC_INDEXER__LEASE_TTL_S": "4", "ESREC_ROLLOUT__FOLLOW_INTERVAL_S": "1"}
     built = subprocess.run([sys.executable, "-m", "esrec", "models", "build", f"{NAME}@1"],
-                           env=env, capture_output=True, text=True, timeout=600)
+                           env=env, capture_output=True, text=True, timeout=deadline.left())
     assert built.returncode == 0, built.stderr[-2000:]
     offset = 0
 
@@ -127,61 +194,101 @@ def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
             db.items.insert_many(_catalog(min(5000, docs - start), offset + start))
         offset += docs
 
-    result: dict[str, Any] = {"benchmark": "scaleout", "docs": docs, "cpus": os.cpu_count()}
+    def proc(env: dict[str, str], log: str, *args: str) -> Proc:
+        return Proc(env, logs / log, list(args), esrec_cpus)
+
+    result: dict[str, Any] = {"benchmark": "scaleout", "docs": docs, "cpus": os.cpu_count(),
+                              "pinned": "servers on core 0, esrec on the others"
+                              if esrec_cpus else "no"}
     backlog()
-    daemon = {"daemon": Proc(env, logs / "daemon.log", "indexer", "run")}
-    result["daemon"] = _phase(daemon, servers, docs, ["daemon"])
+    daemon = {"daemon": proc(env, "daemon.log", "indexer", "run")}
+    window = _window(daemon, servers, {"daemon": EVENTS}, docs, "daemon, changes", deadline)
     daemon["daemon"].stop()
+    result["daemon"] = {"changes_per_s": round(window["measured"] / window["elapsed_s"]),
+                        "cpu_us_per_change": _per_unit_us(window)}
     daemon_cpu = result["daemon"]["cpu_us_per_change"]["daemon"]
 
     distributed = {**env, "ESREC_INDEXER__MODE": "distributed"}
     result["distributed"] = {}
     for count in range(1, workers + 1):
+        procs = {"relay": proc(distributed, f"relay-{count}.log", "indexer", "relay")}
+        group = {f"worker-{n + 1}": proc(distributed, f"worker-{count}-{n}.log", "indexer",
+                                         "worker") for n in range(count)}
+        procs.update(group)
+        _group_formed(group, partitions, deadline)
         backlog()
-        procs = {"relay": Proc(distributed, logs / f"relay-{count}.log", "indexer", "relay")}
-        for n in range(count):
-            procs[f"worker-{n + 1}"] = Proc(distributed, logs / f"worker-{count}-{n}.log",
-                                            "indexer", "worker")
-        phase = _phase(procs, servers, docs, [f"worker-{n + 1}" for n in range(count)])
-        for proc in procs.values():
-            proc.stop()
-        esrec_cpu = sum(v for k, v in phase["cpu_us_per_change"].items()
-                        if k == "relay" or k.startswith("worker"))
-        phase["distributed_tax"] = round(esrec_cpu / daemon_cpu, 3)
-        shares = list(phase["share"].values())
-        phase["share_spread"] = round((max(shares) - min(shares)) / (sum(shares) / len(shares)),
-                                      3)
-        result["distributed"][f"relay+{count}"] = phase
+        window = _window(procs, servers, {name: EVENTS for name in group}, docs,
+                         f"relay+{count}, changes", deadline)
+        for each in procs.values():
+            each.stop()
+        per_change = _per_unit_us(window)
+        esrec_cpu = sum(v for k, v in per_change.items() if k in procs)
+        shares = [units / window["measured"] for units in window["units"].values()]
+        result["distributed"][f"relay+{count}"] = {
+            "changes_per_s": round(window["measured"] / window["elapsed_s"]),
+            "cpu_us_per_change": per_change,
+            "distributed_tax": round(esrec_cpu / daemon_cpu, 3),
+            "share": [round(share, 3) for share in shares],
+            "share_spread": round((max(shares) - min(shares)) / (1 / count), 3)}
 
     result["backfill"] = {}
     catalog = db.items.estimated_document_count()
     for count in range(1, workers + 1):
-        procs = {f"worker-{n + 1}": Proc(distributed, logs / f"bf-worker-{count}-{n}.log",
-                                         "indexer", "worker") for n in range(count)}
-        time.sleep(5)  # the group formed: every worker has its partitions
-        started = time.monotonic()
-        cpu0 = {n: p.cpu() for n, p in procs.items()}
-        build = subprocess.run([sys.executable, "-m", "esrec", "models", "build",
-                                f"{NAME}@{count + 1}"], env=distributed,
-                               capture_output=True, text=True, timeout=900)
-        elapsed = time.monotonic() - started
-        assert build.returncode == 0, build.stderr[-2000:]
+        group = {f"worker-{n + 1}": proc(distributed, f"bf-worker-{count}-{n}.log", "indexer",
+                                         "worker") for n in range(count)}
+        _group_formed(group, partitions, deadline)
+        build = proc(distributed, f"build-{count}.log", "models", "build", f"{NAME}@{count + 1}")
+        window = _window({**group, "build": build}, servers,
+                         {name: EVENTS for name in group}, catalog,
+                         f"backfill with {count} worker(s), documents", deadline,
+                         done=partial(_exited, build.process.pid))
+        assert build.process.wait(deadline.left()) == 0, f"see {logs}/build-{count}.log"
+        for each in group.values():
+            each.stop()
+        per_doc = _per_unit_us(window)
         result["backfill"][f"{count} workers"] = {
-            "documents": catalog, "docs_per_s": round(catalog / elapsed),
-            "cpu_us_per_doc": {n: round((p.cpu() - cpu0[n]) * 1e6 / catalog, 1)
-                               for n, p in procs.items()}}
-        for proc in procs.values():
-            proc.stop()
+            "documents": catalog,
+            "docs_per_s": round(window["measured"] / window["elapsed_s"]),
+            "cpu_us_per_doc": per_doc,
+            "docs_per_worker_cpu_s": {
+                name: round(window["units"][name] / window["cpu_s"][name])
+                for name in group if window["cpu_s"][name] > 0}}
+    return _ratios(result, workers)
+
+
+def _exited(pid: int) -> bool:
+    """A child that ended and is not reaped yet (a zombie): /proc still has its CPU."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _ratios(result: dict[str, Any], workers: int) -> dict[str, Any]:
+    """The same-run ratios the README's bars read."""
+    live = result["distributed"]["relay+1"]["cpu_us_per_change"]
+    live_cpu = live["relay"] + live["worker-1"]
+    one = result["backfill"]["1 workers"]["cpu_us_per_doc"]
+    rates = [rate for phase in result["backfill"].values()
+             for rate in phase["docs_per_worker_cpu_s"].values()]
+    result["ratios"] = {
+        "distributed_tax": {k: v["distributed_tax"] for k, v in
+                            result["distributed"].items()},
+        "chunk_vs_live_change": round((one["worker-1"] + one["build"]) / live_cpu, 3),
+        "worker_docs_per_cpu_s_spread": round((max(rates) - min(rates)) / min(rates), 3)}
+    result["targets"] = {"distributed_tax": "<= 1.2", "chunk_vs_live_change": "<= 1.3",
+                         "worker_docs_per_cpu_s_spread": "<= 0.15"}
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=20000)
+    parser.add_argument("--docs", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--deadline-s", type=float, default=600)
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the servers and esrec share every core")
     parser.add_argument("--configured", action="store_true",
                         help="use the servers in ESREC_* settings instead of a private stack")
     args = parser.parse_args()
+    deadline = Deadline(args.deadline_s)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = generate(SynthConfig(items=2000, users=1000))
         trained = train(dataset, TrainConfig(epochs=1))
@@ -196,8 +303,10 @@ def main() -> None:
             pids["kafka"] = kafka.pid
         logs = Path(tmp) / "logs"
         logs.mkdir()
+        pin = not args.no_pin and not args.configured and (os.cpu_count() or 1) >= 2
         try:
-            result = measure(settings, args.docs, args.workers, model_dirs, pids, logs)
+            result = measure(settings, args.docs, args.workers, model_dirs, pids, logs, pin,
+                             deadline)
             print(json.dumps({"kafka": kafka_used(settings, stack), **result}, indent=2))
         finally:
             if stack is not None:

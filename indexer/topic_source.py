@@ -178,6 +178,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp in revoked:
                 self.expected.pop(tp, None)
         self.changed_at = time.monotonic()
+        self.metrics.partitions.set(len(set(self.owned()) - revoked))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         assert self.consumer is not None
