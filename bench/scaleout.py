@@ -7,7 +7,8 @@ Every indexer runs as a real `esrec` process, as in production:
 
     daemon      `esrec indexer run` on a backlog of ``docs`` new catalog documents
     relay + k   `esrec indexer relay` + k `esrec indexer worker`s, k = 1..workers: the
-                group formed first (every worker owns partitions), then the backlog
+                group formed first (every worker owns partitions), then the backlog,
+                then the relay (it catches up on the backlog, as the daemon does)
     backfill    `esrec models build` of a new version in the distributed mode, shared by
                 k workers (the group formed first) over the whole catalog
 
@@ -17,7 +18,10 @@ throughput. With ``--pin`` (the default on 2+ cores) the servers run on core 0 a
 esrec process on the others, so the workers' CPU is theirs alone. What travels to other
 machines are the same-run ratios: the distributed tax (relay + workers CPU per change
 over the daemon's), a chunk's cost per document over a live change's, and each worker's
-documents per CPU-second from 1 to k workers (constant: the workers scale with cores).
+documents per busy CPU-second from 1 to k workers (constant: the workers scale with
+cores). Busy: net of the worker's idle CPU, measured for 5 s before each build: the
+servers, sharing one core here, set the pace, and a worker's fixed cost (~4-8 ms a
+second) spread over fewer documents each is theirs, not the worker's.
 Progress goes to stderr every 10 s; the whole run stops at ``--deadline-s``.
 """
 
@@ -49,6 +53,7 @@ from towers.train import TrainConfig, train
 
 NAME = "bench"
 PROGRESS_EVERY_S = 10.0
+IDLE_S = 5.0  # how long a formed group's idle CPU is measured before a build
 EVENTS = "esrec_indexer_events_total"
 CHUNKS = "esrec_worker_backfill_chunks_total"
 
@@ -211,12 +216,11 @@ def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
     distributed = {**env, "ESREC_INDEXER__MODE": "distributed"}
     result["distributed"] = {}
     for count in range(1, workers + 1):
-        procs = {"relay": proc(distributed, f"relay-{count}.log", "indexer", "relay")}
         group = {f"worker-{n + 1}": proc(distributed, f"worker-{count}-{n}.log", "indexer",
                                          "worker") for n in range(count)}
-        procs.update(group)
         _group_formed(group, partitions, deadline)
-        backlog()
+        backlog()  # then the relay: it catches up on a backlog, as the daemon did
+        procs = {"relay": proc(distributed, f"relay-{count}.log", "indexer", "relay"), **group}
         window = _window(procs, servers, {name: EVENTS for name in group}, docs,
                          f"relay+{count}, changes", deadline)
         for each in procs.values():
@@ -237,6 +241,7 @@ def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
         group = {f"worker-{n + 1}": proc(distributed, f"bf-worker-{count}-{n}.log", "indexer",
                                          "worker") for n in range(count)}
         _group_formed(group, partitions, deadline)
+        idle = _idle_cpu(group)
         build = proc(distributed, f"build-{count}.log", "models", "build", f"{NAME}@{count + 1}")
         window = _window({**group, "build": build}, servers,
                          {name: EVENTS for name in group}, catalog,
@@ -252,8 +257,21 @@ def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
             "cpu_us_per_doc": per_doc,
             "docs_per_worker_cpu_s": {
                 name: round(window["units"][name] / window["cpu_s"][name])
-                for name in group if window["cpu_s"][name] > 0}}
+                for name in group if window["cpu_s"][name] > 0},
+            "idle_cpu_ms_per_s": {name: round(rate * 1000, 1) for name, rate in idle.items()},
+            "docs_per_worker_busy_cpu_s": {
+                name: round(window["units"][name] / busy) for name in group
+                if (busy := window["cpu_s"][name] - idle[name] * window["elapsed_s"]) > 0}}
     return _ratios(result, workers)
+
+
+def _idle_cpu(procs: dict[str, Proc]) -> dict[str, float]:
+    """Each process's CPU seconds per second with nothing to do: a worker's fixed cost
+    (heartbeats, fetch rounds, following the registry), which the servers' pace, not
+    the worker, spreads over its documents."""
+    before = {name: proc.cpu() for name, proc in procs.items()}
+    time.sleep(IDLE_S)
+    return {name: (proc.cpu() - before[name]) / IDLE_S for name, proc in procs.items()}
 
 
 def _exited(pid: int) -> bool:
@@ -266,15 +284,19 @@ def _ratios(result: dict[str, Any], workers: int) -> dict[str, Any]:
     live = result["distributed"]["relay+1"]["cpu_us_per_change"]
     live_cpu = live["relay"] + live["worker-1"]
     one = result["backfill"]["1 workers"]["cpu_us_per_doc"]
-    rates = [rate for phase in result["backfill"].values()
-             for rate in phase["docs_per_worker_cpu_s"].values()]
+    def spread(key: str) -> float:
+        rates: list[float] = [rate for phase in result["backfill"].values()
+                              for rate in phase[key].values()]
+        return round((max(rates) - min(rates)) / min(rates), 3)
+
     result["ratios"] = {
         "distributed_tax": {k: v["distributed_tax"] for k, v in
                             result["distributed"].items()},
         "chunk_vs_live_change": round((one["worker-1"] + one["build"]) / live_cpu, 3),
-        "worker_docs_per_cpu_s_spread": round((max(rates) - min(rates)) / min(rates), 3)}
+        "worker_docs_per_busy_cpu_s_spread": spread("docs_per_worker_busy_cpu_s"),
+        "worker_docs_per_cpu_s_spread": spread("docs_per_worker_cpu_s")}
     result["targets"] = {"distributed_tax": "<= 1.2", "chunk_vs_live_change": "<= 1.3",
-                         "worker_docs_per_cpu_s_spread": "<= 0.15"}
+                         "worker_docs_per_busy_cpu_s_spread": "<= 0.15"}
     return result
 
 

@@ -9,6 +9,7 @@ saved only when every write of the batch (and of every batch before it) is ackno
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -66,7 +67,7 @@ class Change:
     doc_id: Any  # the MongoDB _id
     version: int
     cluster_time: Timestamp
-    document: dict[str, Any] | None = None
+    document: Mapping[str, Any] | None = None
     problem: str | None = None  # set by the source: this change cannot be indexed (why)
     # BSON size of the document: a source that read the raw bytes passes it, otherwise it
     # is measured here, once (it bounds the batch and is checked against

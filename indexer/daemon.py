@@ -6,8 +6,9 @@
              token, so a quiet collection never falls off the oplog, and the server's time)
     follow:  a Follower re-reads the active model versions; when they change, drain, then
              restart the stream from the oldest position of the new set
-    history: a resume point that fell off the oplog raises HistoryLost, or, with the
-             resync policy, rebuilds every target into a fresh index and goes on
+    history: a resume point that fell off the oplog, or a dropped or renamed collection
+             (StreamInvalidated), raises HistoryLost, or, with the resync policy,
+             rebuilds every target into a fresh index and goes on
     stop:    SIGTERM/SIGINT set a flag; the batch in hand finishes (or, if its writes cannot
              finish, is left for the next run to replay); a watchdog ends the process
              after shutdown_timeout_s.
@@ -108,7 +109,8 @@ class Indexer:
         return earliest(positions)
 
     def run(self) -> None:
-        """Index until ``stop`` is set. Raises HistoryLost / StreamInvalidated / budget errors."""
+        """Index until ``stop`` is set. Raises HistoryLost (StreamInvalidated too) without
+        the resync policy, and budget errors."""
         self._start()
         log.info("indexer starting", extra={"targets": ",".join(self.indices),
                                             "from": self.saved.cluster_time})
@@ -148,7 +150,8 @@ class Indexer:
         try:
             source = ChangeStreamSource(
                 self.items, self.saved, on_overflow=self.metrics.sequence_overflows.inc,
-                relations=relations_of([target.artifact for target in self.pipeline.targets]))
+                relations=relations_of([target.artifact.manifest
+                                        for target in self.pipeline.targets]))
         except ConnectionFailure as error:
             self._mongo_unavailable(error)
             return

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from runtime.clients import MongoDatabase
-from towers.artifact import ModelArtifact
+from towers.artifact import Manifest, ModelArtifact
 from towers.relations import Relation, attach
 
 
@@ -43,10 +43,10 @@ def embed(artifact: ModelArtifact, documents: Sequence[Mapping[str, Any]],
     return artifact.embed_items(documents)
 
 
-def relations_of(artifacts: Sequence[ModelArtifact]) -> list[Relation]:
+def relations_of(manifests: Sequence[Manifest]) -> list[Relation]:
     """Every relation the given versions declare (what the stream must follow)."""
-    return list({relation: None for artifact in artifacts
-                 for relation in artifact.manifest.feature_spec.relations})
+    return list({relation: None for manifest in manifests
+                 for relation in manifest.feature_spec.relations})
 
 
 def _hashable(value: Any) -> bool:

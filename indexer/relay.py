@@ -2,7 +2,7 @@
 
     standby: try the lease every ttl/3 (one relay leads; /healthz says which)
     leader:  resume at the lease's position -> poll a batch -> renew the lease (fenced)
-             -> send every change, keyed by item id, timestamped with its cluster time,
+             -> send the changes as one pack per partition (indexer/messages.py),
              acks=all -> flush -> every send acknowledged -> save the position under the
              epoch (fenced), with a mark (watermark + offsets produced) at most once a
              second: what the workers' indices' progress is read from
@@ -31,7 +31,7 @@ from indexer.changes import Batch, Change, Position
 from indexer.checkpoint import lag_seconds
 from indexer.daemon import ServerClock
 from indexer.lease import Fenced, Lease
-from indexer.messages import encode_change, key
+from indexer.messages import encode_pack, partition_of
 from indexer.settings import IndexerConfig
 from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import MongoCollection, ensure_topic, kafka_options, topic_offsets
@@ -158,7 +158,7 @@ class Relay:
         log.info("relay starting", extra={"from": position.cluster_time,
                                           "epoch": self.lease.epoch})
         relations = self.relations()
-        source = ChangeStreamSource(self.items, position, relations=relations)
+        source = self._stream(position, relations)
         indexer = self.settings.indexer
         follow_s = self.settings.rollout.follow_interval_s
         next_follow = time.monotonic() + follow_s
@@ -171,8 +171,8 @@ class Relay:
                         log.info("related collections changed; restarting the stream")
                         source.close()
                         relations = wanted
-                        source = ChangeStreamSource(self.items, self.lease.position() or
-                                                    position, relations=relations)
+                        source = self._stream(self.lease.position() or position,
+                                              relations)
                 try:
                     batch = source.poll(indexer.batch_max_docs, indexer.batch_max_bytes,
                                         indexer.batch_max_wait_ms / 1000)
@@ -181,8 +181,7 @@ class Relay:
                     self.health.retrying("mongodb", error)
                     self.stop.wait(self.backoff.delay(2))
                     source.close()
-                    source = ChangeStreamSource(self.items, self.lease.position() or position,
-                                                relations=relations)
+                    source = self._stream(self.lease.position() or position, relations)
                     continue
                 if batch.position is None:
                     continue
@@ -193,20 +192,30 @@ class Relay:
         finally:
             source.close()
 
+    def _stream(self, position: Position, relations: list[Relation]) -> ChangeStreamSource:
+        """The change stream from ``position``; documents stay raw BSON (only shipped)."""
+        return ChangeStreamSource(self.items, position, relations=relations, decode=False)
+
     def _topic_ends(self) -> dict[int, int]:
         """Where the topic ends as this relay takes the lead: what earlier leaders
         produced, so its first marks cover their changes too."""
         return topic_offsets(self.settings.kafka, self.topic)
 
     def _publish(self, producer: KafkaProducer, changes: list[Change]) -> None:
-        """Send every change and wait until each is acknowledged (acks=all)."""
+        """Send the changes as one pack per partition (or a few, each under the message
+        limit) and wait until each is acknowledged (acks=all)."""
         epoch, limit = self.lease.epoch or 0, self.settings.indexer.max_message_bytes
 
         def send_all() -> None:
-            futures = [producer.send(self.topic, key=key(change.doc_id),
-                                     value=encode_change(change, epoch, limit),
-                                     timestamp_ms=change.cluster_time.time * 1000)
-                       for change in changes]
+            partitions = sorted(producer.partitions_for(self.topic))
+            shares: dict[int, list[Change]] = {}
+            for change in changes:
+                shares.setdefault(partitions[partition_of(change.doc_id, len(partitions))],
+                                  []).append(change)
+            futures = [producer.send(self.topic, value=pack.value, partition=partition,
+                                     timestamp_ms=pack.timestamp_ms)
+                       for partition, share in shares.items()
+                       for pack in encode_pack(share, epoch, limit)]
             producer.flush(timeout=SEND_TIMEOUT_S)
             for future in futures:
                 sent = future.get(timeout=SEND_TIMEOUT_S)  # raises the send's error

@@ -36,6 +36,7 @@ from runtime.clients import MongoCollection, MongoDatabase
 from runtime.errors import Refused
 from runtime.health import Health
 from runtime.retry import Backoff
+from towers.artifact import Manifest
 from towers.registry import ModelRegistry, parse_ref
 from towers.relations import Relation
 
@@ -210,8 +211,12 @@ class Services:
                          if (p := self.checkpoints.load(index)) is not None]
             return earliest(positions) if positions else None
 
-        def relations() -> list[Relation]:  # what the active versions join items with
-            return relations_of([target.artifact for target in self.active_targets()])
+        def relations() -> list[Relation]:
+            """What the active versions join items with, from their registered manifests:
+            this runs every follow interval, and loading their towers took most of the
+            relay's CPU."""
+            return relations_of([Manifest.model_validate(self.registry.get(ref).manifest)
+                                 for ref in self.active_indices()])
 
         return Relay(self.settings, self.items, lease, first_position, self.stop, self.health,
                      relations=relations)

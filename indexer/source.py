@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import bson
@@ -52,8 +52,10 @@ class HistoryLost(DataLost):
     """The saved resume point fell off the oplog: changes were missed."""
 
 
-class StreamInvalidated(DataLost):
-    """The watched collection was dropped or renamed: the stream cannot go on."""
+class StreamInvalidated(HistoryLost):
+    """The watched collection was dropped or renamed: the stream cannot go on, and no
+    change says which documents went with it. A lost history too: the same policy
+    (stop with the fix, or resync from the collection as it is now) answers it."""
 
 
 def server_time(collection: MongoCollection) -> Timestamp:
@@ -72,8 +74,11 @@ def stream_name(collection: MongoCollection, relations: Sequence[Relation]) -> s
 class ChangeStreamSource:
     def __init__(self, collection: MongoCollection, position: Position, await_ms: int = 50,
                  on_overflow: Callable[[], None] = lambda: None,
-                 relations: Sequence[Relation] = ()) -> None:
+                 relations: Sequence[Relation] = (), decode: bool = True) -> None:
         self.collection = collection
+        # False: documents stay raw BSON (the relay only ships them: decoding and
+        # encoding them again was a third of its CPU)
+        self.decode_documents = decode
         self.relations: dict[str, list[Relation]] = {}
         for relation in relations:
             self.relations.setdefault(relation.collection, []).append(relation)
@@ -170,8 +175,9 @@ class ChangeStreamSource:
         if operation in _STOPPING:
             raise StreamInvalidated(
                 f"the {self.collection.full_name} collection saw '{operation}'; the stream "
-                "cannot continue", "rebuild the index (esrec indexer backfill) once the "
-                "collection is back")
+                "cannot continue", "rebuild with `esrec indexer run "
+                "--on-history-lost=resync` (fresh indices from the collection as it is now, "
+                "then an alias switch)")
         cluster_time = event["clusterTime"]
         problem = None
         try:
@@ -188,9 +194,13 @@ class ChangeStreamSource:
             if raw is None:
                 batch.skipped += 1
                 return
-            document = bson.decode(raw.raw, self.decode)  # its _id is the event's key
-            change = Change("upsert", document["_id"], version, cluster_time, document,
-                            problem or id_problem(document["_id"]), len(raw.raw))
+            if self.decode_documents:
+                document: Mapping[str, Any] = bson.decode(raw.raw, self.decode)
+                doc_id = document["_id"]  # the event's key
+            else:
+                document, doc_id = raw, self._key(event)
+            change = Change("upsert", doc_id, version, cluster_time, document,
+                            problem or id_problem(doc_id), len(raw.raw))
             batch.changes.append(change)
             batch.size_bytes += change.size_bytes
 

@@ -3,8 +3,9 @@ batches the one driver loop (indexer/driver.py) writes.
 
     poll: commit to Kafka what the checkpoint saved -> check the group membership ->
           consumer.poll -> seek partitions assigned meanwhile -> a gap is a lost history
-          -> item changes (a fenced relay's dropped, big documents read by id) as one
-          batch, each backfill chunk (its documents read by id) as a batch of its own
+          -> the packs of item changes (indexer/messages.py) as batches of up to
+          max_docs changes (a fenced relay's dropped, big documents read by id), each
+          backfill chunk (its documents read by id) as a batch of its own
     position: TopicPosition, the next offset of every partition read (offsets.py saves it)
 
 Kafka's group protocol gives each worker its partitions. A partition gained is paused
@@ -34,8 +35,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from indexer.changes import Batch, Change, TopicPosition
 from indexer.checkpoint import Checkpoints
-from indexer.messages import decode_change, decode_chunk
+from indexer.messages import decode_chunk
 from indexer.offsets import TopicCheckpoint, TopicOffsets
+from indexer.packs import FetchedPacks
 from indexer.pipeline import Target
 from indexer.settings import IndexerConfig
 from indexer.snapshot import RawDocuments
@@ -45,7 +47,14 @@ from runtime.clients import MongoCollection, ensure_topic, kafka_options
 
 log = logging.getLogger("esrec.worker")
 LAG_EVERY_S = 5.0
+# Kafka's committed offsets are for lag tools (MongoDB holds the change positions) and
+# where chunk partitions resume (a chunk written twice is harmless): committing every
+# batch made each small batch a write to __consumer_offsets
+COMMIT_EVERY_S = 1.0
 METADATA_EVERY_MS = 15_000  # partitions added to a topic reach the group within this
+# an idle poll's wait: Kafka answers as soon as a message arrives, so waiting longer only
+# saves the idle loop's CPU (and delays a stop by this much at most)
+IDLE_WAIT_S = 0.5
 
 
 class WorkerMetrics:
@@ -99,11 +108,13 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.lock = threading.Lock()  # the callbacks' state, shared with the IO thread
         self.unpositioned: set[TopicPartition] = set()  # assigned, not yet sought
         self.expected: dict[TopicPartition, int] = {}  # the next offset each must have
-        self.epochs: dict[int, int] = {}  # partition -> highest relay epoch seen
-        self.ready: deque[Batch] = deque()  # read in one poll, handed out one by one
+        self.packs = FetchedPacks(metrics.fenced.inc)  # change packs read, not yet batched
+        # chunk records read, handed out one by one (their documents read then)
+        self.ready: deque[tuple[ConsumerRecord, TopicPartition]] = deque()
         self.targets: dict[str, Target] = {}  # chunk index -> its target
         self.changed_at = time.monotonic()  # the membership's last sign of life
         self.next_lag = 0.0
+        self.next_commit = 0.0
 
     # -- the membership ------------------------------------------------------------------
 
@@ -122,7 +133,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
                                  session_timeout_ms=indexer.worker_session_timeout_ms,
                                  heartbeat_interval_ms=indexer.worker_session_timeout_ms // 4,
                                  max_poll_interval_ms=indexer.worker_rebalance_timeout_ms,
-                                 fetch_max_bytes=64 * 1024 * 1024,
+                                 fetch_max_bytes=64 * 1024 * 1024, fetch_max_wait_ms=2000,
                                  max_partition_fetch_bytes=indexer.max_message_bytes * 2)
         for topic in topics:
             # the group leader assigns only topics its metadata knows: a topic created a
@@ -139,7 +150,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.consumer is None:
             return
         try:
-            self._commit()
+            self._commit(force=True)
         finally:
             self.consumer.close()
             self.consumer = None
@@ -153,6 +164,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
             self.unpositioned.clear()
             self.expected.clear()
         self.ready.clear()
+        self.packs.forget()
         self.open()
 
     def _check_membership(self) -> None:
@@ -202,7 +214,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
         """The live indices changed (the writers are drained): read every owned partition
         again from the oldest saved offset of the new set."""
         self.indices = indices
-        self.ready = deque(batch for batch in self.ready if batch.targets is not None)
+        self.packs.forget()
         self._seek(self.owned())
 
     def _position(self) -> set[TopicPartition]:
@@ -234,7 +246,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
             else:  # no version to write yet: a new one starts at its own offsets
                 self.consumer.seek_to_end(tp)
                 self.expected.pop(tp, None)
-            self.epochs[tp.partition] = self.offsets.epoch(tp.partition)
+            self.packs.epochs[tp.partition] = self.offsets.epoch(tp.partition)
 
     def _initial_offsets(self, index: str) -> dict[int, int]:
         """Where an index no worker wrote yet starts: the first message at or after the
@@ -273,51 +285,66 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
     # -- batches -------------------------------------------------------------------------
 
     def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch:
-        """The next batch: changes, or one backfill chunk; no position when nothing came.
-        Kafka bounds a poll by records, not bytes: messages are bounded instead."""
+        """The next batch: up to ``max_docs`` changes and ``max_bytes`` of documents,
+        waiting at most ``max_wait_s`` after the first for the batch to fill (a pack may
+        be split over two batches); or one backfill chunk; no position when nothing
+        came."""
         if self.ready:
-            return self.ready.popleft()
+            return self._chunk(*self.ready.popleft())
         assert self.consumer is not None
         self._commit()
         self._check_membership()
         self._measure_lag()
+        # packs left from the last batch count as arrived
+        filled_by = time.monotonic() + max_wait_s if self.packs else None
+        while not self.ready:
+            if self.packs.waiting >= max_docs:
+                # a poll only keeps the membership alive (one within the rebalance timeout)
+                self._fetch(0, 1)
+                break
+            if filled_by is None:  # nothing yet: return as soon as something arrives
+                got = self._fetch(max(max_wait_s, IDLE_WAIT_S), max_docs)
+                if not got and not self.packs:
+                    return Batch()
+                filled_by = time.monotonic() + max_wait_s
+            else:
+                left = filled_by - time.monotonic()
+                if left <= 0:
+                    break
+                self._fetch(left, max_docs)
+        if self.packs:
+            return self._changes(max_docs, max_bytes)
+        return self._chunk(*self.ready.popleft()) if self.ready else Batch()
+
+    def _fetch(self, wait_s: float, max_records: int) -> bool:
+        """One Kafka poll: packs to ``self.packs``, chunk records to ``self.ready``;
+        whether any record came."""
+        assert self.consumer is not None
         try:
-            polled = self.consumer.poll(timeout_ms=max(1, int(max_wait_s * 1000)),
-                                        max_records=max_docs)
+            polled = self.consumer.poll(timeout_ms=int(wait_s * 1000), max_records=max_records)
         except struct.error as error:
             # kafka-python cannot decode an empty SyncGroup assignment, which a
             # coordinator may send mid-rebalance; the next poll joins again
             log.warning("undecodable group assignment; rejoining",
                         extra={"error": repr(error)})
             self.metrics.rejoins.inc()
-            return Batch()
+            return False
         positioned = self._position()  # fetched before the seek: read again
         polled = {tp: records for tp, records in polled.items() if tp not in positioned}
+        self.packs.forget(positioned)
         self._gap(polled)
-        changes = [tp for tp in polled if tp.topic == self.changes_topic]
-        if changes:
-            self.ready.append(self._changes({tp: polled[tp] for tp in changes}))
-        for tp, records in polled.items():
-            if tp.topic == self.backfill_topic:
-                self.ready.extend(self._chunk(record, tp) for record in records)
-        return self.ready.popleft() if self.ready else Batch()
-
-    def _changes(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> Batch:
-        batch = Batch(position=TopicPosition())
-        position = batch.position
-        assert isinstance(position, TopicPosition)
-        fetch: list[int] = []  # positions in changes whose document is read by id
         for tp, records in polled.items():
             for record in records:
-                published = decode_change(record.value)
-                if published.epoch < self.epochs.get(tp.partition, 0):
-                    self.metrics.fenced.inc()
-                    continue
-                self.epochs[tp.partition] = position.epochs[tp.partition] = published.epoch
-                if published.fetch:
-                    fetch.append(len(batch.changes))
-                batch.changes.append(published.change)
-            position.offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+                if tp.topic == self.changes_topic:
+                    self.packs.add(tp, record.offset, record.value)
+                else:
+                    self.ready.append((record, tp))
+        return bool(polled)
+
+    def _changes(self, max_docs: int, max_bytes: int) -> Batch:
+        """The next changes of the packs read (big documents read by id)."""
+        assert self.consumer is not None
+        batch, fetch = self.packs.batch(self.consumer.assignment(), max_docs, max_bytes)
         if fetch:
             batch.changes = self._fetched(batch.changes, fetch)
         return batch
@@ -353,9 +380,13 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     # -- Kafka's view ----------------------------------------------------------------------
 
-    def _commit(self) -> None:
-        """Commit to Kafka what is written and saved, for the partitions still owned."""
+    def _commit(self, force: bool = False) -> None:
+        """Commit to Kafka what is written and saved, for the partitions still owned (at
+        most once every COMMIT_EVERY_S unless ``force``)."""
         assert self.consumer is not None
+        if not force and time.monotonic() < self.next_commit:
+            return
+        self.next_commit = time.monotonic() + COMMIT_EVERY_S
         saved = self.checkpoint.committable()
         if not saved:
             return

@@ -18,11 +18,25 @@ from esrec.settings import Settings, server_environment
 from indexer.layout import DELETED, VECTOR
 from indexer.service import Services
 from runtime.clients import mongo_client
+from tests.conftest import SMALL
 from towers.artifact import ModelArtifact
-from towers.synth import SynthConfig
+from towers.dataset import Dataset
+from towers.synth import SynthConfig, generate
 
 VECTOR_TOLERANCE = 1e-5  # the same exported tower on the same document, float32
 CATALOG = SynthConfig(items=2000, users=10, topics=10, mean_interactions=1, seed=11)
+RELATED_REF = "related-model@1"  # conftest.related_model: items joined with categories
+
+
+def related_dataset() -> Dataset:
+    """The small dataset with each item's category name in a categories collection
+    (items.category_id -> categories._id)."""
+    dataset = generate(SMALL)
+    for item in dataset.items:
+        item["category_id"] = item["category"]
+    dataset.related = {"categories": [{"_id": f"cat{n}", "name": f"Category {n}"}
+                                      for n in range(SMALL.topics)]}
+    return dataset
 
 
 def services(settings: Settings, es: Elasticsearch, artifact_dir: Path,

@@ -5,7 +5,6 @@ items (new vectors, newer versions) through the running daemon; the others stay.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,40 +15,13 @@ from esrec.settings import Settings
 from indexer.layout import VECTOR, VERSION
 from indexer.lifecycle import Versions
 from indexer.relations import Related, embed
-from tests.conftest import QUICK, SMALL
-from tests.indexer.helpers import services
+from tests.indexer.helpers import RELATED_REF as REF
+from tests.indexer.helpers import related_dataset, services
 from tests.indexer.test_lifecycle import DaemonThread
 from towers.dataset import Collections, write_mongo
-from towers.features import Categorical, FeatureSpec, default_spec
-from towers.relations import Relation
-from towers.synth import generate
-from towers.train import train
 
 pytestmark = pytest.mark.slow
-REF = "related-model@1"
 RENAMED = "cat3"
-
-
-@pytest.fixture(scope="module")
-def related_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model whose item tower reads ``category.name`` from the categories collection."""
-    base = default_spec(16)
-    spec = FeatureSpec(
-        item=[*base.item, Categorical(name="category_name", field="category.name", dim=8,
-                                      max_vocab=100)],
-        user=base.user,
-        relations=[Relation(collection="categories", local_field="category_id",
-                            as_field="category")])
-    dataset = generate(SMALL)
-    for item in dataset.items:
-        item["category_id"] = item["category"]
-    dataset.related = {"categories": [{"_id": f"cat{n}", "name": f"Category {n}"}
-                                      for n in range(SMALL.topics)]}
-    result = train(dataset, replace(QUICK, epochs=2, dims=16), spec)
-    assert "Category 3" in result.featurizer.state.vocabularies["category_name"]
-    directory = tmp_path_factory.mktemp("related") / "model"
-    result.export(directory, "related-model", "1")
-    return directory
 
 
 def _indexed(es: Elasticsearch, index: str) -> dict[str, dict]:
@@ -62,12 +34,7 @@ def test_renaming_a_category_re_embeds_its_items(settings: Settings, es: Elastic
     fast = settings.model_copy(update={"rollout": settings.rollout.model_copy(
         update={"follow_interval_s": 0.2})})
     svc = services(fast, es, related_model)
-    dataset = generate(SMALL)
-    for item in dataset.items:
-        item["category_id"] = item["category"]
-    dataset.related = {"categories": [{"_id": f"cat{n}", "name": f"Category {n}"}
-                                      for n in range(SMALL.topics)]}
-    write_mongo(dataset, svc.db, Collections())
+    write_mongo(related_dataset(), svc.db, Collections())
     versions = Versions(svc)
     assert versions.build(REF).done
     index = svc.index_of(REF)

@@ -337,7 +337,7 @@ def _trace(svc: Services, cluster: Cluster, index: str, problems: list[str]) -> 
     (partition, offset, epoch) and the saved positions, for a failure's report."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from indexer.messages import decode_change, key
+    from indexer.messages import decode_pack, key
 
     ids = [problem.rsplit(": ", 1)[0] for problem in problems]
     topic = svc.settings.kafka.topics.item_changes
@@ -348,10 +348,9 @@ def _trace(svc: Services, cluster: Cluster, index: str, problems: list[str]) -> 
     consumer.seek_to_beginning(*partitions)
     wanted, found = {key(doc_id) for doc_id in ids}, []
     for record in consumer:
-        if record.key in wanted:
-            message = decode_change(record.value)
-            found.append((record.key, record.partition, record.offset, message.epoch,
-                          message.change.op))
+        pack = decode_pack(record.value)
+        found.extend((key(change.doc_id), record.partition, record.offset, pack.epoch,
+                      change.op) for change in pack.changes if key(change.doc_id) in wanted)
     consumer.close()
     checkpoints = svc.checkpoints.collection
     return {"messages": found, "offsets": checkpoints.find_one(
