@@ -1,14 +1,17 @@
 """The distributed mode against the embedded daemon, measured side by side in one run.
 
-    python -m bench.scaleout [--docs 10000] [--workers 3] [--deadline-s 600] [--no-pin]
-                             [--configured]
+    python -m bench.scaleout [--docs 30000] [--catalog 20000] [--workers 3]
+                             [--deadline-s 600] [--no-pin] [--configured]
 
 Every indexer runs as a real `esrec` process, as in production:
 
-    daemon      `esrec indexer run` on a backlog of ``docs`` new catalog documents
+    daemon      `esrec indexer run` on a backlog of ``docs`` changes (new titles for the
+                ``catalog`` documents in turn)
     relay + k   `esrec indexer relay` + k `esrec indexer worker`s, k = 1..workers: the
-                group formed first (every worker owns partitions), then the backlog,
-                then the relay (it catches up on the backlog, as the daemon does)
+                backlog written, then the group formed (every worker owns partitions);
+                the workers paused (SIGSTOP, within their session timeout) while the
+                relay starts and publishes the backlog, then resumed to drain it: each
+                stage measured at saturation, as the daemon's catch-up is
     backfill    `esrec models build` of a new version in the distributed mode, shared by
                 k workers (the group formed first) over the whole catalog
 
@@ -19,7 +22,7 @@ esrec process on the others, so the workers' CPU is theirs alone. What travels t
 machines are the same-run ratios: the distributed tax (relay + workers CPU per change
 over the daemon's), a chunk's cost per document over a live change's, and each worker's
 documents per busy CPU-second from 1 to k workers (constant: the workers scale with
-cores). Busy: net of the worker's idle CPU, measured for 5 s before each build: the
+cores). Busy: net of the worker's idle CPU, measured for 10 s before each build: the
 servers, sharing one core here, set the pace, and a worker's fixed cost (~4-8 ms a
 second) spread over fewer documents each is theirs, not the worker's.
 Progress goes to stderr every 10 s; the whole run stops at ``--deadline-s``.
@@ -42,6 +45,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pymongo import ReplaceOne
+
 from bench.indexer import _catalog, _cpu_seconds, kafka_used, stack_settings
 from esrec.lifetime import die_with_parent, exit_on_sigterm
 from esrec.ports import free_port
@@ -53,8 +58,9 @@ from towers.train import TrainConfig, train
 
 NAME = "bench"
 PROGRESS_EVERY_S = 10.0
-IDLE_S = 5.0  # how long a formed group's idle CPU is measured before a build
+IDLE_S = 10.0  # how long a formed group's idle CPU is measured before a build
 EVENTS = "esrec_indexer_events_total"
+PUBLISHED = "esrec_relay_published_total"
 CHUNKS = "esrec_worker_backfill_chunks_total"
 
 
@@ -133,6 +139,12 @@ def _group_formed(workers: dict[str, Proc], partitions: int, deadline: Deadline)
         time.sleep(min(0.5, deadline.left()))
 
 
+def _mean_batch(proc: Proc) -> float:
+    """Changes per batch a process wrote: what its per-batch costs are spread over."""
+    count = proc.metric("esrec_indexer_batch_size_count")
+    return round(proc.metric("esrec_indexer_batch_size_sum") / count, 1) if count else 0.0
+
+
 def _window(procs: dict[str, Proc], servers: dict[str, int], counted: dict[str, str],
             total: float, what: str, deadline: Deadline,
             done: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -157,7 +169,7 @@ def _window(procs: dict[str, Proc], servers: dict[str, int], counted: dict[str, 
         if time.monotonic() - shown > PROGRESS_EVERY_S:
             _progress(what, reached, total, shown - PROGRESS_EVERY_S)
             shown = time.monotonic()
-        time.sleep(min(0.2, deadline.left()))
+        time.sleep(min(0.05, deadline.left()))
     assert started is not None
     cpu1 = {**{n: p.cpu() for n, p in procs.items()},
             **{n: _cpu_seconds(pid) for n, pid in servers.items()}}
@@ -170,7 +182,7 @@ def _per_unit_us(window: dict[str, Any]) -> dict[str, float]:
     return {n: round(cpu * 1e6 / window["measured"], 1) for n, cpu in window["cpu_s"].items()}
 
 
-def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
+def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dirs: list[Path],
             servers: dict[str, int], logs: Path, pin: bool,
             deadline: Deadline) -> dict[str, Any]:
     es = elasticsearch_client(settings.es)
@@ -188,55 +200,81 @@ def measure(settings: Settings, docs: int, workers: int, model_dirs: list[Path],
     env = {**os.environ, **server_environment(settings),
            "ESREC_INDEXER__PARTITIONS": str(partitions),
            "ESREC_INDEXER__LEASE_TTL_S": "4", "ESREC_ROLLOUT__FOLLOW_INTERVAL_S": "1"}
+    base = _catalog(catalog, 0)
+    for start in range(0, catalog, 5000):
+        db.items.insert_many(base[start:start + 5000])
     built = subprocess.run([sys.executable, "-m", "esrec", "models", "build", f"{NAME}@1"],
                            env=env, capture_output=True, text=True, timeout=deadline.left())
     assert built.returncode == 0, built.stderr[-2000:]
-    offset = 0
+    rounds = 0
 
     def backlog() -> None:
-        nonlocal offset
+        """``docs`` changes: new titles for catalog documents in turn (the catalog, which
+        each build covers, keeps its size)."""
+        nonlocal rounds
         for start in range(0, docs, 5000):
-            db.items.insert_many(_catalog(min(5000, docs - start), offset + start))
-        offset += docs
+            db.items.bulk_write([ReplaceOne({"_id": item["_id"]}, {
+                **item, "title": f"{item['title']} ({rounds}.{n})"})
+                for n in range(start, min(docs, start + 5000))
+                for item in [base[n % catalog]]], ordered=False)
+        rounds += 1
 
     def proc(env: dict[str, str], log: str, *args: str) -> Proc:
         return Proc(env, logs / log, list(args), esrec_cpus)
 
-    result: dict[str, Any] = {"benchmark": "scaleout", "docs": docs, "cpus": os.cpu_count(),
+    result: dict[str, Any] = {"benchmark": "scaleout", "docs": docs, "catalog": catalog,
+                              "cpus": os.cpu_count(),
                               "pinned": "servers on core 0, esrec on the others"
                               if esrec_cpus else "no"}
     backlog()
     daemon = {"daemon": proc(env, "daemon.log", "indexer", "run")}
     window = _window(daemon, servers, {"daemon": EVENTS}, docs, "daemon, changes", deadline)
+    batch = _mean_batch(daemon["daemon"])
     daemon["daemon"].stop()
     result["daemon"] = {"changes_per_s": round(window["measured"] / window["elapsed_s"]),
-                        "cpu_us_per_change": _per_unit_us(window)}
+                        "cpu_us_per_change": _per_unit_us(window), "changes_per_batch": batch}
     daemon_cpu = result["daemon"]["cpu_us_per_change"]["daemon"]
 
-    distributed = {**env, "ESREC_INDEXER__MODE": "distributed"}
+    # a session timeout with room for the pause below (heartbeats every 7.5 s)
+    distributed = {**env, "ESREC_INDEXER__MODE": "distributed",
+                   "ESREC_INDEXER__WORKER_SESSION_TIMEOUT_MS": "30000"}
     result["distributed"] = {}
     for count in range(1, workers + 1):
+        backlog()  # written first, as for the daemon: each stage then runs saturated
         group = {f"worker-{n + 1}": proc(distributed, f"worker-{count}-{n}.log", "indexer",
                                          "worker") for n in range(count)}
         _group_formed(group, partitions, deadline)
-        backlog()  # then the relay: it catches up on a backlog, as the daemon did
-        procs = {"relay": proc(distributed, f"relay-{count}.log", "indexer", "relay"), **group}
-        window = _window(procs, servers, {name: EVENTS for name in group}, docs,
-                         f"relay+{count}, changes", deadline)
-        for each in procs.values():
+        # the relay publishes the backlog while the workers are paused (well within
+        # their session timeout), then the workers drain the topic
+        for worker in group.values():
+            worker.process.send_signal(signal.SIGSTOP)
+        try:
+            relay = proc(distributed, f"relay-{count}.log", "indexer", "relay")
+            published = _window({"relay": relay}, servers, {"relay": PUBLISHED}, docs,
+                                f"relay of {count}, changes published", deadline)
+        finally:
+            for worker in group.values():
+                worker.process.send_signal(signal.SIGCONT)
+        window = _window(group, servers, {name: EVENTS for name in group}, docs,
+                         f"{count} worker(s), changes", deadline)
+        batches = {name: _mean_batch(worker) for name, worker in group.items()}
+        for each in [relay, *group.values()]:
             each.stop()
-        per_change = _per_unit_us(window)
-        esrec_cpu = sum(v for k, v in per_change.items() if k in procs)
+        relayed, drained = _per_unit_us(published), _per_unit_us(window)
+        per_change = {name: round(relayed.get(name, 0.0) + drained.get(name, 0.0), 1)
+                      for name in {**relayed, **drained}}
+        esrec_cpu = per_change["relay"] + sum(per_change[name] for name in group)
         shares = [units / window["measured"] for units in window["units"].values()]
         result["distributed"][f"relay+{count}"] = {
-            "changes_per_s": round(window["measured"] / window["elapsed_s"]),
+            "relay_changes_per_s": round(published["measured"] / published["elapsed_s"]),
+            "workers_changes_per_s": round(window["measured"] / window["elapsed_s"]),
             "cpu_us_per_change": per_change,
             "distributed_tax": round(esrec_cpu / daemon_cpu, 3),
+            "changes_per_batch": batches,
             "share": [round(share, 3) for share in shares],
             "share_spread": round((max(shares) - min(shares)) / (1 / count), 3)}
 
     result["backfill"] = {}
-    catalog = db.items.estimated_document_count()
     for count in range(1, workers + 1):
         group = {f"worker-{n + 1}": proc(distributed, f"bf-worker-{count}-{n}.log", "indexer",
                                          "worker") for n in range(count)}
@@ -269,9 +307,22 @@ def _idle_cpu(procs: dict[str, Proc]) -> dict[str, float]:
     """Each process's CPU seconds per second with nothing to do: a worker's fixed cost
     (heartbeats, fetch rounds, following the registry), which the servers' pace, not
     the worker, spreads over its documents."""
-    before = {name: proc.cpu() for name, proc in procs.items()}
+    before = {name: _thread_cpu(proc.process.pid) for name, proc in procs.items()}
     time.sleep(IDLE_S)
-    return {name: (proc.cpu() - before[name]) / IDLE_S for name, proc in procs.items()}
+    return {name: (_thread_cpu(proc.process.pid) - before[name]) / IDLE_S
+            for name, proc in procs.items()}
+
+
+def _thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's live threads in nanoseconds' precision (schedstat):
+    /proc/PID/stat counts 10 ms ticks, too coarse for a few ms a second."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
 
 
 def _exited(pid: int) -> bool:
@@ -302,7 +353,10 @@ def _ratios(result: dict[str, Any], workers: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=10000)
+    parser.add_argument("--docs", type=int, default=30000,
+                        help="changes each live phase indexes")
+    parser.add_argument("--catalog", type=int, default=20000,
+                        help="catalog documents (each backfill phase builds them all)")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--deadline-s", type=float, default=600)
     parser.add_argument("--no-pin", action="store_true",
@@ -327,7 +381,8 @@ def main() -> None:
         logs.mkdir()
         pin = not args.no_pin and not args.configured and (os.cpu_count() or 1) >= 2
         try:
-            result = measure(settings, args.docs, args.workers, model_dirs, pids, logs, pin,
+            result = measure(settings, args.docs, args.catalog, args.workers, model_dirs, pids,
+                             logs, pin,
                              deadline)
             print(json.dumps({"kafka": kafka_used(settings, stack), **result}, indent=2))
         finally:

@@ -196,9 +196,14 @@ class Services:
 
         source = TopicSource(self.settings, self.items, offsets, checkpoints, checkpoint,
                              chunk_target, metrics)
+
+        def resolve(ref: str, index: str) -> Target:  # a version its chunks loaded: reused
+            return source.targets.get(index) or self.target(ref, index)
+
+        follower = Follower(self.active_indices, resolve, self.settings.rollout.follow_interval_s)
         return Worker(source, checkpoint, pipeline, checkpoints.collection,
                       self.settings.indexer, metrics, self.stop, self.health,
-                      self.follower() if follow else None, resync,
+                      follower if follow else None, resync,
                       self.settings.rollout.follow_interval_s)
 
     def relay(self, holder: str) -> Relay:

@@ -133,7 +133,7 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
                                  session_timeout_ms=indexer.worker_session_timeout_ms,
                                  heartbeat_interval_ms=indexer.worker_session_timeout_ms // 4,
                                  max_poll_interval_ms=indexer.worker_rebalance_timeout_ms,
-                                 fetch_max_bytes=64 * 1024 * 1024, fetch_max_wait_ms=2000,
+                                 fetch_max_bytes=64 * 1024 * 1024,
                                  max_partition_fetch_bytes=indexer.max_message_bytes * 2)
         for topic in topics:
             # the group leader assigns only topics its metadata knows: a topic created a
