@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from esrec.settings import Settings
 
 ESREC = [sys.executable, "-m", "esrec"]
@@ -18,6 +20,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           env=env)
 
 
+@pytest.mark.long
 def test_synth_train_eval_publish(tmp_path: Path, settings: Settings) -> None:
     data, model = tmp_path / "data", tmp_path / "model"
     synth = _run("towers", "synth", "--out", str(data), "--items", "400", "--users", "300")

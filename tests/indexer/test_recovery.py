@@ -90,6 +90,7 @@ def test_sigkill_at_random_moments_loses_nothing(prepared: tuple[Services, Esrec
     assert mismatches(es, index, svc.items, ModelArtifact.load(artifact_dir)) == []
 
 
+@pytest.mark.long
 def test_elasticsearch_gone_for_20s_then_back(prepared: tuple[Services, EsrecProcess],
                                               es: Elasticsearch, es_url: str,
                                               artifact_dir: Path) -> None:

@@ -164,6 +164,7 @@ def cluster(settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
     cluster.end()
 
 
+@pytest.mark.long
 def test_a_roll_with_three_workers_sharing_the_backfill_never_mixes_versions(
         catalog: Services, cluster: Cluster, es: Elasticsearch, artifact_dir: Path,
         v2_dir: Path) -> None:
@@ -315,6 +316,7 @@ def _chaos(svc: Services, cluster: Cluster, es: Elasticsearch, artifact_dir: Pat
             "resurrected": sum("live in ES" in p for p in last[0])}
 
 
+@pytest.mark.long
 def test_a_short_chaos_run_loses_nothing(catalog: Services, expiring_cluster: Cluster,
                                          es: Elasticsearch, artifact_dir: Path) -> None:
     """The chaos run, small enough for every CI run: 5k changes, 3 worker SIGKILLs, a
