@@ -62,7 +62,6 @@ SCRAPE_EVERY_S = 0.5
 IDLE_S = 10.0  # how long a formed group's idle CPU is measured before a build
 EVENTS = "esrec_indexer_events_total"
 PUBLISHED = "esrec_relay_published_total"
-CHUNKS = "esrec_worker_backfill_chunks_total"
 
 
 def _metric(port: int, name: str) -> float:

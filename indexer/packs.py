@@ -34,22 +34,23 @@ class FetchedPacks:
     def __init__(self, on_fenced: Callable[[int], None]) -> None:
         self.on_fenced = on_fenced  # changes dropped: their relay was fenced
         self.pending: deque[Fetched] = deque()
-        self.waiting = 0  # changes read and not yet in a batch
         self.epochs: dict[int, int] = {}  # partition -> highest relay epoch seen
 
     def __bool__(self) -> bool:
         return bool(self.pending)
 
+    @property
+    def waiting(self) -> int:
+        """Changes read and not yet in a batch."""
+        return sum(len(f.pack.changes) - f.taken for f in self.pending)
+
     def add(self, tp: TopicPartition, offset: int, value: bytes) -> None:
-        pack = decode_pack(value)
-        self.pending.append(Fetched(tp, offset, pack))
-        self.waiting += len(pack.changes)
+        self.pending.append(Fetched(tp, offset, decode_pack(value)))
 
     def forget(self, partitions: set[TopicPartition] | None = None) -> None:
         """Drop what was read of ``partitions`` (all: None): they are read again."""
         self.pending = deque(f for f in self.pending
                              if partitions is not None and f.tp not in partitions)
-        self.waiting = sum(len(f.pack.changes) - f.taken for f in self.pending)
 
     def batch(self, owned: set[TopicPartition], max_docs: int,
               max_bytes: int) -> tuple[Batch, list[int]]:
@@ -65,12 +66,10 @@ class FetchedPacks:
             where, partition = (head.tp.topic, head.tp.partition), head.tp.partition
             pack = head.pack
             if head.tp not in owned:
-                self.waiting -= len(pack.changes) - head.taken
                 self.pending.popleft()
                 continue
             if pack.epoch < self.epochs.get(partition, 0):
                 self.on_fenced(len(pack.changes))
-                self.waiting -= len(pack.changes) - head.taken
                 self.pending.popleft()
                 position.offsets[where] = head.offset + 1
                 continue
@@ -83,7 +82,6 @@ class FetchedPacks:
                 batch.changes.append(change)
                 batch.size_bytes += change.size_bytes
                 head.taken += 1
-                self.waiting -= 1
             if head.taken == len(pack.changes):
                 self.pending.popleft()
                 position.offsets[where] = head.offset + 1

@@ -194,7 +194,8 @@ class Relay:
 
     def _stream(self, position: Position, relations: list[Relation]) -> ChangeStreamSource:
         """The change stream from ``position``; documents stay raw BSON (only shipped)."""
-        return ChangeStreamSource(self.items, position, relations=relations, decode=False)
+        return ChangeStreamSource(self.items, position, relations=relations,
+                                  decode_documents=False)
 
     def _topic_ends(self) -> dict[int, int]:
         """Where the topic ends as this relay takes the lead: what earlier leaders

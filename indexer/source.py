@@ -74,11 +74,11 @@ def stream_name(collection: MongoCollection, relations: Sequence[Relation]) -> s
 class ChangeStreamSource:
     def __init__(self, collection: MongoCollection, position: Position, await_ms: int = 50,
                  on_overflow: Callable[[], None] = lambda: None,
-                 relations: Sequence[Relation] = (), decode: bool = True) -> None:
+                 relations: Sequence[Relation] = (), decode_documents: bool = True) -> None:
         self.collection = collection
         # False: documents stay raw BSON (the relay only ships them: decoding and
         # encoding them again was a third of its CPU)
-        self.decode_documents = decode
+        self.decode_documents = decode_documents
         self.relations: dict[str, list[Relation]] = {}
         for relation in relations:
             self.relations.setdefault(relation.collection, []).append(relation)
