@@ -61,8 +61,11 @@ class TopicPosition:
     chunk: tuple[str, int] | None = None  # (index, chunk number)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Change:
+    """One document's change, read-only by convention: not a frozen dataclass, whose
+    init cost 0.5 us a change, an eighth of the stream's own work per event."""
+
     op: Literal["upsert", "delete"]
     doc_id: Any  # the MongoDB _id
     version: int
@@ -76,8 +79,8 @@ class Change:
 
     def __post_init__(self) -> None:
         if self.size_bytes < 0:
-            object.__setattr__(self, "size_bytes", len(bson.encode(self.document))
-                               if self.document is not None else 0)
+            self.size_bytes = len(bson.encode(self.document)) \
+                if self.document is not None else 0
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class IndexerMetrics:
@@ -14,6 +14,11 @@ class IndexerMetrics:
                                     buckets=(1, 10, 50, 100, 250, 500, 1000, 5000), registry=r)
         self.embed_seconds = Histogram("esrec_indexer_embed_seconds",
                                        "Featurize + item tower per batch and target", registry=r)
+        # over process_cpu_seconds_total: the model's share of the process's CPU, the
+        # rest is esrec's own cost (README, Benchmarks)
+        self.embed_cpu = Counter("esrec_indexer_embed_cpu_seconds",
+                                 "CPU seconds spent in featurize + item tower", registry=r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, memory, open files
         self.bulk_seconds = Histogram("esrec_indexer_bulk_seconds", "Elasticsearch _bulk latency",
                                       registry=r)
         self.stale = Counter("esrec_indexer_stale_writes", "409s: a newer version was there",

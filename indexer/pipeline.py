@@ -118,10 +118,11 @@ class Pipeline:
         indexed_at = datetime.now(UTC).isoformat()
         upserts = [p for p in projected if p not in failed]
         for target in self.targets if targets is None else targets:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             vectors = embed(target.artifact, [batch[p].document or {} for p in upserts],
                             self.related)
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
+            self.metrics.embed_cpu.inc(time.thread_time() - cpu_started)
             self._count_fallbacks(target.artifact)
             finite = np.isfinite(vectors).all(axis=1)  # one call per batch, not per row
             for position, vector, ok in zip(upserts, vectors, finite, strict=True):

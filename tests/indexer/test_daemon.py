@@ -156,3 +156,33 @@ def test_health_and_metrics_endpoints(settings: Settings, es: Elasticsearch,
         assert stalled.value.code == 503
     finally:
         server.shutdown()
+
+
+def test_the_stream_reports_each_documents_bson_size(
+    settings: Settings, es: Elasticsearch, artifact_dir: Path
+) -> None:
+    """The size checked against max_document_bytes comes from the server ($bsonSize),
+    decoded or raw: it must be the document's own BSON length."""
+    import bson
+    from bson.binary import Binary
+
+    from indexer.source import server_time
+
+    svc = services(settings, es, artifact_dir)
+    start = Position(None, server_time(svc.items), 0)
+    documents = [{"_id": "a", "title": "plain"},
+                 {"_id": "b", "title": "ünïcødé ✓ 漢字", "tags": ["x", "y"], "n": 2 ** 40},
+                 {"_id": "c", "nested": {"deep": [{"k": 1.5}, None, True]},
+                  "blob": Binary(b"\x00\x01" * 300)}]
+    svc.items.insert_many(documents)
+    svc.items.update_one({"_id": "a"}, {"$set": {"title": "plain, longer now"}})
+    for decoded in (True, False):
+        source = ChangeStreamSource(svc.items, start, await_ms=20, decode_documents=decoded)
+        changes = source.poll(10, 1 << 30, 2.0).changes
+        source.close()
+        expected = {d["_id"]: len(bson.encode(svc.items.find_one({"_id": d["_id"]}) or {}))
+                    for d in documents}
+        assert [c.doc_id for c in changes] == ["a", "b", "c", "a"]
+        assert [c.size_bytes for c in changes[1:]] == [expected["b"], expected["c"],
+                                                       expected["a"]]
+        assert changes[0].size_bytes == len(bson.encode({"_id": "a", "title": "plain"}))
