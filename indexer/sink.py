@@ -35,8 +35,10 @@ class TransientBulkError(Unavailable):
     """Some items failed in a way that may pass on retry."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Action:
+    """One document write; read-only by convention (a frozen init costs 0.5 us each)."""
+
     change: Change
     index: str
     document: dict[str, Any]
