@@ -106,6 +106,8 @@ class ElasticsearchSink:
         finally:
             self.metrics.bulk_seconds.observe(time.perf_counter() - started)
         transient: list[Action] = []
+        if not response.get("errors", True):  # every item written: nothing to look at
+            return transient
         for action, item in zip(actions, response["items"], strict=True):
             result = item["index"]
             status = result["status"]

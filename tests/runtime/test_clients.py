@@ -31,3 +31,29 @@ def test_a_bulk_body_is_one_json_line_per_operation_as_the_library_writes_it() -
 def test_what_json_cannot_hold_is_a_serialization_error() -> None:
     with pytest.raises(SerializationError):
         OrjsonNdjsonSerializer().dumps([{"x": object()}])
+
+
+def _api_error(status: int) -> Exception:
+    from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+    from elasticsearch import ApiError
+
+    meta = ApiResponseMeta(status=status, http_version="1.1", headers=HttpHeaders(),
+                           duration=0.0, node=NodeConfig("http", "localhost", 9200))
+    return ApiError("refused", meta=meta, body={})
+
+
+def test_client_errors_become_esrecs_kinds() -> None:
+    from kafka.errors import KafkaConnectionError
+    from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
+
+    from runtime.clients import server_error
+    from runtime.errors import Refused, Unavailable
+
+    cases: list[tuple[Exception, type | None]] = [
+        (_api_error(503), Unavailable), (_api_error(429), Unavailable),
+        (_api_error(400), Refused), (OperationFailure("bad", code=2), Refused),
+        (ServerSelectionTimeoutError("no primary"), Unavailable),
+        (KafkaConnectionError(), Unavailable), (ValueError("ours"), None)]
+    for error, kind in cases:
+        known = server_error(error)
+        assert (type(known) if known is not None else None) is kind, error
