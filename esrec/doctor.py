@@ -16,6 +16,8 @@ from elasticsearch import ApiError
 from pymongo.errors import PyMongoError
 
 from esrec.settings import Settings
+from indexer.changes import Position
+from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import elasticsearch_client, kafka_options, mongo_client
 
 DOCTOR_TIMEOUT_S = 5.0  # a healthy local or in-cluster server answers well within this
@@ -99,11 +101,15 @@ def check_mongodb(settings: Settings) -> CheckResult:
             return result
         result.capabilities.append(f"replica set {hello['setName']}")
         probe = client[settings.mongo.database][_probe_name()]
-        with probe.watch(full_document="updateLookup", max_await_time_ms=200) as stream:
+        # the stream as the indexer opens it: its pipeline needs MongoDB 4.4+ ($bsonSize)
+        source = ChangeStreamSource(probe, Position(None, server_time(probe), 0), await_ms=200)
+        try:
             probe.insert_one({"probe": True})
-            change = stream.try_next() or stream.try_next()
-        probe.drop()
-        if change is None or change.get("operationType") != "insert":
+            changes = source.poll(1, 1 << 20, 2.0).changes
+        finally:
+            source.close()
+            probe.drop()
+        if not changes or changes[0].op != "upsert" or changes[0].size_bytes <= 0:
             result.problem = "a change stream opened but did not deliver an insert"
             return result
         result.capabilities.append("change streams")

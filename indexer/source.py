@@ -206,7 +206,7 @@ class ChangeStreamSource:
                 return
             doc_id = self._key(event)
             change = Change("upsert", doc_id, version, cluster_time, document,
-                            problem or id_problem(doc_id), event.get(DOCUMENT_BYTES, -1))
+                            problem or id_problem(doc_id), event.get(DOCUMENT_BYTES) or -1)
             batch.changes.append(change)
             batch.size_bytes += change.size_bytes
 
