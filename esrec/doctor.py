@@ -101,7 +101,7 @@ def check_mongodb(settings: Settings) -> CheckResult:
             return result
         result.capabilities.append(f"replica set {hello['setName']}")
         probe = client[settings.mongo.database][_probe_name()]
-        # the stream as the indexer opens it: its pipeline needs MongoDB 4.4+ ($bsonSize)
+        # the stream as the indexer opens it
         source = ChangeStreamSource(probe, Position(None, server_time(probe), 0), await_ms=200)
         try:
             probe.insert_one({"probe": True})

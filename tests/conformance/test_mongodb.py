@@ -44,28 +44,6 @@ def test_change_stream_with_update_lookup(mongo_db: Database) -> None:
     assert times == sorted(times)
 
 
-def test_unread_fields_stay_on_the_server_and_it_sizes_each_document(
-        mongo_db: Database) -> None:
-    """The indexer's stream pipeline: an exclusion $project and $bsonSize (MongoDB 4.4+)."""
-    import bson
-
-    items = mongo_db.items
-    pipeline = [{"$project": {"wallTime": 0, "updateDescription": 0, "ns": 0}},
-                {"$addFields": {"size": {"$bsonSize": "$fullDocument"}}}]
-    with items.watch(pipeline, full_document="updateLookup",
-                     max_await_time_ms=AWAIT_MS) as stream:
-        items.insert_one({"_id": 1, "title": "ä", "tags": ["x", "y"], "n": 2.5})
-        items.update_one({"_id": 1}, {"$set": {"title": "b" * 100}})
-        events = _drain(stream, 2)  # the update's lookup finds the document
-        items.delete_one({"_id": 1})
-        events += _drain(stream, 1)
-    assert [e["operationType"] for e in events] == ["insert", "update", "delete"]
-    assert not {"wallTime", "updateDescription", "ns"} & {k for e in events for k in e}
-    assert [e.get("size") for e in events[:2]] == [len(bson.encode(e["fullDocument"]))
-                                                  for e in events[:2]]
-    assert events[2].get("size") is None and events[2]["documentKey"] == {"_id": 1}
-
-
 def test_update_lookup_of_a_deleted_document_is_null(mongo_db: Database) -> None:
     """The lookup reads the current document: gone by then means null, not the old one."""
     items = mongo_db.items

@@ -161,8 +161,8 @@ def test_health_and_metrics_endpoints(settings: Settings, es: Elasticsearch,
 def test_the_stream_reports_each_documents_bson_size(
     settings: Settings, es: Elasticsearch, artifact_dir: Path
 ) -> None:
-    """The size checked against max_document_bytes comes from the server ($bsonSize),
-    decoded or raw: it must be the document's own BSON length."""
+    """The size checked against max_document_bytes, decoded (measured here) or raw (the
+    bytes' length): the document's own BSON length either way."""
     import bson
     from bson.binary import Binary
 
