@@ -109,7 +109,7 @@ def check_mongodb(settings: Settings) -> CheckResult:
         finally:
             source.close()
             probe.drop()
-        if not changes or changes[0].op != "upsert" or changes[0].size_bytes <= 0:
+        if not changes or changes[0].op != "upsert":
             result.problem = "a change stream opened but did not deliver an insert"
             return result
         result.capabilities.append("change streams")

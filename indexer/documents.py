@@ -30,8 +30,12 @@ def _finite_number(value: Any) -> bool:
 
 
 def _check(field: str, es_type: str, value: Any) -> Any:
-    """The value to index for ``field``, or DocumentRejected (``project`` passes the
-    plainly valid values before calling this)."""
+    """The value to index for ``field``, or DocumentRejected."""
+    kind = type(value)  # the common, valid cases first: no per-value loop (hot path)
+    if (kind is str and es_type in _TEXT and field != ITEM_TAGS_FIELD) or (
+            kind is float and es_type == "float" and math.isfinite(value)) or (
+            kind is bool and es_type == "boolean") or (kind is datetime and es_type == "date"):
+        return value  # a datetime goes as it is: orjson writes it as ISO-8601 in C
     values = value if isinstance(value, list) and es_type in _TEXT else [value]
     for item in values:
         if es_type in _TEXT and not isinstance(item, str):
@@ -68,16 +72,6 @@ def project(document: Mapping[str, Any], size: int,
     for field in settings.required_fields:
         if document.get(field) is None:
             raise DocumentRejected(f"{field}: required field is missing")
-    projected: dict[str, Any] = {}
-    for field, es_type in settings.projection.items():
-        value = document.get(field)
-        if value is None:
-            continue
-        kind = type(value)  # the common valid cases in a few comparisons, no call (hot
-        # path: every field of every change); orjson writes a datetime as ISO-8601 in C
-        projected[field] = value if (
-            kind is str and es_type in _TEXT and field != ITEM_TAGS_FIELD) or (
-            kind is float and es_type == "float" and math.isfinite(value)) or (
-            kind is bool and es_type == "boolean") or (
-            kind is datetime and es_type == "date") else _check(field, es_type, value)
-    return projected
+    return {field: _check(field, es_type, document[field])
+            for field, es_type in settings.projection.items()
+            if document.get(field) is not None}

@@ -1,4 +1,5 @@
-"""The _bulk body esrec's Elasticsearch client writes (no server)."""
+"""The _bulk body esrec's Elasticsearch client writes, and client errors as esrec's kinds
+(no server)."""
 
 from __future__ import annotations
 
