@@ -4,9 +4,9 @@
     embedded:    SnapshotSource (pages by _id, version (T, 0)) -> drive -> save the last
                  _id, in order; the stream then replays every change from T on, each with
                  a higher version
-    distributed: the snapshot's ids in chunks -> the backfill topic -> every worker
-                 writes its share (version (T, 0)) -> the build waits for all chunks; the
-                 workers feed the index the item-changes topic from T on
+    distributed: the scan's pages as chunks (their documents) -> the backfill topic ->
+                 every worker writes its share (version (T, 0)) -> the build waits for
+                 all chunks; the workers feed the index the item-changes topic from T on
 
 A crash resumes the scan after the last saved _id with the same T. Progress goes to a
 callback (the CLI draws a bar with it); the core prints nothing.
@@ -25,11 +25,11 @@ from elasticsearch import Elasticsearch
 from indexer.changes import Batch, SnapshotPosition
 from indexer.checkpoint import Checkpoints
 from indexer.driver import drive
-from indexer.messages import Chunk, encode_chunk
+from indexer.messages import chunks_of, encode_chunk
 from indexer.offsets import TopicOffsets
 from indexer.pipeline import Pipeline, Target
 from indexer.settings import IndexerConfig, IndexerSettings
-from indexer.snapshot import SnapshotSource
+from indexer.snapshot import SnapshotScan, SnapshotSource
 from indexer.source import server_time
 from runtime.clients import MongoCollection, ensure_topic, kafka_options, topic_offsets
 
@@ -66,7 +66,11 @@ def backfill(items: MongoCollection, es: Elasticsearch, pipeline: Pipeline,
         if on_progress is not None:
             on_progress(last.documents, max(total, last.documents))
 
-    done = drive(SnapshotSource(items, start), pipeline, save, stop, settings)
+    source = SnapshotSource(items, start)
+    try:
+        done = drive(source, pipeline, save, stop, settings)
+    finally:
+        source.close()
     if done:
         es.indices.refresh(index=index)  # searchable now, not at the next tick
         checkpoints.finish_backfill(index)
@@ -77,7 +81,7 @@ def backfill(items: MongoCollection, es: Elasticsearch, pipeline: Pipeline,
 def backfill_via_workers(items: MongoCollection, es: Elasticsearch, checkpoints: Checkpoints,
                          target: Target, stop: threading.Event, settings: IndexerConfig,
                          on_progress: OnProgress | None = None) -> BackfillReport:
-    """Fill ``target``'s index through the workers: publish the snapshot's ids in chunks
+    """Fill ``target``'s index through the workers: publish the scan's pages in chunks
     to the backfill topic, each written by whichever worker gets it, then wait until every
     chunk is written. Resumable: publishing goes on after the last chunk sent, and chunks
     are idempotent. The index's live changes reach it through the workers from T on."""
@@ -95,23 +99,27 @@ def backfill_via_workers(items: MongoCollection, es: Elasticsearch, checkpoints:
     TopicOffsets(checkpoints.collection, kafka.topics.item_changes).set_start(
         index, topic_offsets(kafka, kafka.topics.item_changes, at_ms))
     published, _ = checkpoints.chunks(index)
-    producer = KafkaProducer(**kafka_options(kafka), acks="all")
-    source = SnapshotSource(items, start, fields={"_id": 1})
-    position = start
+    producer = KafkaProducer(**kafka_options(kafka), acks="all",
+                             max_request_size=indexer.max_message_bytes + 64 * 1024)
+    scan = SnapshotScan(items, start)
     try:
         while not stop.is_set():
-            batch = source.poll(indexer.batch_max_docs, indexer.batch_max_bytes, 0)
-            if batch.last:
+            page = scan.take(indexer.batch_max_docs)
+            if not page:
                 break
-            assert isinstance(batch.position, SnapshotPosition)
-            chunk = Chunk(index, target.artifact.manifest.ref, start.operation_time,
-                          published, [change.doc_id for change in batch.changes])
-            producer.send(kafka.topics.item_backfill, key=str(published).encode(),
-                          value=encode_chunk(chunk)).get(timeout=30)
-            position, published = batch.position, published + 1
-            checkpoints.save_backfill(index, position, chunks=published)
+            sent = [producer.send(kafka.topics.item_backfill, key=str(chunk.number).encode(),
+                                  value=encode_chunk(chunk))
+                    for chunk in chunks_of(page, index, target.artifact.manifest.ref,
+                                           start.operation_time, published,
+                                           indexer.max_message_bytes)]
+            for future in sent:  # acknowledged, or the error raised, before it counts
+                future.get(timeout=30)
+            published += len(sent)
+            checkpoints.save_backfill(index, scan.position, chunks=published)
     finally:
+        scan.close()
         producer.close()
+    position = scan.position
     while not stop.is_set():
         _, written = checkpoints.chunks(index)
         if on_progress is not None:

@@ -8,8 +8,9 @@
                     in the pack, so the first pack at or after a time T holds every
                     change at or after T
     item-backfill   key: the chunk number; value: {index, ref, t (operation time T),
-                    n (chunk number), ids}: the documents a worker reads and writes with
-                    version (T, 0) into that one index
+                    n (chunk number), docs, ids}: a page of the build's scan, which a
+                    worker writes with version (T, 0) into that one index: the documents
+                    themselves, and the ids of any too big for a message (read by id)
 
 Packs, not a message per change: kafka-python spends ~15 us on each message it sends
 and ~4 us on each it reads, more than the rest of the relay's work on a change. BSON
@@ -19,22 +20,28 @@ never a version, so a worker may replay a pack, or read it in two batches, harml
 document whose entry would not fit a message of ``max_bytes`` travels as a reference
 (``fetch``): the worker reads it by id, as the change stream's updateLookup would (the
 document as it is now, which versions make harmless); the pipeline then applies
-``max_document_bytes`` exactly as in the embedded daemon.
+``max_document_bytes`` exactly as in the embedded daemon. A chunk carries its documents
+for the same reason packs do: the build reads the collection once, in ``_id`` order, and
+no worker queries MongoDB for its share (ids-only chunks of earlier releases still read).
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from indexer.changes import Change, es_id, id_problem
 
 _CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
+_RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument,
+                                                   tz_aware=True)
+_LIST_ENTRY_BYTES = 8  # a list entry's type byte and its index as a key
 ENVELOPE_BYTES = 512  # room for a change's fields around its document, and a pack's
 
 
@@ -108,21 +115,51 @@ def decode_pack(value: bytes) -> Pack:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A share of a backfill: these ids, into this index, at version (T, 0)."""
+    """A share of a backfill: these documents (and those of ``ids``, read by id), into
+    this index, at version (T, 0)."""
 
     index: str
     ref: str  # the model version whose item tower fills the index
     operation_time: Timestamp
     number: int
-    ids: list[Any]
+    documents: list[RawBSONDocument]
+    ids: list[Any] = field(default_factory=list)
+
+
+def chunks_of(page: list[RawBSONDocument], index: str, ref: str, operation_time: Timestamp,
+              number: int, max_bytes: int) -> list[Chunk]:
+    """A page of the scan as chunks numbered from ``number``, each encoding to at most
+    ``max_bytes``; a document too big for any travels as its id."""
+    chunks: list[Chunk] = []
+    documents: list[RawBSONDocument] = []
+    ids: list[Any] = []
+    size = ENVELOPE_BYTES
+    for document in page:
+        fits = len(document.raw) + 2 * ENVELOPE_BYTES <= max_bytes
+        entry = len(document.raw) + _LIST_ENTRY_BYTES if fits else \
+            len(bson.encode({"_id": document["_id"]}))
+        if (documents or ids) and size + entry > max_bytes - ENVELOPE_BYTES:
+            chunks.append(Chunk(index, ref, operation_time, number + len(chunks), documents,
+                                ids))
+            documents, ids, size = [], [], ENVELOPE_BYTES
+        if fits:
+            documents.append(document)
+        else:
+            ids.append(document["_id"])
+        size += entry
+    if documents or ids:
+        chunks.append(Chunk(index, ref, operation_time, number + len(chunks), documents, ids))
+    return chunks
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
     return bson.encode({"index": chunk.index, "ref": chunk.ref, "t": chunk.operation_time,
-                        "n": chunk.number, "ids": chunk.ids})
+                        "n": chunk.number, "docs": chunk.documents, "ids": chunk.ids})
 
 
 def decode_chunk(value: bytes) -> Chunk:
-    message = bson.decode(value, codec_options=_CODEC)
+    """A chunk, its documents left as raw BSON (a worker measures and decodes each); a
+    chunk of ids alone from a build of an earlier release reads as such."""
+    message = bson.decode(value, codec_options=_RAW)
     return Chunk(message["index"], message["ref"], message["t"], int(message["n"]),
-                 list(message["ids"]))
+                 list(message.get("docs", [])), list(message["ids"]))

@@ -1,22 +1,24 @@
 """The snapshot source: a backfill's scan of the collection, with the stream's contract.
 
     T = the cluster's operation time when the backfill starts (kept in its state)
-    poll() -> the next page of documents by _id, each as an upsert with version (T, 0)
+    scan:   the collection's documents in _id order, one cursor, from the last _id saved
+    poll() -> the next page of them, each as an upsert with version (T, 0)
     position = (T, last _id handed out, count): saved like a stream position, in order
 
 No snapshot read is needed: a document scanned after a later change carries newer
 content under the older version T, and the streamed change (version > T) rewrites it.
 
-Paging by ``_id`` must cross BSON types: a query ``{_id: {$gt: x}}`` matches only ids of
-x's type (type bracketing), so when a page runs out inside one type the scan goes on
-with every type that sorts after it (``$type``), in the server's own sort order.
+A resumed scan must cross BSON types: a query ``{_id: {$gt: x}}`` matches only ids of
+x's type (type bracketing), so when it runs out the scan goes on with every type that
+sorts after x's (``$type``), in the server's own sort order.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import bson
@@ -27,6 +29,7 @@ from bson.min_key import MinKey
 from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 from bson.timestamp import Timestamp
+from pymongo.cursor import Cursor
 
 from indexer.changes import Batch, Change, SnapshotPosition, id_problem
 from indexer.versioning import external_version
@@ -77,39 +80,70 @@ class RawDocuments:
         return changes
 
 
-class SnapshotSource:
-    """Pages of the collection in ``_id`` order, resuming after ``position.last_id``."""
+class SnapshotScan:
+    """The collection's raw documents in ``_id`` order after a position, read through one
+    cursor (a query per page would sort again for every page: the MongoDB stand-in sorts
+    the whole collection for each, ~0.7 ms a document over a scan of 20k), with a second
+    cursor for the types after the last id's when a scan resumes. Pages come back at the
+    cursor's batch size, one round trip each."""
 
-    def __init__(self, collection: MongoCollection, position: SnapshotPosition,
-                 fields: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, collection: MongoCollection, position: SnapshotPosition) -> None:
         self.documents = RawDocuments(collection)
         self.position = position
-        self.fields = fields  # a projection: a distributed build needs only the ids
+        self.cursors: Iterator[Cursor[RawBSONDocument]] | None = None
+        self.cursor: Cursor[RawBSONDocument] | None = None
+
+    def take(self, limit: int) -> list[RawBSONDocument]:
+        """The next ``limit`` documents at most (none: the scan is done)."""
+        if self.cursors is None:
+            self.cursors = self._cursors(limit)
+        page: list[RawBSONDocument] = []
+        while len(page) < limit:
+            if self.cursor is None:
+                self.cursor = next(self.cursors, None)
+                if self.cursor is None:
+                    break
+            page.extend(islice(self.cursor, limit - len(page)))
+            if len(page) < limit:  # this cursor is done
+                self.cursor.close()
+                self.cursor = None
+        if page:
+            self.position = SnapshotPosition(self.position.operation_time, page[-1]["_id"],
+                                             self.position.documents + len(page))
+        return page
+
+    def _cursors(self, batch_size: int) -> Iterator[Cursor[RawBSONDocument]]:
+        last, find = self.position.last_id, self.documents.collection.find
+        if last is None and self.position.documents == 0:
+            yield find({}, batch_size=batch_size).sort("_id", 1)
+            return
+        yield find({"_id": {"$gt": last}}, batch_size=batch_size).sort("_id", 1)
+        later = types_after(last)  # {$gt: last} matched only ids of last's type
+        if later:
+            yield find({"_id": {"$type": later}}, batch_size=batch_size).sort("_id", 1)
+
+    def close(self) -> None:
+        if self.cursor is not None:
+            self.cursor.close()
+            self.cursor = None
+
+
+class SnapshotSource:
+    """The scan as a source: pages of upserts, resuming after ``position.last_id``."""
+
+    def __init__(self, collection: MongoCollection, position: SnapshotPosition) -> None:
+        self.scan = SnapshotScan(collection, position)
         self.version = external_version(position.operation_time, 0)
 
     def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch:
         """The next page (``max_docs`` documents at most); ``last`` when the scan is done."""
-        page = self._page(max_docs)
+        page = self.scan.take(max_docs)
+        position = self.scan.position
         if not page:
-            return Batch(position=self.position, last=True)
-        time_t = self.position.operation_time
-        changes = self.documents.upserts(page, self.version, time_t)
-        self.position = SnapshotPosition(time_t, changes[-1].doc_id,
-                                         self.position.documents + len(page))
-        return Batch(changes, self.position, watermark=None,
+            return Batch(position=position, last=True)
+        changes = self.scan.documents.upserts(page, self.version, position.operation_time)
+        return Batch(changes, position, watermark=None,
                      size_bytes=sum(change.size_bytes for change in changes))
 
-    def _page(self, limit: int) -> list[RawBSONDocument]:
-        last, find = self.position.last_id, self.documents.collection.find
-        if last is None and self.position.documents == 0:
-            return list(find({}, self.fields).sort("_id", 1).limit(limit))
-        page = list(find({"_id": {"$gt": last}}, self.fields).sort("_id", 1).limit(limit))
-        if len(page) < limit:  # this type's ids are done: the types after it
-            later = types_after(page[-1]["_id"] if page else last)
-            if later:
-                page += find({"_id": {"$type": later}}, self.fields).sort("_id", 1).limit(
-                    limit - len(page))
-        return page
-
     def close(self) -> None:
-        """Nothing to release: every page is its own query."""
+        self.scan.close()

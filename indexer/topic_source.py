@@ -5,7 +5,7 @@ batches the one driver loop (indexer/driver.py) writes.
           consumer.poll -> seek partitions assigned meanwhile -> a gap is a lost history
           -> the packs of item changes (indexer/messages.py) as batches of up to
           max_docs changes (a fenced relay's dropped, big documents read by id), each
-          backfill chunk (its documents read by id) as a batch of its own
+          backfill chunk (its documents; big ones read by id) as a batch of its own
     position: TopicPosition, the next offset of every partition read (offsets.py saves it)
 
 Kafka's group protocol gives each worker its partitions. A partition gained is paused
@@ -366,13 +366,15 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
         return kept
 
     def _chunk(self, record: ConsumerRecord, tp: TopicPartition) -> Batch:
-        """A backfill share: its documents at version (T, 0), for its one index."""
+        """A backfill share: its documents (those too big for the message read by id)
+        at version (T, 0), for its one index."""
         chunk = decode_chunk(record.value)
         target = self.targets.get(chunk.index)
         if target is None:
             target = self.targets[chunk.index] = self.chunk_target(chunk.ref, chunk.index)
         version = external_version(chunk.operation_time, 0)
-        found = self.documents.collection.find({"_id": {"$in": chunk.ids}})
+        found = chunk.documents + (list(self.documents.collection.find(
+            {"_id": {"$in": chunk.ids}})) if chunk.ids else [])
         changes = self.documents.upserts(found, version, chunk.operation_time)
         return Batch(changes, TopicPosition({(tp.topic, tp.partition): record.offset + 1},
                                             chunk=(chunk.index, chunk.number)),

@@ -1,4 +1,5 @@
-"""Backfill hands over to the live stream with no gap, and resumes after an interruption."""
+"""Backfill hands over to the live stream with no gap, and resumes after an interruption;
+its scan crosses BSON types in the server's order, fresh and resumed."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import threading
 import time
 from pathlib import Path
 
+from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch
+from pymongo.database import Database
 
 from esrec.settings import Settings
+from indexer.changes import SnapshotPosition
 from indexer.daemon import Indexer
 from indexer.service import Services
+from indexer.snapshot import SnapshotScan
+from indexer.writers import WRITE_AHEAD, WRITERS
 from tests.indexer.helpers import mismatches, services, wait_caught_up
 from towers.artifact import ModelArtifact
 from towers.dataset import Collections, write_mongo
@@ -69,11 +75,33 @@ def test_interrupted_backfill_resumes_after_the_last_id(settings: Settings, es: 
             svc.stop.set()
 
     first = svc.backfill(target, stop_after_three)
-    # what was read before the stop is drained: at most WRITE_AHEAD more pages
-    assert not first.done and first.documents == saved[-1] and 300 <= first.documents <= 500
+    # what was read before the stop is drained: the pages being written, those queued
+    # and the one being read at most (a fast scan has them all read by then)
+    ahead = WRITERS + WRITE_AHEAD + 1
+    assert not first.done and first.documents == saved[-1]
+    assert 300 <= first.documents <= 300 + 100 * ahead < 1500
     svc.stop.clear()
     second = svc.backfill(target)
     assert second.done and second.documents == 1500
     assert second.resumed_from is not None and second.operation_time == first.operation_time
     es.indices.refresh(index=target.index)
     assert es.count(index=target.index)["count"] == 1500
+
+
+def test_the_scan_reads_in_id_order_across_types_and_resumes_mid_type(
+        mongo_db: Database) -> None:
+    """One cursor for a fresh scan (ints sort before strings); a scan resumed inside the
+    ints goes on with them and then with the strings (a ``$gt`` matches one type only)."""
+    ids: list[object] = [*range(40), *[f"s{n:02d}" for n in range(30)]]
+    mongo_db.items.insert_many([{"_id": i, "n": n} for n, i in enumerate(reversed(ids))])
+    start = SnapshotPosition(Timestamp(1, 1), None, 0)
+    fresh = SnapshotScan(mongo_db.items, start)
+    pages = [fresh.take(25) for _ in range(4)]
+    assert [len(page) for page in pages] == [25, 25, 20, 0]
+    assert [d["_id"] for page in pages for d in page] == ids
+    assert fresh.position == SnapshotPosition(start.operation_time, "s29", 70)
+
+    resumed = SnapshotScan(mongo_db.items, SnapshotPosition(start.operation_time, 29, 30))
+    rest = [d["_id"] for page in iter(lambda: resumed.take(25), []) for d in page]
+    resumed.close()
+    assert rest == ids[30:] and resumed.position.documents == 70

@@ -1,18 +1,21 @@
 """The topic's messages (unit, no server): every BSON type survives, the version travels
 in the message, a document too big for Kafka travels as a reference, packs stay under
 the message limit with the newest cluster time as their timestamp, one item's changes
-keep one partition, a message of a relay before packs still reads."""
+keep one partition, a message of a relay before packs still reads; a build's page
+travels as chunks of its documents under the limit (a big one as its id)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import bson
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from indexer.changes import Change, id_problem
 from indexer.messages import (
     Chunk,
+    chunks_of,
     decode_chunk,
     decode_pack,
     encode_chunk,
@@ -78,5 +81,28 @@ def test_partitions_and_chunks() -> None:
     spread = [partition_of(f"i{n}", 12) for n in range(1200)]
     assert spread == [partition_of(f"i{n}", 12) for n in range(1200)]  # stable
     assert all(60 < spread.count(p) < 140 for p in range(12))  # even
-    chunk = Chunk("idx-g1", "m@1", T, 3, ["a", 2, bson.ObjectId()])
-    assert decode_chunk(encode_chunk(chunk)) == chunk
+
+
+def _raw(document: dict) -> RawBSONDocument:
+    return RawBSONDocument(bson.encode(document))
+
+
+def test_a_page_travels_as_chunks_of_documents_under_the_limit() -> None:
+    page = [_raw({"_id": n, "text": "y" * 900}) for n in range(40)]
+    page.insert(7, _raw({"_id": "big", "b": "x" * 20_000}))
+    chunks = chunks_of(page, "idx-g1", "m@1", T, 3, max_bytes=16 * 1024)
+    encoded = [encode_chunk(chunk) for chunk in chunks]
+    assert len(chunks) > 2 and all(len(value) <= 16 * 1024 for value in encoded)
+    read = [decode_chunk(value) for value in encoded]
+    assert read == chunks and [chunk.number for chunk in read] == list(range(3, 3 + len(read)))
+    # every document once, in order; the one too big for a message as its id
+    assert [d.raw for chunk in read for d in chunk.documents] == \
+        [d.raw for d in page if d["_id"] != "big"]
+    assert [i for chunk in read for i in chunk.ids] == ["big"]
+    assert all(chunk.index == "idx-g1" and chunk.operation_time == T for chunk in read)
+
+
+def test_a_chunk_of_ids_from_an_earlier_release_still_reads() -> None:
+    ids = ["a", 2, bson.ObjectId()]
+    old = bson.encode({"index": "idx-g1", "ref": "m@1", "t": T, "n": 3, "ids": ids})
+    assert decode_chunk(old) == Chunk("idx-g1", "m@1", T, 3, [], ids)
