@@ -29,7 +29,7 @@ from indexer.messages import chunks_of, encode_chunk
 from indexer.offsets import TopicOffsets
 from indexer.pipeline import Pipeline, Target
 from indexer.settings import IndexerConfig, IndexerSettings
-from indexer.snapshot import SnapshotScan, SnapshotSource
+from indexer.snapshot import Pace, SnapshotScan, SnapshotSource
 from indexer.source import server_time
 from runtime.clients import MongoCollection, ensure_topic, kafka_options, topic_offsets
 
@@ -66,7 +66,7 @@ def backfill(items: MongoCollection, es: Elasticsearch, pipeline: Pipeline,
         if on_progress is not None:
             on_progress(last.documents, max(total, last.documents))
 
-    source = SnapshotSource(items, start)
+    source = SnapshotSource(items, start, Pace(settings.backfill_max_docs_per_s, stop))
     try:
         done = drive(source, pipeline, save, stop, settings)
     finally:
@@ -101,14 +101,18 @@ def backfill_via_workers(items: MongoCollection, es: Elasticsearch, checkpoints:
     published, _ = checkpoints.chunks(index)
     producer = KafkaProducer(**kafka_options(kafka), acks="all",
                              max_request_size=indexer.max_message_bytes + 64 * 1024)
-    scan = SnapshotScan(items, start)
+    scan = SnapshotScan(items, start, Pace(indexer.backfill_max_docs_per_s, stop))
+    # chunks in turn over the partitions: every worker gets its share (a hash of the
+    # chunk numbers gave some partitions twice the chunks of others)
+    partitions = sorted(producer.partitions_for(kafka.topics.item_backfill))
     try:
         while not stop.is_set():
             page = scan.take(indexer.batch_max_docs)
             if not page:
                 break
             sent = [producer.send(kafka.topics.item_backfill, key=str(chunk.number).encode(),
-                                  value=encode_chunk(chunk))
+                                  value=encode_chunk(chunk),
+                                  partition=partitions[chunk.number % len(partitions)])
                     for chunk in chunks_of(page, index, target.artifact.manifest.ref,
                                            start.operation_time, published,
                                            indexer.max_message_bytes)]

@@ -7,8 +7,9 @@
                     BSON bytes) | fetch, problem}]}; timestamp: the newest cluster time
                     in the pack, so the first pack at or after a time T holds every
                     change at or after T
-    item-backfill   key: the chunk number; value: {index, ref, t (operation time T),
-                    n (chunk number), docs, ids}: a page of the build's scan, which a
+    item-backfill   key: the chunk number (partitions take the chunks in turn); value:
+                    {index, ref, t (operation time T), n (chunk number), docs, ids}: a
+                    page of the build's scan, which a
                     worker writes with version (T, 0) into that one index: the documents
                     themselves, and the ids of any too big for a message (read by id)
 

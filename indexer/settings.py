@@ -63,6 +63,9 @@ class IndexerSettings(Section):
     # a document without one goes to dead letters
     required_fields: list[str] = Field(default_factory=list)
     max_document_bytes: int = Field(default=1024 * 1024, gt=0)  # BSON size of the source doc
+    # a backfill reads at most this many documents a second (0: as fast as the servers
+    # take them), so re-embedding a catalog does not crowd out live indexing and search
+    backfill_max_docs_per_s: float = Field(default=0.0, ge=0)
     # auto: measure int8_hnsw's recall@100 for the version's probe user queries over a
     # sample of real item vectors when its index is created, and use int8 only if it
     # reaches int8_min_recall (0.99: a miss in the top 100 is a lost candidate; on real

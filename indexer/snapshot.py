@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime
 import re
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -80,6 +82,26 @@ class RawDocuments:
         return changes
 
 
+class Pace:
+    """At most ``docs_per_s`` documents a second, on average since the first page: each
+    page waits for its share of time (``stop`` ends a wait early; 0: no limit)."""
+
+    def __init__(self, docs_per_s: float, stop: threading.Event) -> None:
+        self.docs_per_s = docs_per_s
+        self.stop = stop
+        self.started: float | None = None
+        self.taken = 0
+
+    def wait(self, docs: int) -> None:
+        if not self.docs_per_s:
+            return
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        self.stop.wait(max(0.0, self.started + self.taken / self.docs_per_s - now))
+        self.taken += docs
+
+
 class SnapshotScan:
     """The collection's raw documents in ``_id`` order after a position, read through one
     cursor (a query per page would sort again for every page: the MongoDB stand-in sorts
@@ -87,14 +109,19 @@ class SnapshotScan:
     cursor for the types after the last id's when a scan resumes. Pages come back at the
     cursor's batch size, one round trip each."""
 
-    def __init__(self, collection: MongoCollection, position: SnapshotPosition) -> None:
+    def __init__(self, collection: MongoCollection, position: SnapshotPosition,
+                 pace: Pace | None = None) -> None:
         self.documents = RawDocuments(collection)
         self.position = position
+        self.pace = pace
         self.cursors: Iterator[Cursor[RawBSONDocument]] | None = None
         self.cursor: Cursor[RawBSONDocument] | None = None
 
     def take(self, limit: int) -> list[RawBSONDocument]:
-        """The next ``limit`` documents at most (none: the scan is done)."""
+        """The next ``limit`` documents at most (none: the scan is done), no sooner than
+        the pace allows."""
+        if self.pace is not None:
+            self.pace.wait(limit)
         if self.cursors is None:
             self.cursors = self._cursors(limit)
         page: list[RawBSONDocument] = []
@@ -131,8 +158,9 @@ class SnapshotScan:
 class SnapshotSource:
     """The scan as a source: pages of upserts, resuming after ``position.last_id``."""
 
-    def __init__(self, collection: MongoCollection, position: SnapshotPosition) -> None:
-        self.scan = SnapshotScan(collection, position)
+    def __init__(self, collection: MongoCollection, position: SnapshotPosition,
+                 pace: Pace | None = None) -> None:
+        self.scan = SnapshotScan(collection, position, pace)
         self.version = external_version(position.operation_time, 0)
 
     def poll(self, max_docs: int, max_bytes: int, max_wait_s: float) -> Batch:
