@@ -80,13 +80,16 @@ class Checkpoints:
     def save(self, index: str, position: Position, watermark: Timestamp | None = None,
              idle: bool = False) -> None:
         """A running indexer's save: ``watermark``: everything up to this cluster time is
-        indexed; ``idle``: the stream was empty behind the position."""
+        indexed; ``idle``: the stream was empty behind the position. The watermark never
+        moves back: a daemon that takes on a freshly built index restarts its stream from
+        the others' older position, and what it reads again there the new index holds."""
         fields: dict[str, Any] = {"token": position.token, "cluster_time": position.cluster_time,
                                   "seq": position.seq, "stream": position.stream,
                                   "idle": idle, "updated_at": datetime.now(UTC)}
+        update: dict[str, Any] = {"$set": fields}
         if watermark is not None:
-            fields["watermark"] = watermark
-        self.collection.update_one({"_id": self._id(index)}, {"$set": fields}, upsert=True)
+            update["$max"] = {"watermark": watermark}
+        self.collection.update_one({"_id": self._id(index)}, update, upsert=True)
 
     def save_all(self, indices: list[str], position: Position,
                  watermark: Timestamp | None = None, idle: bool = False) -> None:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bson.timestamp import Timestamp
 from elastic_transport import ConnectionError as TransportConnectionError
 from elasticsearch import Elasticsearch
 from pymongo.errors import OperationFailure
@@ -85,6 +86,25 @@ def test_idle_stream_keeps_its_token_fresh(settings: Settings, es: Elasticsearch
     assert later.token != first.token
     progress = svc.checkpoints.progress(target.index)
     assert progress is not None and progress.idle and progress.watermark is not None
+
+
+def test_a_watermark_never_moves_back(settings: Settings, es: Elasticsearch,
+                                     artifact_dir: Path) -> None:
+    """A daemon taking on a freshly built index restarts from the others' older position
+    and saves it for all: the new index's hand-over watermark must stay (or it looks behind
+    and fails the freshness gate)."""
+    svc, target = _ready(settings, es, artifact_dir)
+    progress = svc.checkpoints.progress(target.index)
+    assert progress is not None and progress.watermark is not None
+    handed_over = progress.watermark
+    older = Timestamp(handed_over.time - 60, 1)
+    svc.checkpoints.save_all([target.index], Position(None, older), older, idle=False)
+    after = svc.checkpoints.progress(target.index)
+    assert after is not None and after.watermark == handed_over
+    newer = Timestamp(handed_over.time + 5, 1)
+    svc.checkpoints.save_all([target.index], Position(None, newer), newer, idle=True)
+    after = svc.checkpoints.progress(target.index)
+    assert after is not None and after.watermark == newer and after.idle
 
 
 def test_missing_checkpoint_is_explained(settings: Settings, es: Elasticsearch,
