@@ -43,7 +43,7 @@ from indexer.settings import IndexerConfig
 from indexer.snapshot import RawDocuments
 from indexer.source import HistoryLost
 from indexer.versioning import external_version
-from runtime.clients import MongoCollection, ensure_topic, kafka_options
+from runtime.clients import MongoCollection, ensure_topic, group_consumer
 
 log = logging.getLogger("esrec.worker")
 LAG_EVERY_S = 5.0
@@ -124,24 +124,17 @@ class TopicSource(ConsumerRebalanceListener):  # type: ignore[misc]
         topics = [self.changes_topic, self.backfill_topic]
         for topic in topics:  # subscribed: they must exist
             ensure_topic(self.settings.kafka, topic, indexer.partitions)
-        consumer = KafkaConsumer(**kafka_options(self.settings.kafka),
-                                 metadata_max_age_ms=METADATA_EVERY_MS,
-                                 group_id=indexer.worker_group, enable_auto_commit=False,
-                                 # only before the reader seeks a new partition (it is
-                                 # paused until then); a reset past a gap is caught by _gap
-                                 auto_offset_reset="earliest",
-                                 session_timeout_ms=indexer.worker_session_timeout_ms,
-                                 heartbeat_interval_ms=indexer.worker_session_timeout_ms // 4,
-                                 max_poll_interval_ms=indexer.worker_rebalance_timeout_ms,
-                                 fetch_max_bytes=64 * 1024 * 1024,
-                                 max_partition_fetch_bytes=indexer.max_message_bytes * 2)
-        for topic in topics:
-            # the group leader assigns only topics its metadata knows: a topic created a
-            # moment ago may be missing from it, and its partitions would go to no one
-            if not consumer.partitions_for_topic(topic):
-                consumer.close()
-                raise KafkaError(f"no partitions of {topic} in the metadata yet")
-        consumer.subscribe(topics, listener=self)
+        consumer = group_consumer(self.settings.kafka, topics, indexer.worker_group,
+                                  listener=self, metadata_max_age_ms=METADATA_EVERY_MS,
+                                  enable_auto_commit=False,
+                                  # only before the reader seeks a new partition (it is
+                                  # paused until then); a reset past a gap is caught by _gap
+                                  auto_offset_reset="earliest",
+                                  session_timeout_ms=indexer.worker_session_timeout_ms,
+                                  heartbeat_interval_ms=indexer.worker_session_timeout_ms // 4,
+                                  max_poll_interval_ms=indexer.worker_rebalance_timeout_ms,
+                                  fetch_max_bytes=64 * 1024 * 1024,
+                                  max_partition_fetch_bytes=indexer.max_message_bytes * 2)
         self.consumer = consumer
         self.changed_at = time.monotonic()
 

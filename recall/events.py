@@ -41,7 +41,7 @@ from recall.metrics import EventMetrics
 from recall.popularity import ClusterPopularity, Popularity
 from recall.settings import RecallConfig
 from recall.state import UserEvent, UserStates, problems
-from runtime.clients import MongoDatabase, kafka_options
+from runtime.clients import MongoDatabase, group_consumer, kafka_options
 from runtime.health import Health
 from runtime.retry import Backoff, retry
 from towers.registry import ModelRegistry
@@ -121,9 +121,9 @@ class EventConsumer:
 
     def _connect(self) -> tuple[KafkaConsumer, KafkaProducer]:
         kafka = self.settings.kafka
-        consumer = KafkaConsumer(kafka.topics.user_events, **kafka_options(kafka),
-                                 group_id=self.settings.recall.consumer_group,
-                                 enable_auto_commit=False, auto_offset_reset="earliest")
+        consumer = group_consumer(kafka, [kafka.topics.user_events],
+                                  self.settings.recall.consumer_group,
+                                  enable_auto_commit=False, auto_offset_reset="earliest")
         try:
             producer = KafkaProducer(**kafka_options(kafka), acks="all",
                                      max_block_ms=int(DEAD_LETTER_TIMEOUT_S * 1000))

@@ -95,6 +95,26 @@ def ensure_topic(settings: KafkaSettings, name: str, partitions: int) -> None:
         admin.close()
 
 
+def group_consumer(settings: KafkaSettings, topics: list[str], group_id: str,
+                   listener: Any = None, **options: Any) -> Any:
+    """A KafkaConsumer of ``group_id`` subscribed to ``topics`` once its metadata knows
+    their partitions (raises KafkaError until then, for the caller's retry).
+
+    The group leader assigns only the topics its metadata knows: one created a moment
+    ago (or not yet) may be missing from it, and its partitions would go to no one until
+    the next metadata refresh (kafka-python issue 2377)."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    consumer = KafkaConsumer(**kafka_options(settings), group_id=group_id, **options)
+    for topic in topics:
+        if not consumer.partitions_for_topic(topic):
+            consumer.close()
+            raise KafkaError(f"no partitions of {topic} in the metadata yet: does it exist?")
+    consumer.subscribe(topics, listener=listener)
+    return consumer
+
+
 def topic_offsets(settings: KafkaSettings, topic: str,
                   at_ms: int | None = None) -> dict[int, int]:
     """Per partition of ``topic``: where it ends now, or (``at_ms``, epoch milliseconds)
