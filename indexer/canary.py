@@ -81,7 +81,8 @@ def verdict(canary: Canary, counts: Mapping[Arm, ArmCounts], settings: RolloutSe
     """None while undecided; rollback as soon as an instant check fails on enough
     requests; at the end: promote if every check passes on enough requests. An arm short
     of requests at the end extends the canary by up to half its expiry grace (quiet
-    hours), then rolls it back: never a promote on too little traffic."""
+    hours), then rolls it back: never a promote on too little traffic, nor on too few
+    clicks to compare."""
     enough = all(counts[arm].requests >= settings.canary_min_requests for arm in ARMS)
     final = now >= canary.ends_at
     results = checks(counts, settings, final)
@@ -89,12 +90,19 @@ def verdict(canary: Canary, counts: Mapping[Arm, ArmCounts], settings: RolloutSe
         return "rollback", results
     if not final:
         return None, results
-    if enough:
+    clicked = counts["baseline"].clicks >= settings.canary_min_clicks
+    if enough and clicked:
         return "promote", results
     if now < canary.ends_at + (canary.expires_at - canary.ends_at) / 2:
         return None, results
-    results.append(GateResult("traffic", False, "fewer than "
-                              f"{settings.canary_min_requests} requests per arm"))
+    if not enough:
+        results.append(GateResult("traffic", False, "fewer than "
+                                  f"{settings.canary_min_requests} requests per arm"))
+    else:
+        results.append(GateResult(
+            "traffic", False, f"{counts['baseline'].clicks} clicks on the baseline arm "
+            f"(min {settings.canary_min_clicks}): do click events reach `esrec recall "
+            "events` with the answer's request_id?"))
     return "rollback", results
 
 

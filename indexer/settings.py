@@ -132,6 +132,9 @@ class RolloutSettings(Section):
     canary_max_p99_ratio: float = Field(default=1.5, ge=1)  # p99 over the baseline's
     canary_p99_slack_ms: float = Field(default=20.0, ge=0)  # ... plus this much
     canary_min_ctr_ratio: float = Field(default=0.9, ge=0)  # clicks per request over base
+    # the baseline arm's clicks before click-through is compared (0: no click needed);
+    # none at all means clicks do not reach `esrec recall events`, not an equal version
+    canary_min_clicks: int = Field(default=20, ge=0)
     # overlap@k with the baseline's answers (0: reported only; a better model may differ)
     canary_min_overlap: float = Field(default=0.0, ge=0, le=1)
     canary_poll_s: float = Field(default=2.0, gt=0)  # how often a roll reads the arms' figures

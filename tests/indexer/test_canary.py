@@ -86,6 +86,20 @@ def test_errors_or_latency_roll_back_at_once_clicks_at_the_end() -> None:
     assert [r.name for r in results if not r.passed] == ["traffic"]
 
 
+def test_no_clicks_to_compare_never_promotes() -> None:
+    unclicked = {"baseline": _counts(500), "candidate": _counts(120)}  # clicks lost on the way
+    assert verdict(_canary(0), unclicked, RULES, NOW)[0] is None  # waits for clicks ...
+    decided, results = verdict(_canary(0), unclicked, RULES, NOW + timedelta(seconds=31))
+    assert decided == "rollback"  # ... for half the grace (ctr "passes": 0 >= 0.9 x 0)
+    assert [r.detail for r in results if not r.passed] == [
+        "0 clicks on the baseline arm (min 20): do click events reach `esrec recall "
+        "events` with the answer's request_id?"]
+    few = {"baseline": _counts(500, clicks=20), "candidate": _counts(120, clicks=5)}
+    assert verdict(_canary(0), few, RULES, NOW)[0] == "promote"  # 0.042 >= 0.9 x 0.04
+    clickless = RULES.model_copy(update={"canary_min_clicks": 0})
+    assert verdict(_canary(0), unclicked, clickless, NOW)[0] == "promote"
+
+
 def test_a_user_keeps_one_arm_and_the_share_holds() -> None:
     canary = _canary(60)
     arms = [canary.arm(f"u{n}") for n in range(4000)]
