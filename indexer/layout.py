@@ -22,7 +22,7 @@ import numpy as np
 from elasticsearch import Elasticsearch, NotFoundError
 
 from runtime.errors import Refused
-from towers.artifact import Manifest
+from towers.manifest import Manifest
 
 VECTOR = "vector"
 DELETED = "deleted"

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -29,7 +29,9 @@ from indexer.metrics import IndexerMetrics
 from indexer.relations import Related, embed
 from indexer.settings import IndexerSettings
 from indexer.sink import Action, BulkOutcome
-from towers.artifact import ModelArtifact
+
+if TYPE_CHECKING:
+    from towers.artifact import ModelArtifact
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from elasticsearch import Elasticsearch
 
-from towers.artifact import ModelArtifact
+if TYPE_CHECKING:
+    from towers.artifact import ModelArtifact
+
 
 log = logging.getLogger("esrec.indexer")
 SAMPLE_ITEMS = 2000  # enough for a stable recall estimate, small enough to index in seconds

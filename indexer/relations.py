@@ -9,13 +9,16 @@ collections and re-embeds the items a related change touches (``indexer.source``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtime.clients import MongoDatabase
-from towers.artifact import Manifest, ModelArtifact
+from towers.manifest import Manifest
 from towers.relations import Relation, attach
+
+if TYPE_CHECKING:
+    from towers.artifact import ModelArtifact
 
 
 class Related:

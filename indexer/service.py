@@ -36,7 +36,7 @@ from runtime.clients import MongoCollection, MongoDatabase
 from runtime.errors import Refused
 from runtime.health import Health
 from runtime.retry import Backoff
-from towers.artifact import Manifest
+from towers.manifest import Manifest
 from towers.registry import ModelRegistry, parse_ref
 from towers.relations import Relation
 

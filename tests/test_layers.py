@@ -50,3 +50,15 @@ def test_recall_reaches_only_the_index_layout_the_settings_and_the_canary_store(
          "print(' '.join(sorted(m for m in sys.modules if m.startswith('indexer.'))))"],
         capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
     assert loaded == ["indexer.canary_store", "indexer.layout", "indexer.settings"]
+
+
+def test_commands_that_load_no_model_never_import_torch() -> None:
+    """`esrec indexer status`, `esrec models status` and the like read records and indices:
+    importing torch would add 1.5-3 s to each (towers.manifest is the torch-free half of an
+    artifact; torch comes with towers.artifact, where the towers are loaded)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, indexer.lifecycle, indexer.service, "
+         "towers.registry, towers.manifest, esrec.cli.indexer, esrec.cli.models; "
+         "print('torch' in sys.modules)"],
+        capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    assert loaded == "False"

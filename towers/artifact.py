@@ -19,7 +19,6 @@ Loading verifies all of it and refuses anything corrupt or inconsistent.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -27,70 +26,40 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch.export import Dim, ExportedProgram
 
-from runtime.errors import Refused
 from towers.coldstart import ColdStart, KnownItems
 from towers.features import FeatureSpec, embedded
-from towers.featurizer import NUMERIC, Featurizer, FittedState, NumericStats
+from towers.featurizer import NUMERIC, Featurizer, FittedState
+from towers.manifest import (
+    FORMAT_VERSION,
+    ITEM_TOWER,
+    KNOWN_ITEMS,
+    MANIFEST,
+    OPTIONAL_FILES,
+    PROBE_QUERIES,
+    REQUIRED_FILES,
+    USER_TOWER,
+    VOCABULARIES,
+    ArtifactError,
+    Manifest,
+    sha256_file,
+)
 from towers.model import TwoTower
 from towers.numpy_tower import TOLERANCE as NUMPY_TOLERANCE
 from towers.numpy_tower import NumpyTower
 
-FORMAT_VERSION = 1
 log = logging.getLogger("esrec.towers")
-MANIFEST = "manifest.json"
-ITEM_TOWER = "item_tower.pt2"
-USER_TOWER = "user_tower.pt2"
-VOCABULARIES = "vocabularies.json"
-PROBE_QUERIES = "probe_queries.npy"
-KNOWN_ITEMS = "known_items.npz"
-REQUIRED_FILES = (ITEM_TOWER, USER_TOWER, VOCABULARIES)
-OPTIONAL_FILES = (PROBE_QUERIES, KNOWN_ITEMS)
 _MAX_BATCH = 1 << 20
 # torch.export.load sets a process-wide deserializer: two threads loading at once fail
 # ("_CURRENT_DESERIALIZER is already set"), e.g. recall's refresh loading a canary's
 # candidate while another thread loads a version
 _LOADING = threading.Lock()
-
-
-class ArtifactError(Refused):
-    """An artifact that cannot be used, with the reason."""
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    format_version: int
-    name: str
-    version: str
-    dims: int
-    similarity: Literal["dot_product"]  # towers end in L2 normalisation
-    feature_spec: FeatureSpec
-    numeric_stats: dict[str, NumericStats]
-    vocabulary_sizes: dict[str, int]
-    training: dict[str, Any]
-    cold_start: ColdStart = ColdStart()  # how an item unknown by id is embedded
-    torch_version: str
-    created_at: str
-    files: dict[str, str]  # file name -> sha256
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _export(tower: torch.nn.Module, example: dict[str, torch.Tensor], path: Path) -> None:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from towers.features import OOV, FeatureSpec, ItemId
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the manifest needs none
+    import torch
 
 Method = Literal["content", "neighbours"]
 DEFAULT_K = 5  # MovieLens held-out new items: 5 > 10 > 20 neighbours (README)
@@ -58,6 +60,8 @@ def hide_ids(spec: FeatureSpec, inputs: dict[str, torch.Tensor]) -> dict[str, to
     name = id_feature(spec)
     if name is None:
         return inputs
+    import torch
+
     return {**inputs, name: torch.full_like(inputs[name], OOV)}
 
 
@@ -72,6 +76,8 @@ class KnownItems:
     def of(cls, spec: FeatureSpec, inputs: dict[str, torch.Tensor],
            embed: Callable[[dict[str, torch.Tensor]], np.ndarray]) -> KnownItems:
         """From a featurized catalog and the item tower (``embed``)."""
+        import torch
+
         known = ~unknown_rows(spec, inputs)
         rows = torch.from_numpy(np.flatnonzero(known))
         chosen = {key: tensor[rows] for key, tensor in inputs.items()}

@@ -14,10 +14,9 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from towers.features import (
@@ -37,6 +36,9 @@ from towers.features import (
     Tags,
     Text,
 )
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the manifest needs none
+    import torch
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _SECONDS_PER_DAY = 86_400.0
@@ -284,6 +286,8 @@ class Featurizer:
 
 
 def _torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    import torch
+
     return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
 

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gridfs
 from pymongo import ASCENDING, ReturnDocument
@@ -22,8 +22,11 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from runtime.errors import Refused
-from towers.artifact import MANIFEST, ModelArtifact
 from towers.clusters import ClusterSet
+from towers.manifest import MANIFEST
+
+if TYPE_CHECKING:
+    from towers.artifact import ModelArtifact
 
 STATES = ("published", "building", "ready", "canary", "serving", "retired", "failed")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "models"
@@ -64,6 +67,14 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
+def _load(directory: Path, expected_sha256: str | None = None) -> ModelArtifact:
+    """Imported here: torch comes with the towers, and commands that only read records
+    (`esrec models status`) never load one."""
+    from towers.artifact import ModelArtifact
+
+    return ModelArtifact.load(directory, expected_sha256)
+
+
 class ModelRegistry:
     def __init__(self, db: Database[dict[str, Any]], collection: str) -> None:
         self.documents = db[collection]
@@ -72,7 +83,7 @@ class ModelRegistry:
 
     def publish(self, directory: Path) -> ModelRecord:
         """Upload a verified artifact; idempotent for identical bytes, refused otherwise."""
-        artifact = ModelArtifact.load(directory)
+        artifact = _load(directory)
         # created here, not at construction: a process must start while MongoDB is down
         self.documents.create_index([("name", ASCENDING), ("version", ASCENDING)])
         manifest = artifact.manifest
@@ -125,7 +136,7 @@ class ModelRegistry:
         record = self.get(ref)
         target = cache / record.sha256
         if (target / MANIFEST).is_file():
-            return ModelArtifact.load(target, expected_sha256=record.sha256)
+            return _load(target, record.sha256)
         cache.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=cache, prefix=".pull-"))
         try:
@@ -133,14 +144,14 @@ class ModelRegistry:
             for entry in document["files"]:
                 with (staging / entry["name"]).open("wb") as out:
                     self.files.download_to_stream(entry["file_id"], out)
-            ModelArtifact.load(staging, expected_sha256=record.sha256)
+            _load(staging, record.sha256)
             staging.rename(target)  # atomic: a half-pulled artifact is never in the cache
         except OSError:
             if not (target / MANIFEST).is_file():
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return ModelArtifact.load(target, expected_sha256=record.sha256)
+        return _load(target, record.sha256)
 
     def set_state(self, ref: str, state: str, reason: str) -> ModelRecord:
         """Move a version to ``state``, appending to its history."""

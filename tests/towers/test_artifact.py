@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from towers.artifact import ArtifactError, ModelArtifact
+from towers.artifact import ModelArtifact
 from towers.dataset import Dataset
+from towers.manifest import ArtifactError
 from towers.train import TrainResult
 
 # Exported programs run the same kernels as the eager model on CPU; allow float32 noise.

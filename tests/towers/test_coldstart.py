@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import QUICK, SMALL
-from towers.artifact import ArtifactError, ModelArtifact, export_artifact
+from towers.artifact import ModelArtifact, export_artifact
 from towers.coldstart import ColdStart, KnownItems
 from towers.dataset import Dataset
 from towers.holdout import choose_cold_start, measure_items
+from towers.manifest import ArtifactError
 from towers.synth import generate
 from towers.train import TrainResult
 
