@@ -53,6 +53,7 @@ def test_stale_state_is_forgotten(tmp_path: Path) -> None:
     assert not (tmp_path / "kafka.json").exists()
 
 
+@pytest.mark.long  # long: `esrec stack up/down` also runs in every test_demo run
 def test_cli_up_doctor_down_leaves_nothing_behind(tmp_path: Path) -> None:
     up = subprocess.run([*ESREC, "stack", "up", "--dir", str(tmp_path), "--free-ports"],
                         capture_output=True, text=True, timeout=120, check=True)
@@ -136,6 +137,7 @@ def test_the_servers_of_a_killed_owner_stop_with_it(tmp_path: Path, how: int) ->
         LocalStack(tmp_path).down()
 
 
+@pytest.mark.long  # long: the SIGTERM path is test_lifetime.py's, the demo's test_demo's
 def test_a_terminated_demo_stops_its_servers_and_processes(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if not name.startswith("ESREC_")}
     log = tmp_path / "demo.log"

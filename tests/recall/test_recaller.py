@@ -302,6 +302,7 @@ def test_an_id_with_a_space_or_non_ascii_letters_goes_from_catalog_to_recall(
     assert not {c.item_id for c in response.candidates} & set(odd)  # seen: excluded
 
 
+@pytest.mark.long  # long: three cold CLI processes for one default
 def test_the_cli_query_defaults_to_the_settings_k(recaller: Recaller) -> None:
     """`esrec recall query` asks for recall.default_k unless --k says otherwise: one default."""
     def query(*args: str, **env: str) -> int:
