@@ -30,7 +30,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
@@ -53,6 +59,11 @@ EXCERPT_CHARS = 4096  # of a bad record's value in its dead letter: ~24 KB escap
 REASON_CHARS = 1000
 DEAD_LETTER_TIMEOUT_S = 10.0
 LAG_EVERY_S = 5.0  # consumer lag (end offsets) is read this often
+# the group gave this consumer's partitions away while it held a batch (a server outage
+# outlasted max_poll_interval_ms): that commit can never succeed, only the next poll
+# rejoins, and the batch comes again (applying an event twice changes nothing)
+REBALANCED = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError,
+              UnknownMemberIdError)
 
 
 @dataclass
@@ -119,6 +130,14 @@ class EventConsumer:
         self.counts = EventCounts()
         self.next_lag = 0.0
 
+    def _commit(self, consumer: KafkaConsumer) -> None:
+        try:
+            consumer.commit()
+        except REBALANCED as error:
+            self.metrics.rebalanced.inc()
+            log.warning("the group rebalanced before this batch was committed: it comes "
+                        "again from the last commit", extra={"error": str(error)})
+
     def _connect(self) -> tuple[KafkaConsumer, KafkaProducer]:
         kafka = self.settings.kafka
         consumer = group_consumer(kafka, [kafka.topics.user_events],
@@ -150,8 +169,9 @@ class EventConsumer:
                 records = [record for batch in batches.values() for record in batch]
                 if records:
                     self.handle(records, producer)
-                    retry(consumer.commit, what="kafka commit", backoff=self.backoff,
-                          stop=self.stop, retry_on=(KafkaError,), health=self.health)
+                    retry(functools.partial(self._commit, consumer), what="kafka commit",
+                          backoff=self.backoff, stop=self.stop, retry_on=(KafkaError,),
+                          health=self.health)
                 self.flush_counts(due=True)  # also while idle: nothing waits for a batch
                 self._measure_lag(consumer)
             self.flush_counts()  # stopping: what was folded since the last write

@@ -36,6 +36,10 @@ class EventMetrics:
             "esrec_user_events_dead_letter_failures",
             "Dead letters that could not be sent (the record stays in the source topic)",
             registry=self.registry)
+        self.rebalanced = Counter(
+            "esrec_user_events_rebalanced_batches",
+            "Batches whose commit the group refused after a rebalance (consumed again)",
+            registry=self.registry)
         self.apply_seconds = Histogram("esrec_user_events_apply_seconds",
                                        "MongoDB user-state update per batch",
                                        registry=self.registry)
