@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import ValidationError
-from torch.export import Dim, ExportedProgram
+from torch import nn
+from torch.export import Dim
 
+from towers import tower_cache
 from towers.coldstart import ColdStart, KnownItems
-from towers.features import FeatureSpec, embedded
-from towers.featurizer import NUMERIC, Featurizer, FittedState
+from towers.features import FeatureSpec
+from towers.featurizer import Featurizer, FittedState
 from towers.manifest import (
     FORMAT_VERSION,
     ITEM_TOWER,
@@ -53,6 +55,7 @@ from towers.manifest import (
 from towers.model import TwoTower
 from towers.numpy_tower import TOLERANCE as NUMPY_TOLERANCE
 from towers.numpy_tower import NumpyTower
+from towers.tower_cache import Weights
 
 log = logging.getLogger("esrec.towers")
 _MAX_BATCH = 1 << 20
@@ -163,17 +166,8 @@ class ModelArtifact:
         featurizer = Featurizer(manifest.feature_spec,
                                 FittedState(vocabularies=vocabularies,
                                             numeric=manifest.numeric_stats))
-        try:
-            with _LOADING:
-                item_tower = torch.export.load(directory / ITEM_TOWER).module()
-                user_program = torch.export.load(directory / USER_TOWER)
-                user_tower = user_program.module()
-        except Exception as error:  # torch raises many types for an unreadable program
-            raise ArtifactError(
-                f"{directory}: cannot load the exported towers with torch "
-                f"{torch.__version__} (exported with {manifest.torch_version}): {error}"
-            ) from None
         probe = Featurizer(featurizer.spec, featurizer.state)  # keeps real fallback counts clean
+        item_tower, user_tower, user_weights = _towers(directory, manifest, sha256, probe)
         for side, tower, inputs in (("item", item_tower, probe.items([{}])),
                                     ("user", user_tower, probe.users([{}]))):
             dims = _run(tower, inputs).shape[1]
@@ -199,7 +193,7 @@ class ModelArtifact:
                                 f"{KNOWN_ITEMS}")
         return cls(directory, manifest, sha256, item_tower, user_tower, featurizer,
                    probe_queries, known_items,
-                   _numpy_tower(manifest.feature_spec, user_program, user_tower, featurizer))
+                   _numpy_tower(manifest.feature_spec, user_weights, user_tower, probe))
 
     def embed_items(self, documents: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Unit-length item vectors, one row per document, float32; an item the version
@@ -224,24 +218,59 @@ class ModelArtifact:
         return _run(self.user_tower, self.featurizer.users(documents, at=at))
 
 
-def _numpy_tower(spec: FeatureSpec, program: ExportedProgram, tower: torch.nn.Module,
-                 featurizer: Featurizer, rows: int = 16) -> NumpyTower | None:
-    """The user tower in numpy if it computes what the program computes (random valid
-    inputs: every id within its table, positive weights, any numbers)."""
-    weights = {name: value.detach().numpy().astype(np.float32)
-               for name, value in program.state_dict.items()}
+def _towers(directory: Path, manifest: Manifest, sha256: str,
+            probe: Featurizer) -> tuple[nn.Module, nn.Module, Weights]:
+    """The item and user towers, and the user tower's weights: rebuilt from the weights
+    this machine kept (``towers.tower_cache``), else loaded from the exported programs,
+    whose weights are kept once ``towers.model`` holding them computes what they do."""
+    spec = manifest.feature_spec
+    path = tower_cache.cache_path(sha256)
+    kept = tower_cache.read(path)
+    if kept is not None:
+        try:
+            return (tower_cache.rebuild(spec, "item", kept["item"]),
+                    tower_cache.rebuild(spec, "user", kept["user"]), kept["user"])
+        except (KeyError, RuntimeError, ValueError) as error:  # not this spec's towers
+            log.warning("kept tower weights do not fit the version; loading the program",
+                        extra={"path": str(path), "error": str(error)})
+    try:
+        with _LOADING:
+            programs = {side: torch.export.load(directory / name)
+                        for side, name in (("item", ITEM_TOWER), ("user", USER_TOWER))}
+            modules = {side: program.module() for side, program in programs.items()}
+    except Exception as error:  # torch raises many types for an unreadable program
+        raise ArtifactError(
+            f"{directory}: cannot load the exported towers with torch "
+            f"{torch.__version__} (exported with {manifest.torch_version}): {error}"
+        ) from None
+    weights = {side: tower_cache.weights_of(program.state_dict)
+               for side, program in programs.items()}
+    defaults = {"item": probe.item_arrays([{}] * 16), "user": probe.user_arrays([{}] * 16)}
+    differences: dict[str, float | str]
+    try:
+        rebuilt = {side: tower_cache.rebuild(spec, side, weights[side])
+                   for side in tower_cache.SIDES}
+        differences = {side: tower_cache.difference(
+            modules[side], rebuilt[side], tower_cache.random_inputs(
+                spec.item if side == "item" else spec.user, weights[side], defaults[side]))
+            for side in tower_cache.SIDES}
+    except (KeyError, RuntimeError, ValueError) as error:
+        differences = {"error": str(error)}
+    if all(isinstance(d, float) and d <= tower_cache.TOLERANCE for d in differences.values()):
+        tower_cache.write(path, weights)
+        return rebuilt["item"], rebuilt["user"], weights["user"]
+    log.warning("towers.model does not compute what the exported program does; serving "
+                "with the program, loaded at every start", extra=differences)
+    return modules["item"], modules["user"], weights["user"]
+
+
+def _numpy_tower(spec: FeatureSpec, weights: Weights, tower: nn.Module,
+                 probe: Featurizer, rows: int = 16) -> NumpyTower | None:
+    """The user tower in numpy if it computes what the torch tower computes."""
     candidate = NumpyTower(spec.user, weights, example_age=True)
-    rng = np.random.default_rng(0)
-    probe = featurizer.user_arrays([{}] * rows)
-    for feature in embedded(spec.user):
-        size = len(weights[f"tables.{feature.table_name}.weight"])
-        probe[feature.name] = rng.integers(0, size, probe[feature.name].shape, dtype=np.int64)
-        if f"{feature.name}_weights" in probe:
-            probe[f"{feature.name}_weights"] = rng.uniform(
-                0, 3, probe[feature.name].shape).astype(np.float32)
-    probe[NUMERIC] = rng.normal(size=probe[NUMERIC].shape).astype(np.float32)
-    expected = _run(tower, {name: torch.from_numpy(array) for name, array in probe.items()})
-    difference = float(np.abs(candidate(probe) - expected).max())
+    inputs = tower_cache.random_inputs(spec.user, weights, probe.user_arrays([{}] * rows))
+    expected = _run(tower, {name: torch.from_numpy(array) for name, array in inputs.items()})
+    difference = float(np.abs(candidate(inputs) - expected).max())
     if difference > NUMPY_TOLERANCE:
         log.warning("the numpy user tower disagrees with the exported program; serving "
                     "with the program", extra={"difference": difference})

@@ -163,8 +163,11 @@ class Featurizer:
     def items(self, documents: Sequence[Mapping[str, Any]],
               at: float | None = None) -> dict[str, torch.Tensor]:
         """Item-tower inputs; ``at`` (epoch seconds) is "now" for age features."""
-        return _torch(self._arrays(self.spec.item, documents,
-                                   [at or time.time()] * len(documents)))
+        return _torch(self.item_arrays(documents, at))
+
+    def item_arrays(self, documents: Sequence[Mapping[str, Any]],
+                    at: float | None = None) -> dict[str, np.ndarray]:
+        return self._arrays(self.spec.item, documents, [at or time.time()] * len(documents))
 
     def users(
         self,
