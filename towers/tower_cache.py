@@ -88,7 +88,8 @@ def rebuild(spec: FeatureSpec, side: str, weights: Weights) -> nn.Module:
     whose initialisers import torch._dynamo)."""
     tensors = {name: torch.from_numpy(array) for name, array in weights.items()}
     modules = nn.ModuleDict({
-        name.removeprefix("tables.").removesuffix(".weight"): nn.Embedding.from_pretrained(tensor)
+        name.removeprefix("tables.").removesuffix(".weight"):
+            nn.Embedding(*tensor.shape, _weight=tensor, _freeze=True)
         for name, tensor in tensors.items() if name.startswith("tables.")})
     hidden, out_dim = tensors["mlp.0.weight"].shape[0], tensors["mlp.2.weight"].shape[0]
     features = spec.item if side == "item" else spec.user
