@@ -89,7 +89,7 @@ def rebuild(spec: FeatureSpec, side: str, weights: Weights) -> nn.Module:
     tensors = {name: torch.from_numpy(array) for name, array in weights.items()}
     modules = nn.ModuleDict({
         name.removeprefix("tables.").removesuffix(".weight"):
-            nn.Embedding(*tensor.shape, _weight=tensor, _freeze=True)
+            nn.Embedding(tensor.shape[0], tensor.shape[1], _weight=tensor, _freeze=True)
         for name, tensor in tensors.items() if name.startswith("tables.")})
     hidden, out_dim = tensors["mlp.0.weight"].shape[0], tensors["mlp.2.weight"].shape[0]
     features = spec.item if side == "item" else spec.user
