@@ -13,6 +13,7 @@ confirmation is fresh (within ``CAUGHT_UP_WITHIN_S``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +77,12 @@ class Checkpoints:
             return None
         return Position(document.get("token"), document.get("cluster_time"),
                         document.get("seq", 0), document.get("stream"))
+
+    def started(self, indices: Iterable[str]) -> set[str]:
+        """Which of ``indices`` have a position (``load`` is not None), in one query."""
+        ids = {self._id(index): index for index in indices}
+        return {ids[document["_id"]] for document in self.collection.find(
+            {"_id": {"$in": list(ids)}}, {"_id": 1})}
 
     def save(self, index: str, position: Position, watermark: Timestamp | None = None,
              idle: bool = False) -> None:

@@ -14,7 +14,7 @@ and an older backfill write must never resurrect a deleted item.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -90,12 +90,33 @@ def resolve_alias(es: Elasticsearch, alias: str) -> str | None:
         indices = list(es.indices.get_alias(name=alias))
     except NotFoundError:
         return None
-    if len(indices) != 1:
+    return _single(alias, indices)
+
+
+def indices_behind(es: Elasticsearch, prefix: str, aliases: Iterable[str]) -> dict[str, str]:
+    """Each of ``aliases`` (version aliases under ``prefix``) that exists -> its single
+    concrete index, in one request (a follower reads them every interval; a request per
+    version was most of an idle worker's CPU)."""
+    wanted = set(aliases)
+    if not wanted:
+        return {}
+    behind: dict[str, list[str]] = {}
+    pattern = version_alias(prefix, "", "").rstrip("-") + "-*"
+    for index, entry in es.indices.get_alias(name=pattern).items():  # none matched: {}
+        for alias in entry.get("aliases", {}):
+            if alias in wanted:
+                behind.setdefault(alias, []).append(index)
+    return {alias: index for alias, indices in behind.items()
+            if (index := _single(alias, indices)) is not None}
+
+
+def _single(alias: str, indices: list[str]) -> str | None:
+    if len(indices) > 1:
         raise AliasError(f"alias {alias} points at {len(indices)} indices ({', '.join(indices)});"
                          " esrec expects exactly one",
                          "point it at one: esrec models promote NAME@V (or remove the others "
                          "from it with POST _aliases)")
-    return indices[0]
+    return indices[0] if indices else None
 
 
 def switch_alias(es: Elasticsearch, alias: str, new_index: str) -> str | None:

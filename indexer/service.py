@@ -20,7 +20,13 @@ from indexer.daemon import Indexer, Resync
 from indexer.dead_letters import DeadLetters
 from indexer.follower import Follower
 from indexer.id_kinds import CatalogIdKind
-from indexer.layout import create_generation, resolve_alias, switch_alias, version_alias
+from indexer.layout import (
+    create_generation,
+    indices_behind,
+    resolve_alias,
+    switch_alias,
+    version_alias,
+)
 from indexer.lease import Lease, lease_id
 from indexer.metrics import IndexerMetrics
 from indexer.offsets import TopicCheckpoint, TopicOffsets
@@ -127,15 +133,16 @@ class Services:
     def active_indices(self) -> dict[str, str]:
         """ref -> index of every version the daemon writes: registered, not retired or
         failed, with an index whose stream position was set (a backfill started). Cheap:
-        no artifact is loaded, so the daemon can poll it."""
-        active = {}
-        for record in self.registry.list():
-            if record.state in INACTIVE_STATES:
-                continue
-            index = self.index_of(record.ref)
-            if index is not None and self.checkpoints.load(index) is not None:
-                active[record.ref] = index
-        return active
+        no artifact is loaded and three reads answer it whatever the number of versions
+        (states, aliases, positions), so the daemon and the workers can poll it."""
+        prefix = self.settings.index.prefix
+        aliases = {version_alias(prefix, *parse_ref(ref)): ref
+                   for ref, state in self.registry.states().items()
+                   if state not in INACTIVE_STATES}
+        indices = {aliases[alias]: index
+                   for alias, index in indices_behind(self.es, prefix, aliases).items()}
+        started = self.checkpoints.started(indices.values())
+        return {ref: index for ref, index in indices.items() if index in started}
 
     def active_targets(self) -> list[Target]:
         return [self.target(ref, index) for ref, index in self.active_indices().items()]
