@@ -68,6 +68,10 @@ def test_dockerfile_installs_the_project_and_runs_esrec() -> None:
     dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
     assert "pip install /app" in dockerfile
     assert 'ENTRYPOINT ["esrec"]' in dockerfile
+    # the esrec user has no home: the cache (pulled versions, kept tower weights) lives
+    # in a directory it owns
+    assert "XDG_CACHE_HOME=/var/cache/esrec" in dockerfile
+    assert "chown esrec /var/cache/esrec" in dockerfile
 
 
 def test_indexer_service_exposes_its_health_port(compose: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from esrec.settings import env_var_names
 
 K8S = Path(__file__).parents[2] / "deploy" / "k8s"
 RENDERINGS = {"embedded": K8S / "embedded.yaml", "distributed": K8S / "distributed.yaml"}
+CACHE = "/var/cache/esrec"  # deploy/Dockerfile's XDG_CACHE_HOME
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -83,6 +84,8 @@ def test_deployments_are_wired_consistently(mode: str) -> None:
             ca = Path(config["ESREC_ES__CA_CERTS"])
             assert str(ca.parent) in mounts, (deployment["metadata"]["name"], mounts)
             assert volumes[mounts[str(ca.parent)]]["secret"]["secretName"]
+            # the image's cache (pulled versions, kept tower weights) is writable in a pod
+            assert "emptyDir" in volumes[mounts[CACHE]], (deployment["metadata"]["name"], mounts)
     for name in indexers[mode] | {"esrec-events"}:
         container = manifests[("Deployment", name)]["spec"]["template"]["spec"][
             "containers"][0]

@@ -33,15 +33,20 @@ app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
     periodSeconds: 15
     failureThreshold: 4
   resources: {{ toJson .resources }}
-  {{- if .root.Values.elasticsearch.caSecret }}
   volumeMounts:
+    - {name: cache, mountPath: /var/cache/esrec}  # the image's XDG_CACHE_HOME
+  {{- if .root.Values.elasticsearch.caSecret }}
     - {name: es-ca, mountPath: /etc/esrec/ca, readOnly: true}
   {{- end }}
 {{- end }}
 
+{{/* The cache: pulled model versions and the towers' kept weights, kept while the pod
+lives (a restarted container starts without pulling or checking them again). */}}
 {{- define "esrec.volumes" -}}
-{{- if .Values.elasticsearch.caSecret }}
 volumes:
+  - name: cache
+    emptyDir: {}
+{{- if .Values.elasticsearch.caSecret }}
   - name: es-ca
     secret: {secretName: {{ .Values.elasticsearch.caSecret }}}
 {{- end }}
