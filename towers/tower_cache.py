@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from towers.model import Tower, UserTower
 log = logging.getLogger("esrec.towers")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "towers"
 TOLERANCE = 1e-5  # float32, per component, against the program on random valid inputs
+UNUSED_DAYS = 30  # kept weights no start read for this long go when others are written
 SIDES = ("item", "user")
 
 Weights = dict[str, np.ndarray]
@@ -57,6 +59,7 @@ def read(path: Path) -> dict[str, Weights] | None:
             return None
         with np.load(path, allow_pickle=False) as arrays:
             flat = {name: arrays[name] for name in arrays.files}
+        os.utime(path)  # used: what ``prune`` goes by
     except (OSError, ValueError):
         return None
     return {side: {name.removeprefix(f"{side}/"): array for name, array in flat.items()
@@ -76,9 +79,23 @@ def write(path: Path, weights: Mapping[str, Weights]) -> None:
         digest_tmp = digest.with_suffix(".tmp")
         digest_tmp.write_text(sha256_file(path))
         os.replace(digest_tmp, digest)
+        prune(path.parent)
     except OSError as error:
         log.warning("cannot keep the tower weights; each start loads the exported program",
                     extra={"path": str(path), "error": str(error)})
+
+
+def prune(root: Path, unused_days: float = UNUSED_DAYS) -> None:
+    """Remove the kept weights no start has read for ``unused_days`` (every version a
+    machine ever loaded would otherwise stay, a tower's size each)."""
+    cutoff = time.time() - unused_days * 86400
+    for kept in root.glob("*.npz"):
+        try:
+            if kept.stat().st_mtime < cutoff:
+                kept.unlink()
+                kept.with_name(kept.name + ".sha256").unlink(missing_ok=True)
+        except OSError:  # another process pruned it first
+            continue
 
 
 def rebuild(spec: FeatureSpec, side: str, weights: Weights) -> nn.Module:

@@ -3,6 +3,8 @@ exported program, the program loaded only when nothing checked is kept."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +100,18 @@ def test_a_cache_that_cannot_be_written_only_costs_the_next_start(
     artifact = ModelArtifact.load(artifact_dir)
     assert artifact.embed_items(small_dataset.items[:3]).shape == (3, artifact.manifest.dims)
     assert not (blocker / "towers").exists()
+
+
+def test_weights_no_start_read_for_a_month_go_when_others_are_kept(
+        artifact_dir: Path, cache: Path) -> None:
+    cache.mkdir(parents=True)
+    stale, recent = cache / "old-version.npz", cache / "recent-version.npz"
+    for kept in (stale, recent):
+        kept.write_bytes(b"x")
+        kept.with_name(kept.name + ".sha256").write_text("x")
+    month_ago = time.time() - 31 * 86400
+    os.utime(stale, (month_ago, month_ago))
+    ModelArtifact.load(artifact_dir)  # keeps this version's weights, then prunes
+    assert not stale.exists() and not stale.with_name(stale.name + ".sha256").exists()
+    assert recent.exists()
+    assert len(list(cache.glob("*.npz"))) == 2
