@@ -262,7 +262,6 @@ def _epoch_s(value: Any) -> float | None:
     return seconds
 
 
-
 def _created_s(hit: dict[str, Any]) -> float:
     """A hit's ``created_at`` as epoch seconds; nan if it has none."""
     seconds = _epoch_s((hit.get("_source") or {}).get("created_at"))

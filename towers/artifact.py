@@ -52,7 +52,7 @@ from towers.manifest import (
     Manifest,
     sha256_file,
 )
-from towers.model import TwoTower
+from towers.model import TwoTower, side_features
 from towers.numpy_tower import TOLERANCE as NUMPY_TOLERANCE
 from towers.numpy_tower import NumpyTower
 from towers.tower_cache import Weights
@@ -252,7 +252,7 @@ def _towers(directory: Path, manifest: Manifest, sha256: str,
                    for side in tower_cache.SIDES}
         differences = {side: tower_cache.difference(
             modules[side], rebuilt[side], tower_cache.random_inputs(
-                spec.item if side == "item" else spec.user, weights[side], defaults[side]))
+                side_features(spec, side), weights[side], defaults[side]))
             for side in tower_cache.SIDES}
     except (KeyError, RuntimeError, ValueError) as error:
         differences = {"error": str(error)}

@@ -83,8 +83,21 @@ class TwoTower(nn.Module):
                 nn.init.normal_(weight, std=0.05)
                 with torch.no_grad():
                     weight[PAD].zero_()
-        self.item_tower = Tower(spec.item, tables, scalar_count(spec.item), hidden, out_dim)
-        self.user_tower = UserTower(  # + 1: the example age
-            spec.user, tables, scalar_count(spec.user) + 1, hidden, out_dim)
+        self.item_tower = side_tower(spec, "item", tables, hidden, out_dim)
+        self.user_tower = side_tower(spec, "user", tables, hidden, out_dim)
         self.out_dim = out_dim
+
+
+def side_features(spec: FeatureSpec, side: str) -> list[Feature]:
+    return spec.item if side == "item" else spec.user
+
+
+def side_tower(spec: FeatureSpec, side: str, tables: nn.ModuleDict, hidden: int,
+               out_dim: int) -> Tower:
+    """The tower of ``side`` ("item" or "user") over ``tables``: training builds it, and
+    a start rebuilds it around kept weights (``towers.tower_cache``)."""
+    features = side_features(spec, side)
+    if side == "item":
+        return Tower(features, tables, scalar_count(features), hidden, out_dim)
+    return UserTower(features, tables, scalar_count(features) + 1, hidden, out_dim)  # + age
 

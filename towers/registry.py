@@ -128,8 +128,8 @@ class ModelRegistry:
     def states(self) -> dict[str, str]:
         """ref -> state of every version, without the manifests (a follower reads this
         every interval)."""
-        return {f"{d['name']}@{d['version']}": d["state"] for d in self.documents.find(
-            {}, {"name": 1, "version": 1, "state": 1}).sort([("name", 1), ("published_at", 1)])}
+        return {d["_id"]: d["state"] for d in self.documents.find(  # _id: the ref
+            {}, {"state": 1}).sort([("name", 1), ("published_at", 1)])}
 
     def get(self, ref: str) -> ModelRecord:
         document = self.documents.find_one({"_id": "@".join(parse_ref(ref))})

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 import towers.model
-from towers.features import Feature, FeatureSpec, embedded, scalar_count
+from towers.features import Feature, FeatureSpec, embedded
 from towers.featurizer import NUMERIC
 from towers.manifest import sha256_file
-from towers.model import Tower, UserTower
+from towers.model import side_tower
 
 log = logging.getLogger("esrec.towers")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "towers"
@@ -109,10 +109,7 @@ def rebuild(spec: FeatureSpec, side: str, weights: Weights) -> nn.Module:
             nn.Embedding(tensor.shape[0], tensor.shape[1], _weight=tensor, _freeze=True)
         for name, tensor in tensors.items() if name.startswith("tables.")})
     hidden, out_dim = tensors["mlp.0.weight"].shape[0], tensors["mlp.2.weight"].shape[0]
-    features = spec.item if side == "item" else spec.user
-    tower = (Tower(features, modules, scalar_count(features), hidden, out_dim)
-             if side == "item" else
-             UserTower(features, modules, scalar_count(features) + 1, hidden, out_dim))
+    tower = side_tower(spec, side, modules, hidden, out_dim)
     tower.load_state_dict(tensors, strict=True, assign=True)
     return tower.eval().requires_grad_(False)
 
