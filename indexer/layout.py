@@ -140,10 +140,16 @@ def delete_indices(es: Elasticsearch, pattern: str) -> list[str]:
 
 
 def knn_clause(vector: np.ndarray, k: int, num_candidates: int,
-               query_filter: Mapping[str, Any] = LIVE) -> dict[str, Any]:
-    """A kNN search on the item vectors; the default filter keeps tombstones out."""
-    return {"field": VECTOR, "query_vector": vector.tolist(), "k": k,
-            "num_candidates": num_candidates, "filter": query_filter}
+               query_filter: Mapping[str, Any] = LIVE,
+               similarity: float | None = None) -> dict[str, Any]:
+    """A kNN search on the item vectors; the default filter keeps tombstones out.
+    ``similarity``: the least raw similarity (a dot product here) a hit may have, applied
+    by Elasticsearch (8.8+), so that hits under it never travel."""
+    clause = {"field": VECTOR, "query_vector": vector.tolist(), "k": k,
+              "num_candidates": num_candidates, "filter": query_filter}
+    if similarity is not None:
+        clause["similarity"] = similarity
+    return clause
 
 
 def model_of(es: Elasticsearch, index: str) -> dict[str, Any]:

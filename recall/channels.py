@@ -84,9 +84,11 @@ class Channel(ABC):
         return {"size": self.size(ctx), "timeout": f"{self.settings.timeout_ms}ms",
                 "_source": False, **parts}
 
-    def _knn(self, ctx: Context, vector: np.ndarray) -> dict[str, Any]:
+    def _knn(self, ctx: Context, vector: np.ndarray,
+             similarity: float | None = None) -> dict[str, Any]:
         size = self.size(ctx)
-        return self._body(ctx, knn=knn_clause(vector, size, max(2 * size, 100), ctx.filter()))
+        return self._body(ctx, knn=knn_clause(vector, size, max(2 * size, 100), ctx.filter(),
+                                              similarity))
 
 
 class KnnChannel(Channel):
@@ -107,23 +109,25 @@ class ItemToItemChannel(Channel):
     name = "i2i"
 
     def searches(self, ctx: Context) -> list[dict[str, Any]]:
-        return [{**self._knn(ctx, vector), "_source": ["created_at"]}
-                for vector in ctx.seeds.values()]
+        """One kNN search a seed, cut at ``i2i_min_similarity`` by Elasticsearch (knn
+        ``similarity``, 8.8+): the neighbours under it never travel."""
+        return [{**self._knn(ctx, vector, self.recall.i2i_min_similarity),
+                 "_source": ["created_at"]} for vector in ctx.seeds.values()]
 
     def rank(self, responses: list[dict[str, Any]], ctx: Context) -> list[tuple[str, float]]:
         """An item's score: its highest similarity to a seed times its prior (popularity,
         freshness). The prior is positive, so an item's best hit is its most similar one;
         it is computed once per item, in numpy (one request has ~150 hits), and the
-        per-item lookups go through ``map`` (a Python loop over them cost ~1 us an item)."""
-        floor = (1 + self.recall.i2i_min_similarity) / 2  # dot_product's score: (1 + dot) / 2
-        hits = sorted((hit for response in responses for hit in response["hits"]["hits"]
-                       if hit["_score"] >= floor), key=_SCORE)
+        per-item lookups go through ``map`` (a Python loop over them cost ~1 us an item).
+        The hits are over ``i2i_min_similarity`` already (``searches``)."""
+        hits = sorted((hit for response in responses for hit in response["hits"]["hits"]),
+                      key=_SCORE)
         closest = {hit["_id"]: hit for hit in hits}  # ascending: an item's best hit wins
         if not closest:
             return []
         ids = list(closest)
         best = list(closest.values())
-        similarity = np.fromiter(map(_SCORE, best), float, len(best)) * 2 - 1
+        similarity = np.fromiter(map(_SCORE, best), float, len(best)) * 2 - 1  # (1 + dot) / 2
         created = np.fromiter(map(_created_s, best), float, len(best))  # nan: no date
         half_life_s = self.recall.fresh_half_life_days * 86400
         freshness = np.exp2(np.minimum(created - ctx.now.timestamp(), 0.0) / half_life_s)
@@ -238,34 +242,33 @@ def _by_sort_value(responses: list[dict[str, Any]]) -> list[tuple[str, float]]:
             for response in responses for hit in response["hits"]["hits"]]
 
 
-_DATES: dict[str, float | None] = {}  # an item's date is parsed once, not once per request
+_DATES: dict[str, float] = {}  # an item's date is parsed once, not once per request
 MAX_DATES = 1 << 16
 
 
-def _epoch_s(value: Any) -> float | None:
-    """An indexed ISO-8601 date as epoch seconds (naive means UTC); None if it is not one."""
-    if not isinstance(value, str):
-        return None
+def _created_s(hit: dict[str, Any]) -> float:
+    """A hit's ``created_at`` as epoch seconds (naive means UTC); nan if it has none. The
+    common case, a date parsed before, is one lookup: ~128 hits a request go through it."""
     try:
-        return _DATES[value]
-    except KeyError:
-        pass
-    if len(_DATES) >= MAX_DATES:
-        _DATES.clear()
+        return _DATES[hit["_source"]["created_at"]]
+    except (KeyError, TypeError):  # not parsed yet, no date, or not a string
+        return _parse_created(hit)
+
+
+def _parse_created(hit: dict[str, Any]) -> float:
+    value = (hit.get("_source") or {}).get("created_at")
+    if not isinstance(value, str):
+        return math.nan
     try:
         created = datetime.fromisoformat(value)
     except ValueError:
-        seconds = None
+        seconds = math.nan
     else:
         seconds = (created if created.tzinfo else created.replace(tzinfo=UTC)).timestamp()
+    if len(_DATES) >= MAX_DATES:
+        _DATES.clear()
     _DATES[value] = seconds
     return seconds
-
-
-def _created_s(hit: dict[str, Any]) -> float:
-    """A hit's ``created_at`` as epoch seconds; nan if it has none."""
-    seconds = _epoch_s((hit.get("_source") or {}).get("created_at"))
-    return math.nan if seconds is None else seconds
 
 
 CHANNELS: dict[str, type[Channel]] = {

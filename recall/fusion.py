@@ -61,20 +61,26 @@ def _provenance(ranked: Ranked, weights: Mapping[str, float], rrf_k: int
     return found, scores
 
 
-def _candidate(item_id: str, score: float, sources: list[tuple[str, int, float]]
-               ) -> Candidate:
-    return Candidate(item_id, score, [Source(*source) for source in sources])
+def _candidates(chosen: list[tuple[str, float]], found: Found,
+                cluster: int | None) -> list[Candidate]:
+    """The answer's objects, for the chosen (item, fused score) only; ``cluster`` goes on
+    the sources from the ``cluster`` channel."""
+    return [Candidate(item_id, score, [
+        Source(channel, rank, channel_score, cluster if channel == "cluster" else None)
+        for channel, rank, channel_score in found[item_id]]) for item_id, score in chosen]
 
 
-def rrf(ranked: Ranked, weights: Mapping[str, float], k: int, rrf_k: int) -> list[Candidate]:
+def rrf(ranked: Ranked, weights: Mapping[str, float], k: int, rrf_k: int,
+        cluster: int | None = None) -> list[Candidate]:
     """The ``k`` best by weighted RRF; a tie goes to the item found first (channel order,
     then rank): a stable sort on the score alone, ~4x faster than on (score, id)."""
     found, scores = _provenance(ranked, weights, rrf_k)
     best = sorted(scores, key=scores.__getitem__, reverse=True)[:k]
-    return [_candidate(item_id, scores[item_id], found[item_id]) for item_id in best]
+    return _candidates([(item_id, scores[item_id]) for item_id in best], found, cluster)
 
 
-def quota(ranked: Ranked, weights: Mapping[str, float], k: int) -> list[Candidate]:
+def quota(ranked: Ranked, weights: Mapping[str, float], k: int,
+          cluster: int | None = None) -> list[Candidate]:
     found, _ = _provenance(ranked, weights, 1)
     total = sum(weights[channel] for channel in ranked) or 1.0
     queues = {channel: [item for item, _ in pairs if item in found]
@@ -92,5 +98,5 @@ def quota(ranked: Ranked, weights: Mapping[str, float], k: int) -> list[Candidat
                     chosen[item_id] = None
                     taken += 1
     # a score that keeps the quota order
-    return [_candidate(item_id, float(len(chosen) - position), found[item_id])
-            for position, item_id in enumerate(chosen)]
+    return _candidates([(item_id, float(len(chosen) - position))
+                        for position, item_id in enumerate(chosen)], found, cluster)

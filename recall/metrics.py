@@ -22,6 +22,10 @@ class RecallMetrics:
         self.degraded = Counter("esrec_recall_degraded_total",
                                 "Responses missing a channel (error) or with a partial one",
                                 ["channel", "why"], registry=self.registry)
+        self.seeds = Counter("esrec_recall_i2i_seeds",
+                             "i2i seeds by where their vector came from: kept from an "
+                             "earlier request, or looked up (an mget)", ["source"],
+                             registry=self.registry)
         self.stage = Histogram("esrec_recall_stage_seconds",
                                "Time per request in each stage (STAGES)", ["stage"],
                                buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,8 @@ from recall.metrics import RecallMetrics
 from recall.popularity import ClusterPopularity, Popular, Popularity
 from recall.refresh import Refreshed
 from recall.request import CanaryArm, RecallResponse, filter_clauses, request_model
-from recall.serving import Route, ServingResolver, ServingVersion
+from recall.seeds import SeedVectors
+from recall.serving import Route, ServingResolver
 from recall.settings import RecallConfig
 from recall.state import UserStates
 from runtime.clients import MongoDatabase
@@ -88,7 +89,11 @@ class Recaller:
         self._channel_took = {name: self.metrics.channel_took.labels(name)
                               for name in self.channels}
         self._stage = {stage: self.metrics.stage.labels(stage) for stage in STAGES}
+        self._seeds_kept = self.metrics.seeds.labels("kept")
+        self._seeds_looked_up = self.metrics.seeds.labels("looked_up")
         self.metrics.registry.register(CanaryCollector(self._canary_or_none))
+        self.seed_vectors = SeedVectors(settings.recall.i2i_seed_cache_items,
+                                        settings.recall.i2i_seed_ttl_s)
         self._pool = ThreadPoolExecutor(SEED_LOOKUP_THREADS, thread_name_prefix="esrec-i2i")
         self._shadows = ThreadPoolExecutor(1, thread_name_prefix="esrec-canary-shadow")
         self._shadow_slot = threading.Semaphore(SHADOW_QUEUE)
@@ -174,9 +179,14 @@ class Recaller:
         user = view.document
         weights = request.channels or {name: channel.settings.weight
                                        for name, channel in self.channels.items()}
-        recent = user.get(RECENT_ITEMS, [])
-        # the i2i seed lookup waits on Elasticsearch while the user tower runs here
-        seeds = self._pool.submit(self._seeds, serving, recent) if "i2i" in weights else None
+        seed_ids = user.get(RECENT_ITEMS, [])[:self.settings.recall.i2i_items] \
+            if "i2i" in weights else []
+        kept, missing = self.seed_vectors.kept(serving.index, seed_ids)
+        if seed_ids:
+            self._seeds_kept.inc(len(kept))
+            self._seeds_looked_up.inc(len(missing))
+        # the i2i seeds not kept are looked up while the user tower runs here
+        lookup = self._pool.submit(self._seed_docs, serving.index, missing) if missing else None
         user_vector = serving.artifact.embed_users([user])[0] if user else None
         watch.lap("user_tower")
         cluster = None if serving.clusters is None or user_vector is None else int(
@@ -187,7 +197,7 @@ class Recaller:
         watch.lap("cluster")
         in_query = self.settings.recall.seen_in_query
         ctx = Context(user=user, user_vector=user_vector, seen=view.seen,
-                      seeds=seeds.result() if seeds is not None else {},
+                      seeds=self._seeds(seed_ids, kept, missing, lookup, serving.index),
                       filters=filter_clauses(request.filters), popular=popular,
                       seen_in_query=in_query,
                       overfetch=min(max(0, len(view.seen) - in_query),
@@ -210,13 +220,9 @@ class Recaller:
             lists.update({name: [item for item, _ in pairs] for name, pairs in ranked.items()})
         fuse_weights = {name: weights[name] for name in ranked}
         if self.settings.recall.fusion == "quota" or not user:  # a cold start gets a mix
-            fused = quota(ranked, fuse_weights, request.k)
+            fused = quota(ranked, fuse_weights, request.k, cluster)
         else:
-            fused = rrf(ranked, fuse_weights, request.k, self.settings.recall.rrf_k)
-        for candidate in fused:
-            for source in candidate.sources:
-                if source.channel == "cluster":
-                    source.cluster = cluster
+            fused = rrf(ranked, fuse_weights, request.k, self.settings.recall.rrf_k, cluster)
         watch.lap("fusion")
         # built from values esrec made itself: validating ~100 candidates would cost ~0.5 ms
         return RecallResponse.model_construct(
@@ -237,19 +243,26 @@ class Recaller:
                 self.settings.recall.popularity_ttl_s, f"cluster {cluster} of {lineage}"))
         return top.current()
 
-    def _seeds(self, serving: ServingVersion, recent: list[str]) -> dict[str, np.ndarray]:
-        """The stored vectors of the user's newest items (same index, same version)."""
-        ids = recent[:self.settings.recall.i2i_items]
-        if not ids:
-            return {}
-        docs = self.es.mget(index=serving.index, ids=ids, source_includes=[VECTOR])["docs"]
-        return {doc["_id"]: np.asarray(doc["_source"][VECTOR], np.float32) for doc in docs
-                if doc.get("found") and VECTOR in (doc.get("_source") or {})}  # no tombstone
+    def _seed_docs(self, index: str, ids: list[str]) -> list[dict[str, Any]]:
+        """The items as stored in the serving index (the seed thread's only work: it waits
+        on Elasticsearch and takes no CPU from the user tower)."""
+        docs: list[dict[str, Any]] = self.es.mget(index=index, ids=ids,
+                                                  source_includes=[VECTOR])["docs"]
+        return docs
+
+    def _seeds(self, ids: list[str], kept: dict[str, np.ndarray | None], missing: list[str],
+               lookup: Future[list[dict[str, Any]]] | None, index: str
+               ) -> dict[str, np.ndarray]:
+        """The seeds' vectors in the user's order, those looked up now kept for later."""
+        if lookup is not None:
+            kept.update(self.seed_vectors.keep(index, missing, lookup.result()))
+        return {item: vector for item in ids if (vector := kept.get(item)) is not None}
 
     def _rank(self, plan: list[tuple[str, int]], responses: list[dict[str, Any]],
               ctx: Context) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
         ranked: dict[str, list[tuple[str, float]]] = {}
         reasons: dict[str, str] = {}
+        excluded = ctx.excluded
         position = 0
         for name, count in plan:
             mine, position = responses[position:position + count], position + count
@@ -268,6 +281,6 @@ class Recaller:
                 self.metrics.degraded.labels(name, "timeout").inc()
             channel = self.channels[name]
             # the older seen items were over-fetched for, not excluded in the query
-            ranked[name] = [(item, score) for item, score in channel.rank(mine, ctx)
-                            if item not in ctx.excluded][:channel.settings.size]
+            ranked[name] = [pair for pair in channel.rank(mine, ctx)
+                            if pair[0] not in excluded][:channel.settings.size]
         return ranked, reasons

@@ -53,6 +53,10 @@ class RecallSettings(Section):
     default_k: int = Field(default=100, gt=0)  # candidates when a request names no k
     max_k: int = Field(default=500, gt=0)  # the most a request may ask for
     i2i_items: int = Field(default=3, gt=0)  # the user's newest items used as i2i seeds
+    # how long a looked-up seed's vector is reused, per concrete index (recall.seeds; 0:
+    # every request looks its seeds up with an mget)
+    i2i_seed_ttl_s: float = Field(default=60.0, ge=0)
+    i2i_seed_cache_items: int = Field(default=10000, ge=0)  # seed vectors kept at most
     # i2i keeps neighbours at least this similar
     i2i_min_similarity: float = Field(default=0.3, ge=-1, le=1)
     mlt_items: int = Field(default=5, gt=0, le=50)  # the user's newest items mlt starts from

@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 
 from recall.channels import Context, ItemToItemChannel
@@ -21,8 +22,9 @@ def _hit(item: str, similarity: float, days_old: float | None) -> dict[str, Any]
     return {"_id": item, "_score": (1 + similarity) / 2, "_source": source}
 
 
-def _context(popular: dict[str, float]) -> Context:
-    return Context(user={"x": 1}, user_vector=None, seen=[], seeds={}, filters=[],
+def _context(popular: dict[str, float], seeds: dict[str, np.ndarray] | None = None
+             ) -> Context:
+    return Context(user={"x": 1}, user_vector=None, seen=[], seeds=seeds or {}, filters=[],
                    popular=Popular(list(popular.items()), None), seen_in_query=0,
                    overfetch=0, now=NOW)
 
@@ -31,14 +33,21 @@ def test_i2i_scores_an_item_by_its_closest_seed_times_its_popularity_and_freshne
     recall = RecallSettings(i2i_min_similarity=0.3, fresh_half_life_days=14)
     channel = ItemToItemChannel(ChannelSettings(), recall)
     responses = [  # one response per seed; "b" is near both seeds
-        {"hits": {"hits": [_hit("a", 0.9, 0), _hit("b", 0.5, 14), _hit("low", 0.2, 0)]}},
+        {"hits": {"hits": [_hit("a", 0.9, 0), _hit("b", 0.5, 14)]}},
         {"hits": {"hits": [_hit("b", 0.8, 14), _hit("c", 0.85, None)]}}]
     ranked = dict(channel.rank(responses, _context({"b": math.e - 1})))
-    assert "low" not in ranked  # under i2i_min_similarity
     assert ranked["a"] == pytest.approx(0.9 * 1.0 * (0.8 + 0.2 * 1.0))
     assert ranked["b"] == pytest.approx(0.8 * 1.1 * (0.8 + 0.2 * 0.5))  # its closer seed
     assert ranked["c"] == pytest.approx(0.85 * 1.0 * (0.8 + 0.2 * 0.5))  # no date: half
     assert list(ranked) == ["a", "b", "c"]  # best first
+
+
+def test_i2i_asks_elasticsearch_for_the_neighbours_over_the_least_similarity() -> None:
+    channel = ItemToItemChannel(ChannelSettings(size=10), RecallSettings(i2i_min_similarity=0.3))
+    seeds = {"s1": np.ones(4, np.float32) / 2, "s2": np.zeros(4, np.float32)}
+    searches = channel.searches(_context({}, seeds))
+    assert [search["knn"]["similarity"] for search in searches] == [0.3, 0.3]
+    assert searches[0]["knn"]["query_vector"] == [0.5] * 4 and searches[0]["size"] == 10
 
 
 def test_i2i_reads_a_naive_date_as_utc_and_an_unparseable_one_as_no_date() -> None:

@@ -48,3 +48,12 @@ def test_quota_deduplicates_across_channels() -> None:
     fused = quota(RANKED, {"knn": 2.0, "hot": 1.0}, k=10)
     ids = [candidate.item_id for candidate in fused]
     assert sorted(ids) == ["a", "b", "c", "d"] and len(ids) == len(set(ids))
+
+
+def test_the_users_cluster_goes_on_the_cluster_channels_sources_only() -> None:
+    ranked = {"knn": [("a", 0.9)], "cluster": [("a", 7.0), ("b", 5.0)]}
+    for fused in (rrf(ranked, {"knn": 1.0, "cluster": 1.0}, k=10, rrf_k=60, cluster=3),
+                  quota(ranked, {"knn": 1.0, "cluster": 1.0}, k=10, cluster=3)):
+        by_id = {candidate.item_id: candidate for candidate in fused}
+        assert by_id["a"].sources == [Source("knn", 1, 0.9), Source("cluster", 1, 7.0, 3)]
+        assert by_id["b"].sources == [Source("cluster", 2, 5.0, 3)]

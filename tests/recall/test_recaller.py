@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch
@@ -22,6 +23,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from esrec.settings import Settings
 from indexer.changes import Change
+from indexer.layout import VECTOR
 from indexer.lifecycle import Versions
 from indexer.versioning import external_version
 from recall.channels import Channel, Context
@@ -118,6 +120,23 @@ def test_session_items_drive_knn_i2i_and_are_excluded(recaller: Recaller) -> Non
     categories = {d["_id"]: d["category"] for d in items.find({"_id": {"$in": [
         c.item_id for c in i2i]}})}
     assert sum(categories[c.item_id] == "cat3" for c in i2i) > len(i2i) / 2
+    # Elasticsearch cut the seeds' neighbours at i2i_min_similarity (knn "similarity")
+    vectors = {doc["_id"]: np.asarray(doc["_source"][VECTOR]) for doc in recaller.es.mget(
+        index=response.index, ids=seeds + [c.item_id for c in i2i],
+        source_includes=[VECTOR])["docs"]}
+    closest = [max(float(vectors[c.item_id] @ vectors[seed]) for seed in seeds) for c in i2i]
+    assert min(closest) >= recaller.settings.recall.i2i_min_similarity - 1e-4
+    # the same seeds again: their vectors were kept (recall.seeds), no mget this time
+    def seeds_by(source: str) -> float:
+        return recaller.metrics.registry.get_sample_value(
+            "esrec_recall_i2i_seeds_total", {"source": source}) or 0.0
+
+    before = {source: seeds_by(source) for source in ("kept", "looked_up")}
+    again = recaller.recall({"user_id": "nobody", "k": 50, "recent_items": seeds})
+    assert seeds_by("looked_up") == before["looked_up"]
+    assert seeds_by("kept") == before["kept"] + len(seeds)
+    assert {c.item_id for c in again.candidates if any(s.channel == "i2i" for s in c.sources)
+            } == {c.item_id for c in i2i}
 
 
 class BrokenChannel(Channel):
