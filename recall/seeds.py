@@ -2,13 +2,14 @@
 index.
 
 A feed's users see the same hot and new items, so a request's seeds were often looked up
-moments before by another request (or by the same user's previous request). A request whose seeds are all kept makes no ``mget``:
-one Elasticsearch round trip fewer, and no seed thread waking up beside the user tower
-(a thread handing work over cost the tower ~0.15 ms of a ~0.3 ms call on a 2-core VM,
-``bench.recall``). Kept vectors are keyed by the concrete index, so one model version's
-vectors never seed a search of another's (docs/ARCHITECTURE.md, invariant 1, "Never mix
-vector spaces"); an item re-embedded within ``i2i_seed_ttl_s`` seeds with its previous
-vector until then, and a deleted one (a tombstone: no vector) is kept as "no seed".
+moments before by another request (or by the same user's previous one). A request whose
+seeds are all kept makes no ``mget``: one Elasticsearch round trip fewer, and no seed
+thread waking up beside the user tower (a thread handing work over cost the tower ~0.15
+ms of a ~0.3 ms call on a 2-core VM, ``bench.recall``). Kept vectors are keyed by the
+concrete index, so one model version's vectors never seed a search of another's
+(docs/ARCHITECTURE.md, invariant 1, "Never mix vector spaces"); an item re-embedded
+within ``i2i_seed_ttl_s`` seeds with its previous vector until then, and a deleted one (a
+tombstone: no vector) is kept as "no seed".
 """
 
 from __future__ import annotations

@@ -2,15 +2,18 @@
 
 A published ``name@version`` is immutable: publishing the same bytes again is a no-op,
 different bytes are refused. ``pull`` materialises a version in a local cache keyed by
-the artifact's sha256 and verifies it on the way. Each version carries a lifecycle
+the artifact's sha256 and verifies it on the way; a version no process pulled for
+``UNUSED_DAYS`` leaves the cache when another is downloaded. Each version carries a lifecycle
 ``state`` with a history of every change (the model-version rollout drives it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 
 STATES = ("published", "building", "ready", "canary", "serving", "retired", "failed")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "models"
+UNUSED_DAYS = 30  # a pulled version no process pulled for this long goes (a loaded one
+# holds its towers in memory: the files are read only while loading)
+STAGING_HOURS = 1  # a download's staging directory left by a killed process
 
 
 class RegistryError(Refused):
@@ -142,6 +148,8 @@ class ModelRegistry:
         record = self.get(ref)
         target = cache / record.sha256
         if (target / MANIFEST).is_file():
+            with contextlib.suppress(OSError):  # a read-only cache is only never pruned
+                os.utime(target / MANIFEST)  # used: what ``prune_cache`` goes by
             return _load(target, record.sha256)
         cache.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=cache, prefix=".pull-"))
@@ -157,6 +165,7 @@ class ModelRegistry:
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        prune_cache(cache)
         return _load(target, record.sha256)
 
     def set_state(self, ref: str, state: str, reason: str) -> ModelRecord:
@@ -202,3 +211,21 @@ class ModelRegistry:
             return ClusterSet.from_document(document), document["created_at"]
         except ValueError as error:
             raise RegistryError(str(error)) from None
+
+
+def prune_cache(cache: Path, unused_days: float = UNUSED_DAYS) -> None:
+    """Remove the pulled versions no process pulled for ``unused_days`` (by their
+    manifest's time, which each pull touches), and staging directories of downloads a
+    killed process left: a process following rollouts pulls a version per roll, the
+    towers' size each, and would otherwise keep them all."""
+    now = time.time()
+    for entry in cache.iterdir():
+        try:
+            if entry.name.startswith(".pull-"):
+                stale = entry.stat().st_mtime < now - STAGING_HOURS * 3600
+            else:
+                stale = (entry / MANIFEST).stat().st_mtime < now - unused_days * 86400
+            if stale:
+                shutil.rmtree(entry)
+        except OSError:  # not an artifact, or another process pruned it first
+            continue
