@@ -20,18 +20,16 @@ Every indexer runs as a real `esrec` process, as in production:
 
 Rates and CPU are taken between the first and the last change (or chunk) a phase
 indexes, from the processes' own /metrics and /proc, each worker over its own window:
-start-up and model loading are not throughput. The bench reads /metrics every 0.5 s, a
-Prometheus server every 15-30 s: each process's CPU for one read is measured at the end
-of its window (``scrape_cpu_ms``) and its reads taken out of its CPU. With ``--pin``
-(the default on 2+ cores) the servers run on core 0 and every esrec process on the
-others, so the workers' CPU is theirs alone. What travels to other machines are the
-same-run ratios: the distributed tax (relay + workers CPU per change over the daemon's),
-a chunk's cost per document over a live change's, and each worker's documents per
-CPU-second from 1 to k workers at the same load per worker (constant: the workers scale
-with cores). The same load, because this VM charges a process for waking up (the item
-tower's one-item call: 0.18 ms back to back, 1.35 ms after a 20 ms sleep), so CPU per
-document depends on how busy a worker is; at the servers' pace k workers each get 1/k of
-it. Busy (net of the idle CPU measured for 10 s before the builds) is printed beside it.
+start-up and model loading are not throughput. With ``--pin`` (the default on 2+ cores)
+the servers run on core 0 and every esrec process on the others, so the workers' CPU is
+theirs alone. What travels to other machines are the same-run ratios: the distributed
+tax (relay + workers CPU per change over the daemon's), a chunk's cost per document over
+a live change's, and each worker's documents per CPU-second from 1 to k workers at the
+same load per worker (constant: the workers scale with cores). The same load, because
+this VM charges a process for waking up (the item tower's one-item call: 0.18 ms back to
+back, 1.35 ms after a 20 ms sleep), so CPU per document depends on how busy a worker is;
+at the servers' pace k workers each get 1/k of it. Busy (net of the idle CPU measured for
+10 s before the builds) is printed beside it.
 Progress goes to stderr every 10 s; the whole run stops at ``--deadline-s``.
 """
 
@@ -119,13 +117,11 @@ class Proc:
         self.process = subprocess.Popen([sys.executable, "-m", "esrec", *args], env=env,
                                         stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                         preexec_fn=start)
-        self.scrapes = 0  # /metrics reads: each is CPU of this process (_scrape_cpu_s)
 
     def cpu(self) -> float:
         return _cpu_seconds(self.process.pid)
 
     def metric(self, name: str) -> float:
-        self.scrapes += 1
         return _metric(self.port, name)
 
     def stop(self) -> None:
@@ -170,10 +166,8 @@ def _window(procs: dict[str, Proc], servers: dict[str, int], counted: dict[str, 
     units0: dict[str, float] = {}
     first = 0.0
     shown = time.monotonic()
-    # name -> (time, units, cpu, scrapes)
-    own_first: dict[str, tuple[float, float, float, int]] = {}
-    own_last: dict[str, tuple[float, float, float, int]] = {}
-    scrapes0: dict[str, int] = {}
+    own_first: dict[str, tuple[float, float, float]] = {}  # name -> (time, units, cpu)
+    own_last: dict[str, tuple[float, float, float]] = {}
     # counters of processes that ran an earlier window go on from where it left them
     base = {name: procs[name].metric(metric) for name, metric in counted.items()}
     while True:
@@ -182,14 +176,13 @@ def _window(procs: dict[str, Proc], servers: dict[str, int], counted: dict[str, 
         reached = sum(units.values())
         now = time.monotonic()
         for name, count in units.items():
-            if count > 0 and own_last.get(name, (0.0, 0.0, 0.0, 0))[1] != count:
-                own_last[name] = (now, count, procs[name].cpu(), procs[name].scrapes)
+            if count > 0 and own_last.get(name, (0.0, 0.0, 0.0))[1] != count:
+                own_last[name] = (now, count, procs[name].cpu())
                 own_first.setdefault(name, own_last[name])
         if started is None and reached > 0:
             started = now
             cpu0 = {**{n: p.cpu() for n, p in procs.items()},
                     **{n: _cpu_seconds(pid) for n, pid in servers.items()}}
-            scrapes0 = {n: p.scrapes for n, p in procs.items()}
             first, units0 = reached, units
         if reached >= total or done():  # done: read before it is reaped
             break
@@ -200,39 +193,14 @@ def _window(procs: dict[str, Proc], servers: dict[str, int], counted: dict[str, 
         # scraped process, which 20 scrapes a second made a worker's biggest cost
         time.sleep(min(0.05 if started is None else SCRAPE_EVERY_S, deadline.left()))
     assert started is not None
-    elapsed = time.monotonic() - started
     cpu1 = {**{n: p.cpu() for n, p in procs.items()},
             **{n: _cpu_seconds(pid) for n, pid in servers.items()}}
-    scrapes = {n: p.scrapes - scrapes0[n] for n, p in procs.items()}
-    scrape_cpu = _scrape_cpu_s(procs)
-    # the bench's own scrapes out of each process's CPU: a Prometheus server reads
-    # /metrics every 15-30 s, the bench every 0.5 s to see a phase's edges
-    return {"elapsed_s": elapsed, "measured": reached - first,
+    return {"elapsed_s": time.monotonic() - started, "measured": reached - first,
             "units": {n: units[n] - units0.get(n, 0.0) for n in units},
-            "cpu_s": {n: cpu1[n] - cpu0[n] - scrape_cpu.get(n, 0.0) * scrapes.get(n, 0)
-                      for n in cpu1},
-            "scrape_cpu_ms": {n: round(cpu * 1000, 2) for n, cpu in scrape_cpu.items()},
+            "cpu_s": {n: cpu1[n] - cpu0[n] for n in cpu1},
             "own": {n: {"elapsed_s": own_last[n][0] - t, "units": own_last[n][1] - count,
-                        "cpu_s": own_last[n][2] - cpu
-                        - scrape_cpu.get(n, 0.0) * (own_last[n][3] - scraped)}
-                    for n, (t, count, cpu, scraped) in own_first.items()}}
-
-
-def _scrape_cpu_s(procs: dict[str, Proc], scrapes: int = 10) -> dict[str, float]:
-    """Each running process's CPU seconds for one /metrics read: ``scrapes`` in a row, less
-    what it spent idle meanwhile (measured just before, 1 s without a read)."""
-    running = {name: proc for name, proc in procs.items() if not _exited(proc.process.pid)}
-    before = {name: _thread_cpu(proc.process.pid) for name, proc in running.items()}
-    time.sleep(1.0)
-    idle = {name: _thread_cpu(proc.process.pid) - before[name] for name, proc in running.items()}
-    cost = {}
-    for name, proc in running.items():
-        cpu, started = _thread_cpu(proc.process.pid), time.monotonic()
-        for _ in range(scrapes):
-            _metric(proc.port, EVENTS)
-        spent = _thread_cpu(proc.process.pid) - cpu - idle[name] * (time.monotonic() - started)
-        cost[name] = max(0.0, spent / scrapes)
-    return cost
+                        "cpu_s": own_last[n][2] - cpu}
+                    for n, (t, count, cpu) in own_first.items()}}
 
 
 def _per_unit_us(window: dict[str, Any]) -> dict[str, float]:
@@ -290,8 +258,7 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
     batch = _mean_batch(daemon["daemon"])
     daemon["daemon"].stop()
     result["daemon"] = {"changes_per_s": round(window["measured"] / window["elapsed_s"]),
-                        "cpu_us_per_change": _per_unit_us(window), "changes_per_batch": batch,
-                        "scrape_cpu_ms": window["scrape_cpu_ms"]}
+                        "cpu_us_per_change": _per_unit_us(window), "changes_per_batch": batch}
     daemon_cpu = result["daemon"]["cpu_us_per_change"]["daemon"]
 
     # a session timeout with room for the pause below (heartbeats every 7.5 s)
@@ -329,7 +296,6 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
             "workers_changes_per_s": round(window["measured"] / window["elapsed_s"]),
             "cpu_us_per_change": per_change,
             "distributed_tax": round(esrec_cpu / daemon_cpu, 3),
-            "scrape_cpu_ms": {**published["scrape_cpu_ms"], **window["scrape_cpu_ms"]},
             "changes_per_batch": batches,
             "share": [round(share, 3) for share in shares],
             "share_spread": round((max(shares) - min(shares)) / (1 / count), 3)}
@@ -367,7 +333,6 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
             "documents": catalog,
             "docs_per_s": round(fast["measured"] / fast["elapsed_s"]),
             "cpu_us_per_doc": _per_unit_us(fast),
-            "scrape_cpu_ms": fast["scrape_cpu_ms"],
             "build_publish_cpu_us_per_doc": publish_us,
             "worker_cpu_us_per_doc": {name: round(cpu * 1e6 / units, 1) for name in group
                                       if (units := fast["units"][name])
