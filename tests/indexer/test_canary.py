@@ -315,10 +315,11 @@ def test_an_aborted_canary_sends_everyone_back(stack) -> None:
         run_canary(versions, store, GOOD, 0.5, 120)), daemon=True)
     controller.start()
     deadline = time.monotonic() + 10
-    while (current := store.current()) is None or not current.running():
+    # the controller records the roll, then moves the version to canary: wait for both
+    while (current := store.current()) is None or not current.running() or \
+            svc.registry.get(GOOD).state != "canary":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert svc.registry.get(GOOD).state == "canary"
     from esrec.cli import main
 
     result = CliRunner(env=cli_env(svc.settings)).invoke(main, ["models", "canary", "abort"])
