@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from esrec.ports import free_port
+from runtime import local_cache
 from runtime.errors import Refused
 
 KAFKA_VERSION = "4.1.1"
@@ -79,8 +80,7 @@ def cache_dir() -> Path:
     """Where this version's jars live: ESREC_KAFKA_CACHE, else the user's cache folder."""
     if os.environ.get("ESREC_KAFKA_CACHE"):
         return Path(os.environ["ESREC_KAFKA_CACHE"]) / f"kafka-{KAFKA_VERSION}"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "esrec" / f"kafka-{KAFKA_VERSION}"
+    return local_cache.cache_dir(f"kafka-{KAFKA_VERSION}")
 
 
 def _lib() -> Path:

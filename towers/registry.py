@@ -3,7 +3,8 @@
 A published ``name@version`` is immutable: publishing the same bytes again is a no-op,
 different bytes are refused. ``pull`` materialises a version in a local cache keyed by
 the artifact's sha256 and verifies it on the way; a version no process pulled for
-``UNUSED_DAYS`` leaves the cache when another is downloaded. Each version carries a lifecycle
+``UNUSED_DAYS`` leaves the cache when another is downloaded (a loaded version holds its
+towers in memory: its files are read only while loading). Each version carries a lifecycle
 ``state`` with a history of every change (the model-version rollout drives it).
 """
 
@@ -13,7 +14,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from runtime.errors import Refused
+from runtime.local_cache import UNUSED_DAYS, cache_dir, unused
 from towers.clusters import ClusterSet
 from towers.manifest import MANIFEST
 
@@ -32,9 +33,7 @@ if TYPE_CHECKING:
     from towers.artifact import ModelArtifact
 
 STATES = ("published", "building", "ready", "canary", "serving", "retired", "failed")
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "models"
-UNUSED_DAYS = 30  # a pulled version no process pulled for this long goes (a loaded one
-# holds its towers in memory: the files are read only while loading)
+DEFAULT_CACHE = cache_dir("models")
 STAGING_HOURS = 1  # a download's staging directory left by a killed process
 
 
@@ -218,14 +217,10 @@ def prune_cache(cache: Path, unused_days: float = UNUSED_DAYS) -> None:
     manifest's time, which each pull touches), and staging directories of downloads a
     killed process left: a process following rollouts pulls a version per roll, the
     towers' size each, and would otherwise keep them all."""
-    now = time.time()
     for entry in cache.iterdir():
         try:
-            if entry.name.startswith(".pull-"):
-                stale = entry.stat().st_mtime < now - STAGING_HOURS * 3600
-            else:
-                stale = (entry / MANIFEST).stat().st_mtime < now - unused_days * 86400
-            if stale:
+            if unused(entry, STAGING_HOURS / 24) if entry.name.startswith(".pull-") \
+                    else unused(entry / MANIFEST, unused_days):
                 shutil.rmtree(entry)
         except OSError:  # not an artifact, or another process pruned it first
             continue

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,15 +28,15 @@ import torch
 from torch import nn
 
 import towers.model
+from runtime.local_cache import UNUSED_DAYS, cache_dir, unused
 from towers.features import Feature, FeatureSpec, embedded
 from towers.featurizer import NUMERIC
 from towers.manifest import sha256_file
 from towers.model import side_tower
 
 log = logging.getLogger("esrec.towers")
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esrec" / "towers"
+CACHE = cache_dir("towers")
 TOLERANCE = 1e-5  # float32, per component, against the program on random valid inputs
-UNUSED_DAYS = 30  # kept weights no start read for this long go when others are written
 SIDES = ("item", "user")
 
 Weights = dict[str, np.ndarray]
@@ -88,10 +87,9 @@ def write(path: Path, weights: Mapping[str, Weights]) -> None:
 def prune(root: Path, unused_days: float = UNUSED_DAYS) -> None:
     """Remove the kept weights no start has read for ``unused_days`` (every version a
     machine ever loaded would otherwise stay, a tower's size each)."""
-    cutoff = time.time() - unused_days * 86400
     for kept in root.glob("*.npz"):
         try:
-            if kept.stat().st_mtime < cutoff:
+            if unused(kept, unused_days):
                 kept.unlink()
                 kept.with_name(kept.name + ".sha256").unlink(missing_ok=True)
         except OSError:  # another process pruned it first
