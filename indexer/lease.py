@@ -38,6 +38,10 @@ from runtime.errors import Refused
 EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
 MARK_EVERY_S = 1.0
 MARKS = 64
+# how much of the TTL a successful fenced write keeps the lease certainly this relay's,
+# by its own clock: the server's expiry is a TTL after the write reached it, so only a
+# clock running twice as fast as the server's could see it expire sooner
+HELD_SHARE = 0.5
 
 
 def lease_id(source: str) -> str:
@@ -55,7 +59,9 @@ class Lease:
         self.id = lease_id(source)
         self.holder = holder
         self.ttl_ms = int(ttl_s * 1000)
+        self.held_s = HELD_SHARE * ttl_s  # after a successful fenced write
         self.epoch: int | None = None  # set while this relay holds the lease
+        self.held_until = 0.0  # monotonic: until when no renewal is needed
         self.next_mark = 0.0  # monotonic: when the next save adds a mark
 
     def acquire(self) -> bool:
@@ -64,16 +70,25 @@ class Lease:
             self.collection.update_one({"_id": self.id}, {"$setOnInsert": {
                 "epoch": 0, "expires_at": EPOCH_ZERO}}, upsert=True)
         now = datetime.fromtimestamp(server_time(self.collection).time, UTC)
+        sent = time.monotonic()
         document = self.collection.find_one_and_update(
             {"_id": self.id, "expires_at": {"$lt": now}},
             [{"$set": {"holder": self.holder, "epoch": {"$add": ["$epoch", 1]},
                        "expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}],
             return_document=ReturnDocument.AFTER)
         self.epoch = None if document is None else int(document["epoch"])
+        self.held_until = 0.0 if document is None else sent + self.held_s
         return self.epoch is not None
 
     def renew(self) -> None:
-        """Extend the lease; Fenced if another relay took it meanwhile."""
+        """Make sure the lease is this relay's before it publishes: a fenced write that
+        extends it (Fenced if another relay took it meanwhile), unless the last one
+        succeeded within HELD_SHARE of the TTL. A relay saves its position after every
+        batch, which extends the lease too, so a busy relay renews without a round trip
+        of its own (one a batch was a tenth of its CPU). One paused past the lease has
+        its own clock past ``held_until`` when it wakes, so it writes and is refused."""
+        if self.epoch is not None and time.monotonic() < self.held_until:
+            return
         self._fenced_update([{"$set": {"expires_at": {"$add": ["$$NOW", self.ttl_ms]}}}])
 
     def save(self, position: Position, watermark: Timestamp | None, idle: bool,
@@ -100,12 +115,14 @@ class Lease:
     def _fenced_update(self, update: list[dict[str, Any]]) -> None:
         if self.epoch is None:
             raise Fenced("this relay does not hold the lease")
+        sent = time.monotonic()
         result = self.collection.update_one(
             {"_id": self.id, "holder": self.holder, "epoch": self.epoch}, update)
         if result.matched_count == 0:
-            lost, self.epoch = self.epoch, None
+            lost, self.epoch, self.held_until = self.epoch, None, 0.0
             raise Fenced(f"the relay lease was taken over (this relay held epoch {lost}); "
                          "its publishing and saving are refused")
+        self.held_until = sent + self.held_s
 
     def release(self) -> None:
         """Give the lease up at once (a clean stop), so a standby need not wait it out."""
@@ -114,6 +131,7 @@ class Lease:
                                         "epoch": self.epoch},
                                        {"$set": {"expires_at": EPOCH_ZERO}})
             self.epoch = None
+            self.held_until = 0.0
 
     def position(self) -> Position | None:
         document = self.collection.find_one({"_id": self.id})

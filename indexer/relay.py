@@ -1,11 +1,12 @@
 """The relay: the change stream -> the item-changes topic, for N indexer workers.
 
     standby: try the lease every ttl/3 (one relay leads; /healthz says which)
-    leader:  resume at the lease's position -> poll a batch -> renew the lease (fenced)
-             -> send the changes as one pack per partition (indexer/messages.py),
-             acks=all -> flush -> every send acknowledged -> save the position under the
-             epoch (fenced), with a mark (watermark + offsets produced) at most once a
-             second: what the workers' indices' progress is read from
+    leader:  resume at the lease's position -> poll a batch -> the lease still held (a
+             fenced renewal, unless a save within half its TTL showed it) -> send the
+             changes as one pack per partition (indexer/messages.py), acks=all -> flush
+             -> every send acknowledged -> save the position under the epoch (fenced,
+             extending the lease), with a mark (watermark + offsets produced) at most
+             once a second: what the workers' indices' progress is read from
              (``TopicOffsets.progress``). A lost lease stops publishing at once; the
              position saved last is where the next leader resumes, so nothing is skipped.
 

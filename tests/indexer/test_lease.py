@@ -25,10 +25,10 @@ def test_one_holder_an_epoch_per_takeover_and_fencing(mongo_db: Database) -> Non
     assert second.position() == position
     time.sleep(3.0)  # first stops renewing; the cluster time (1 s steps) passes the expiry
     assert second.acquire() and second.epoch == 2
-    with pytest.raises(Fenced, match="held epoch 1"):
-        first.save(Position({"_data": "stale"}, Timestamp(1_795_000_001, 1), 1), None, False)
-    with pytest.raises(Fenced):
+    with pytest.raises(Fenced, match="held epoch 1"):  # its last write is older than ttl/2
         first.renew()
+    with pytest.raises(Fenced):
+        first.save(Position({"_data": "stale"}, Timestamp(1_795_000_001, 1), 1), None, False)
     assert second.position() == position  # the stale save did not land
     second.release()  # a clean stop hands over at once
     assert first.acquire() and first.epoch == 3
@@ -59,3 +59,22 @@ def test_a_workers_index_holds_what_the_newest_mark_it_reached_says(mongo_db: Da
     progress = offsets.progress("idx", relay.id)
     assert progress is not None and progress.watermark == Timestamp(1_795_000_004, 1)
     assert progress.lag_s(Timestamp(1_795_000_010, 1)) == 6.0
+
+
+def test_a_renewal_writes_only_once_half_the_ttl_passed_since_the_last_fenced_write(
+        mongo_db: Database) -> None:
+    """A relay saving its position every batch extends its lease with each save: the
+    renewal before a publish writes nothing then, and writes again (fenced) once half
+    the TTL passed without one."""
+    collection = mongo_db["checkpoints"]
+    lease = Lease(collection, "items", "a", ttl_s=2.0)
+    assert lease.acquire()
+    position = Position({"_data": "t1"}, Timestamp(1_795_000_000, 3), 1)
+    lease.save(position, watermark=None, idle=False)
+    saved = lease.state()["expires_at"]
+    time.sleep(0.1)
+    lease.renew()
+    assert lease.state()["expires_at"] == saved  # within ttl/2 of the save: no write
+    time.sleep(1.0)
+    lease.renew()
+    assert lease.state()["expires_at"] > saved
