@@ -1,13 +1,14 @@
 """The distributed mode against the embedded daemon, measured side by side in one run.
 
-    python -m bench.scaleout [--docs 30000] [--catalog 20000] [--workers 3]
+    python -m bench.scaleout [--docs 20000] [--catalog 20000] [--workers 3]
                              [--paced-docs-per-s 1000] [--deadline-s 600] [--no-pin]
                              [--configured]
 
 Every indexer runs as a real `esrec` process, as in production:
 
     daemon      `esrec indexer run` on a backlog of ``docs`` changes (new titles for the
-                ``catalog`` documents in turn)
+                ``catalog`` documents in turn), right before each relay + k: the tax's
+                reference taken minutes apart moved 76-100 us a change on this VM
     relay + k   `esrec indexer relay` + k `esrec indexer worker`s, k = 1..workers: the
                 backlog written, then the group formed (every worker owns partitions);
                 the workers paused (SIGSTOP, within their session timeout) while the
@@ -32,8 +33,10 @@ with cores; the reference, because this VM's speed moves by 20-30 % within minut
 the groups run minutes apart; the raw documents per CPU-second are printed beside it).
 The same load, because this VM charges a process for waking up (the item tower's
 one-item call: 0.18 ms back to back, 1.35 ms after a 20 ms sleep), so CPU per document
-depends on how busy a worker is; at the servers' pace k workers each get 1/k of it. Busy (net of the idle CPU measured for
-10 s before the builds) is printed beside it.
+depends on how busy a worker is; at the servers' pace k workers each get 1/k of it.
+Busy (net of the idle CPU measured for 6 s before the builds) is printed beside it.
+Each stream consumer resumes where the other stopped (the daemon's checkpoint, the
+relay's lease): neither reads the other's changes again.
 Progress goes to stderr every 10 s; the whole run stops at ``--deadline-s``.
 """
 
@@ -63,7 +66,8 @@ from esrec.cli.context import embedding_process
 from esrec.lifetime import die_with_parent, exit_on_sigterm
 from esrec.ports import free_port
 from esrec.settings import Settings, server_environment
-from indexer.service import Services
+from indexer.lease import Lease
+from indexer.service import SOURCE, Services
 from runtime.clients import elasticsearch_client, mongo_client
 from towers.artifact import ModelArtifact
 from towers.synth import SynthConfig, generate
@@ -72,7 +76,7 @@ from towers.train import TrainConfig, train
 NAME = "bench"
 PROGRESS_EVERY_S = 10.0
 SCRAPE_EVERY_S = 0.5
-IDLE_S = 10.0  # how long a formed group's idle CPU is measured before a build
+IDLE_S = 6.0  # how long a formed group's idle CPU is measured before a build
 # paced builds a group shares, each worker's windows summed: one gave a worker ~10-12
 # chunks, and three identical workers of one build disagreed by 8-16 % (sd ~6 %)
 PACED_BUILDS = 2
@@ -264,20 +268,42 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
                               "cpus": os.cpu_count(),
                               "pinned": "servers on core 0, esrec on the others"
                               if esrec_cpus else "no"}
-    backlog()
-    daemon = {"daemon": proc(env, "daemon.log", "indexer", "run")}
-    window = _window(daemon, servers, {"daemon": EVENTS}, docs, "daemon, changes", deadline)
-    batch = _mean_batch(daemon["daemon"])
-    daemon["daemon"].stop()
-    result["daemon"] = {"changes_per_s": round(window["measured"] / window["elapsed_s"]),
-                        "cpu_us_per_change": _per_unit_us(window), "changes_per_batch": batch}
-    daemon_cpu = result["daemon"]["cpu_us_per_change"]["daemon"]
+    index = svc.index_of(f"{NAME}@1")
+    assert index is not None
+
+    def relay_from_daemon() -> None:
+        """The next relay starts where the daemon stopped (it indexed everything before),
+        through the lease as a relay would save it."""
+        lease, position = Lease(checkpoints, SOURCE, NAME, 4), svc.checkpoints.load(index)
+        if lease.position() is not None and position is not None:  # a relay ran before
+            while not lease.acquire():  # a relay stopped cleanly gives it up at once
+                time.sleep(min(0.5, deadline.left()))
+            lease.save(position, None, idle=False)
+            lease.release()
+
+    def daemon_phase(count: int) -> dict[str, Any]:
+        """The embedded daemon's catch-up on a backlog, from where the last relay stopped
+        (the workers indexed everything before it)."""
+        if (position := Lease(checkpoints, SOURCE, NAME, 4).position()) is not None:
+            svc.checkpoints.save(index, position)
+        backlog()
+        daemon = {"daemon": proc(env, f"daemon-{count}.log", "indexer", "run")}
+        window = _window(daemon, servers, {"daemon": EVENTS}, docs,
+                         f"daemon before {count} worker(s), changes", deadline)
+        batch = _mean_batch(daemon["daemon"])
+        daemon["daemon"].stop()
+        return {"changes_per_s": round(window["measured"] / window["elapsed_s"]),
+                "cpu_us_per_change": _per_unit_us(window), "changes_per_batch": batch}
 
     # a session timeout with room for the pause below (heartbeats every 7.5 s)
     distributed = {**env, "ESREC_INDEXER__MODE": "distributed",
                    "ESREC_INDEXER__WORKER_SESSION_TIMEOUT_MS": "30000"}
-    result["distributed"] = {}
+    result["daemon"], result["distributed"] = {}, {}
     for count in range(1, workers + 1):
+        # the reference right before each group: this VM's speed moves within minutes
+        result["daemon"][f"before relay+{count}"] = daemon_phase(count)
+        daemon_cpu = result["daemon"][f"before relay+{count}"]["cpu_us_per_change"]["daemon"]
+        relay_from_daemon()
         backlog()  # written first, as for the daemon: each stage then runs saturated
         group = {f"worker-{n + 1}": proc(distributed, f"worker-{count}-{n}.log", "indexer",
                                          "worker") for n in range(count)}
@@ -477,7 +503,7 @@ def _ratios(result: dict[str, Any], workers: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=30000,
+    parser.add_argument("--docs", type=int, default=20000,
                         help="changes each live phase indexes")
     parser.add_argument("--catalog", type=int, default=20000,
                         help="catalog documents (each backfill phase builds them all)")
