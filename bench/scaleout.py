@@ -26,17 +26,14 @@ start-up and model loading are not throughput. With ``--pin`` (the default on 2+
 the servers run on core 0 and every esrec process on the others, so the workers' CPU is
 theirs alone. What travels to other machines are the same-run ratios: the distributed
 tax (relay + workers CPU per change over the daemon's), a chunk's cost per document over
-a live change's, and each worker's CPU per document from 1 to k workers at the same load
-per worker, in featurize + item tower items (CPU per item, batched) measured on the
-workers' cores before and after each group's paced builds (constant: the workers scale
-with cores; the reference, because this VM's speed moves by 20-30 % within minutes, and
-the groups run minutes apart; the raw documents per CPU-second are printed beside it).
-The same load, because this VM charges a process for waking up (the item tower's
-one-item call: 0.18 ms back to back, 1.35 ms after a 20 ms sleep), so CPU per document
-depends on how busy a worker is; at the servers' pace k workers each get 1/k of it.
-Busy (net of the idle CPU measured for 6 s before the builds) is printed beside it.
-Each stream consumer resumes where the other stopped (the daemon's checkpoint, the
-relay's lease): neither reads the other's changes again.
+a live change's, and each worker's documents per CPU-second from 1 to k workers at the
+same load per worker (constant: the workers scale with cores). The same load, because
+this VM charges a process for waking up (the item tower's one-item call: 0.18 ms back to
+back, 1.35 ms after a 20 ms sleep), so CPU per document depends on how busy a worker is;
+at the servers' pace k workers each get 1/k of it. Busy (net of the idle CPU measured for
+6 s before the builds) is printed beside it. Each stream consumer resumes where the other
+stopped (the daemon's checkpoint, the relay's lease): neither reads the other's changes
+again.
 Progress goes to stderr every 10 s; the whole run stops at ``--deadline-s``.
 """
 
@@ -62,14 +59,12 @@ from pymongo import ReplaceOne
 from pymongo.collection import Collection
 
 from bench.indexer import _catalog, _cpu_seconds, kafka_used, stack_settings
-from esrec.cli.context import embedding_process
 from esrec.lifetime import die_with_parent, exit_on_sigterm
 from esrec.ports import free_port
 from esrec.settings import Settings, server_environment
 from indexer.lease import Lease
 from indexer.service import SOURCE, Services
 from runtime.clients import elasticsearch_client, mongo_client
-from towers.artifact import ModelArtifact
 from towers.synth import SynthConfig, generate
 from towers.train import TrainConfig, train
 
@@ -80,7 +75,6 @@ IDLE_S = 6.0  # how long a formed group's idle CPU is measured before a build
 # paced builds a group shares, each worker's windows summed: one gave a worker ~10-12
 # chunks, and three identical workers of one build disagreed by 8-16 % (sd ~6 %)
 PACED_BUILDS = 2
-REFERENCE_DOCS = 5000  # catalog documents the tower reference embeds a pass
 EVENTS = "esrec_indexer_events_total"
 PUBLISHED = "esrec_relay_published_total"
 
@@ -234,8 +228,6 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
         svc.registry.publish(directory)
     partitions = max(6, 2 * workers)
     esrec_cpus = set(range(1, os.cpu_count() or 1)) if pin else None
-    embedding_process()  # as the workers are: one torch thread, the same collector pace
-    artifact = svc.registry.pull(f"{NAME}@1")
     if pin and esrec_cpus:
         for pid in [*servers.values(), os.getpid()]:  # this process polls: beside them
             _pin(pid, {0})
@@ -359,16 +351,11 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
                                          "worker") for n in range(count)}
         _group_formed(group, partitions, deadline)
         idle = _idle_cpu(group)
-        passes = _tower_passes(artifact, base[:REFERENCE_DOCS], settings.indexer.batch_max_docs,
-                               esrec_cpus)
         fast, publish_us = build(group, version := version + 1,
                                  f"backfill with {count} worker(s), documents", 0)
         paced = [build(group, version := version + 1,
                        f"backfill at {rate_per_worker:g}/s a worker, documents",
                        count * rate_per_worker)[0] for _ in range(PACED_BUILDS)]
-        passes += _tower_passes(artifact, base[:REFERENCE_DOCS],
-                                settings.indexer.batch_max_docs, esrec_cpus)
-        reference_us = sorted(passes)[len(passes) // 2]
         for each in group.values():
             each.stop()
         own = {name: {key: sum(window["own"][name][key] for window in paced)
@@ -389,10 +376,6 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
                                           for name in group if own.get(name, {}).get("cpu_s")},
                 "idle_cpu_ms_per_s": {name: round(rate * 1000, 1)
                                       for name, rate in idle.items()},
-                "reference_tower_cpu_us_per_item": round(reference_us, 2),
-                "worker_cpu_per_doc_in_tower_items": {
-                    name: round(own[name]["cpu_s"] * 1e6 / own[name]["units"] / reference_us, 2)
-                    for name in group if own.get(name, {}).get("units")},
                 "docs_per_worker_busy_cpu_s": {
                     name: round(own[name]["units"] / busy) for name in group if name in own
                     and (busy := own[name]["cpu_s"] - idle[name] * own[name]["elapsed_s"]) > 0}}}
@@ -427,27 +410,6 @@ class Publishing:
         assert self.first is not None and self.last is not None and self.last[0] > self.first[0], \
             "the build published its chunks faster than they could be sampled"
         return round((self.last[1] - self.first[1]) * 1e6 / (self.last[0] - self.first[0]), 1)
-
-
-def _tower_passes(artifact: ModelArtifact, documents: list[dict[str, Any]], batch: int,
-                  cpus: set[int] | None) -> list[float]:
-    """The reference a worker's CPU per document is read against, taken on the workers'
-    cores right before and after a group's paced builds: featurize + item tower CPU per
-    item, batched, three passes. This VM's speed moves by 20-30 % within minutes (an
-    idle worker's CPU a second with it), and the phases compared run minutes apart."""
-    home = os.sched_getaffinity(0)
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    try:
-        passes = []
-        for _ in range(3):
-            started = time.thread_time()
-            for start in range(0, len(documents), batch):
-                artifact.embed_items(documents[start:start + batch])
-            passes.append((time.thread_time() - started) * 1e6 / len(documents))
-        return passes
-    finally:
-        os.sched_setaffinity(0, home)
 
 
 def _idle_cpu(procs: dict[str, Proc]) -> dict[str, float]:
@@ -493,11 +455,9 @@ def _ratios(result: dict[str, Any], workers: int) -> dict[str, Any]:
         "chunk_vs_live_change": round((one["worker_cpu_us_per_doc"]["worker-1"]
                                        + one["build_publish_cpu_us_per_doc"]) / live_cpu, 3),
         "paced_worker_docs_per_cpu_s_spread": spread("docs_per_worker_cpu_s"),
-        "paced_worker_docs_per_busy_cpu_s_spread": spread("docs_per_worker_busy_cpu_s"),
-        "paced_worker_cpu_per_doc_in_tower_items_spread":
-            spread("worker_cpu_per_doc_in_tower_items")}
+        "paced_worker_docs_per_busy_cpu_s_spread": spread("docs_per_worker_busy_cpu_s")}
     result["targets"] = {"distributed_tax": "<= 1.2", "chunk_vs_live_change": "<= 1.3",
-                         "paced_worker_cpu_per_doc_in_tower_items_spread": "<= 0.15"}
+                         "paced_worker_docs_per_cpu_s_spread": "<= 0.15"}
     return result
 
 
