@@ -378,8 +378,8 @@ def measure(settings: Settings, docs: int, catalog: int, workers: int, model_dir
                                       and (cpu := fast["cpu_s"][name])},
             "paced": {
                 "docs_per_s": round(paced["measured"] / paced["elapsed_s"]),
-                "steady_docs_per_s": round(sum(own[name]["units"] for name in own)
-                                           / max(own[name]["elapsed_s"] for name in own)),
+                "steady_docs_per_s": round(sum(own[name]["units"] / own[name]["elapsed_s"]
+                                               for name in own if own[name]["elapsed_s"])),
                 "docs_per_worker_cpu_s": {name: round(own[name]["units"] / own[name]["cpu_s"])
                                           for name in group if own.get(name, {}).get("cpu_s")},
                 "idle_cpu_ms_per_s": {name: round(rate * 1000, 1)
