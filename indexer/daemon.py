@@ -72,7 +72,8 @@ class Indexer:
     def __init__(self, items: MongoCollection, pipeline: Pipeline, checkpoints: Checkpoints,
                  settings: IndexerSettings, metrics: IndexerMetrics, stop: threading.Event,
                  health: Health, follower: Follower | None = None,
-                 resync: Resync | None = None) -> None:
+                 resync: Resync | None = None,
+                 relayed: Callable[[str], Timestamp | None] = lambda index: None) -> None:
         self.items = items
         self.pipeline = pipeline
         self.checkpoints = checkpoints
@@ -82,6 +83,7 @@ class Indexer:
         self.health = health
         self.follower = follower
         self.resync = resync  # None: a lost history stops the daemon
+        self.relayed = relayed  # index -> what the workers indexed (distributed mode)
         self.backoff = Backoff(max_s=settings.retry_max_delay_s)
         self.clock = ServerClock()
         self.saved = Position()  # the last position saved after its writes (set by run)
@@ -99,9 +101,19 @@ class Indexer:
         return None if now is None else lag_seconds(self.watermark, self.idle, now)
 
     def start_position(self) -> Position:
+        """Each target's saved position, or where the workers stopped if they indexed it
+        further (a switch back from the distributed mode resumes there, not at this
+        daemon's older checkpoint or a build's start, replaying everything since)."""
         positions = []
         for index in self.indices:
             position = self.checkpoints.load(index)
+            handed_over = self.relayed(index)
+            if handed_over is not None and (position is None or position.cluster_time is None
+                                            or handed_over > position.cluster_time):
+                log.info("resuming where the workers stopped", extra={
+                    "index": index, "from": handed_over,
+                    "own_checkpoint": position.cluster_time if position else None})
+                position = Position(None, handed_over)
             if position is None:
                 raise MissingCheckpoint(f"index {index} has no checkpoint",
                                         "fill it first with `esrec indexer backfill NAME@VERSION`")

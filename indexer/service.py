@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from bson.timestamp import Timestamp
 from elasticsearch import Elasticsearch
 
 from indexer.backfill import BackfillReport, OnProgress, backfill, backfill_via_workers
@@ -80,9 +81,12 @@ class Services:
     def progress(self, index: str) -> Progress | None:
         """Where ``index`` stands in the change stream: its workers' progress (through
         the relay's marks) if workers write it, else its daemon's checkpoint."""
-        checkpoints = self.checkpoints
-        relayed = TopicOffsets(checkpoints.collection, self.settings.kafka.topics.item_changes)
-        return relayed.progress(index, lease_id(SOURCE)) or checkpoints.progress(index)
+        return self.workers_progress(index) or self.checkpoints.progress(index)
+
+    def workers_progress(self, index: str) -> Progress | None:
+        """What the workers indexed of ``index`` (None: no worker writes it)."""
+        relayed = TopicOffsets(self.checkpoints.collection, self.settings.kafka.topics.item_changes)
+        return relayed.progress(index, lease_id(SOURCE))
 
     @property
     def items(self) -> MongoCollection:
@@ -183,9 +187,13 @@ class Services:
                 resync: Resync | None = None) -> Indexer:
         """The daemon; ``follow``: pick up versions that start or stop building, live;
         ``resync``: what to do when the history is lost (None: stop with the reason)."""
+        def workers_watermark(index: str) -> Timestamp | None:
+            progress = self.workers_progress(index)
+            return progress.watermark if progress is not None else None
+
         return Indexer(self.items, self.pipeline(targets), self.checkpoints,
                        self.settings.indexer, self.metrics, self.stop, self.health,
-                       self.follower() if follow else None, resync)
+                       self.follower() if follow else None, resync, workers_watermark)
 
     def worker(self, targets: list[Target], follow: bool = True,
                resync: Resync | None = None) -> Worker:

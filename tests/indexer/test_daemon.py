@@ -14,7 +14,10 @@ from pymongo.errors import OperationFailure
 
 from esrec.settings import Settings
 from indexer.daemon import MissingCheckpoint
+from indexer.lease import Lease
 from indexer.lifecycle import Versions
+from indexer.offsets import TopicOffsets
+from indexer.service import SOURCE
 from indexer.sink import TransientBulkError
 from indexer.source import ChangeStreamSource, HistoryLost, Position
 from runtime.clients import elasticsearch_client
@@ -206,3 +209,26 @@ def test_the_stream_reports_each_documents_bson_size(
         assert [c.size_bytes for c in changes[1:]] == [expected["b"], expected["c"],
                                                        expected["a"]]
         assert changes[0].size_bytes == len(bson.encode({"_id": "a", "title": "plain"}))
+
+
+def test_a_daemon_after_the_workers_resumes_where_they_stopped(
+        settings: Settings, es: Elasticsearch, artifact_dir: Path) -> None:
+    """A switch back from the distributed mode: the workers' watermark, when newer than
+    the daemon's own checkpoint (here the build's hand-over point), starts its stream;
+    its own checkpoint when that is newer (README "The relay")."""
+    svc, target = _ready(settings, es, artifact_dir)
+    own = svc.checkpoints.load(target.index)
+    assert own is not None and own.cluster_time is not None
+    assert svc.indexer([target]).start_position() == own  # no workers: its own
+    later = Timestamp(own.cluster_time.time + 30, 1)
+    lease = Lease(svc.checkpoints.collection, SOURCE, "relay-a", 10)
+    assert lease.acquire()
+    lease.save(Position(None, later), later, idle=False, produced={0: 7})
+    offsets = TopicOffsets(svc.checkpoints.collection, settings.kafka.topics.item_changes)
+    offsets.save([target.index], {0: 6}, {})  # the workers short of the mark: not yet
+    assert svc.indexer([target]).start_position() == own
+    offsets.save([target.index], {0: 7}, {})
+    assert svc.indexer([target]).start_position() == Position(None, later)
+    newest = Timestamp(later.time + 30, 1)
+    svc.checkpoints.save(target.index, Position(None, newest))
+    assert svc.indexer([target]).start_position() == Position(None, newest)
