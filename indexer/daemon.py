@@ -1,7 +1,9 @@
 """The indexer daemon: the change stream through the driver loop, until told to stop.
 
-    run:     start at the oldest saved position of the targets -> drive(stream) ->
-             save the position for every target after its writes are acknowledged
+    run:     start at the oldest saved position of the targets (a target the workers
+             indexed further, before a switch back from the distributed mode: their
+             watermark) -> drive(stream) -> save the position for every target after
+             its writes are acknowledged
     idle:    the stream confirms "caught up" once a heartbeat (its post-batch resume
              token, so a quiet collection never falls off the oplog, and the server's time)
     follow:  a Follower re-reads the active model versions; when they change, drain, then
