@@ -9,8 +9,8 @@ Every indexer runs as a real `esrec` process, as in production:
     daemon      `esrec indexer run` on a backlog of ``docs`` changes (new titles for the
                 ``catalog`` documents in turn), before, between and after the relay + k
                 groups: each tax reads the mean of the runs on either side (on this VM
-                the same daemon moved 12-28 % between runs minutes apart, printed as
-                the run's noise floor)
+                the same daemon moved 10-55 % within one run, printed as the run's
+                noise floor)
     relay + k   `esrec indexer relay` + k `esrec indexer worker`s, k = 1..workers: the
                 backlog written, then the group formed (every worker owns partitions);
                 the workers paused (SIGSTOP, within their session timeout) while the

@@ -215,7 +215,7 @@ def test_a_daemon_after_the_workers_resumes_where_they_stopped(
         settings: Settings, es: Elasticsearch, artifact_dir: Path) -> None:
     """A switch back from the distributed mode: the workers' watermark, when newer than
     the daemon's own checkpoint (here the build's hand-over point), starts its stream;
-    its own checkpoint when that is newer (README "The relay")."""
+    its own checkpoint when that is newer (README "Scale-out", "When")."""
     svc, target = _ready(settings, es, artifact_dir)
     own = svc.checkpoints.load(target.index)
     assert own is not None and own.cluster_time is not None
