@@ -12,14 +12,15 @@ the reason and the fix, and the stage goes on (see README, "Item ids").
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from indexer.changes import id_kind
 from runtime.clients import MongoCollection
+from runtime.errors import Unavailable
 
 # each kind's BSON types, in the order a tie is settled
 BSON_TYPES = {"string": ["string"], "objectid": ["objectId"], "integer": ["int", "long"]}
@@ -63,13 +64,16 @@ class CatalogIdKind:
         counts = {kind: self.items.count_documents({"_id": {"$type": types}})
                   for kind, types in BSON_TYPES.items()}
         kind = max(counts, key=lambda k: counts[k]) if any(counts.values()) else first
-        try:
-            record = self.collection.find_one_and_update(
-                key, {"$setOnInsert": {"kind": kind, "counts": counts,
-                                       "since": datetime.now(UTC)}},
-                upsert=True, return_document=ReturnDocument.AFTER)
-        except DuplicateKeyError:  # another process inserted it between our find and insert
-            record = self.collection.find_one(key)
-        assert record is not None
+        # insert-if-absent, then read what won: a process that lost the race reads the
+        # winner's kind (an upsert that loses a race raises DuplicateKeyError on MongoDB
+        # and answers no document on the stand-in; this form needs neither answer)
+        with contextlib.suppress(DuplicateKeyError):
+            self.collection.update_one(key, {"$setOnInsert": {
+                "kind": kind, "counts": counts, "since": datetime.now(UTC)}}, upsert=True)
+        record = self.collection.find_one(key)
+        if record is None:
+            raise Unavailable(f"the recorded _id kind of {self.items.name} could not be read "
+                              "back after it was written", "check that MongoDB answers reads "
+                              "from the primary")
         self.kind = str(record["kind"])
         return self.kind
