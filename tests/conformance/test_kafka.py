@@ -9,6 +9,9 @@ from collections.abc import Callable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from runtime.clients import group_consumer
+from runtime.settings import KafkaSettings
+
 PARTITIONS = 4
 POLL_MS = 200
 
@@ -35,17 +38,12 @@ def _produce(bootstrap: str, topic: str, count: int) -> dict[bytes, int]:
 
 
 def _consumer(bootstrap: str, group: str, topic: str) -> KafkaConsumer:
-    """A group member subscribed once its metadata knows the topic's partitions, as
-    runtime.clients.group_consumer does: a leader that joins before its metadata has them
-    assigns them to no one and never rejoins (kafka-python issue 2377; seen here in CI)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(topic):
-        assert time.monotonic() < deadline, f"no partitions of {topic} in the metadata"
-        time.sleep(0.2)
-    consumer.subscribe([topic])
+    """A group member as esrec makes one (runtime.clients.group_consumer: subscribed once
+    its metadata knows the topic's partitions; the topic here has records already)."""
+    consumer: KafkaConsumer = group_consumer(
+        KafkaSettings(bootstrap_servers=[bootstrap]), [topic], group,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+        session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
     return consumer
 
 
