@@ -29,6 +29,7 @@ from towers.dataset import RECENT_ITEMS, TAG_COUNTS
 
 TOP_TAGS = 5
 _SCORE = operator.itemgetter("_score")
+_ID = operator.itemgetter("_id")
 
 
 @dataclass
@@ -120,9 +121,10 @@ class ItemToItemChannel(Channel):
         it is computed once per item, in numpy (one request has ~150 hits), and the
         per-item lookups go through ``map`` (a Python loop over them cost ~1 us an item).
         The hits are over ``i2i_min_similarity`` already (``searches``)."""
-        hits = sorted((hit for response in responses for hit in response["hits"]["hits"]),
-                      key=_SCORE)
-        closest = {hit["_id"]: hit for hit in hits}  # ascending: an item's best hit wins
+        hits = [hit for response in responses for hit in response["hits"]["hits"]]
+        if len(responses) > 1:  # seeds can share a neighbour: sorted ascending, its best
+            hits.sort(key=_SCORE)  # hit is the one the dict keeps
+        closest = dict(zip(map(_ID, hits), hits, strict=True))
         if not closest:
             return []
         ids = list(closest)

@@ -262,7 +262,9 @@ class Recaller:
               ctx: Context) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
         ranked: dict[str, list[tuple[str, float]]] = {}
         reasons: dict[str, str] = {}
-        excluded = ctx.excluded
+        # every seen item is in the searches' must_not unless there were more of them
+        # than seen_in_query: only then can a channel's hits hold one (~20 us a request)
+        excluded = ctx.excluded if len(ctx.seen) > ctx.seen_in_query else frozenset()
         position = 0
         for name, count in plan:
             mine, position = responses[position:position + count], position + count
@@ -280,7 +282,8 @@ class Recaller:
                 reasons[name] = "timed out: partial results"
                 self.metrics.degraded.labels(name, "timeout").inc()
             channel = self.channels[name]
+            pairs = channel.rank(mine, ctx)
             # the older seen items were over-fetched for, not excluded in the query
-            ranked[name] = [pair for pair in channel.rank(mine, ctx)
-                            if pair[0] not in excluded][:channel.settings.size]
+            ranked[name] = [pair for pair in pairs if pair[0] not in excluded
+                            ][:channel.settings.size] if excluded else pairs[:channel.settings.size]
         return ranked, reasons
