@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from elastic_transport import TransportError
 from elasticsearch import ApiError
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from esrec.settings import Settings
 from indexer.changes import Position
 from indexer.source import ChangeStreamSource, server_time
 from runtime.clients import elasticsearch_client, kafka_options, mongo_client
+from runtime.settings import mask_url
 
 DOCTOR_TIMEOUT_S = 5.0  # a healthy local or in-cluster server answers well within this
 MIN_ES_MAJOR = 8  # dense_vector kNN search with filters and num_candidates arrived in 8.x
@@ -31,6 +33,13 @@ class CheckResult:
     version: str = "?"
     capabilities: list[str] = field(default_factory=list)
     problem: str = ""
+    fix: str = ""  # what to do about the problem, where esrec knows
+
+
+def _unreachable_fix(variable: str, value: str) -> str:
+    """The fix for a server that did not answer: the setting it came from, or a stack."""
+    return (f"check {variable} (now {value}); for local servers run `esrec stack up` and "
+            "export the ESREC_* lines it prints")
 
 
 def _probe_name() -> str:
@@ -79,7 +88,9 @@ def check_elasticsearch(settings: Settings) -> CheckResult:
     except ApiError as error:
         result.problem = f"{error.meta.status} {error.message}"
     except TransportError as error:
-        result.problem = f"cannot connect to {', '.join(settings.es.hosts)}: {error.message}"
+        hosts = ", ".join(map(mask_url, settings.es.hosts))  # a password stays out
+        result.problem = f"cannot connect to {hosts}: {error.message}"
+        result.fix = _unreachable_fix("ESREC_ES__HOSTS", hosts)
     finally:
         with contextlib.suppress(ApiError, TransportError):  # any problem is recorded above
             es.indices.delete(index=index, ignore_unavailable=True)
@@ -116,6 +127,9 @@ def check_mongodb(settings: Settings) -> CheckResult:
         result.ok = True
     except PyMongoError as error:
         result.problem = str(error).split(", Timeout:")[0].split("\n")[0]
+        if isinstance(error, ConnectionFailure):  # server selection timed out too
+            result.fix = _unreachable_fix("ESREC_MONGO__URI",
+                                          mask_url(settings.mongo.uri.get_secret_value()))
     finally:
         client.close()
     return result
@@ -137,6 +151,7 @@ def check_kafka(settings: Settings) -> CheckResult:
         )
     except KafkaError as error:
         result.problem = f"no Kafka broker answered at {servers}: {type(error).__name__}"
+        result.fix = _unreachable_fix("ESREC_KAFKA__BOOTSTRAP_SERVERS", servers)
         return result
     topic = _probe_name()
     try:
@@ -170,10 +185,15 @@ CHECKS: dict[str, Callable[[Settings], CheckResult]] = {
 
 
 def run_checks(settings: Settings, servers: list[str] | None = None) -> list[CheckResult]:
-    results = []
-    for name in servers or list(CHECKS):
-        try:
-            results.append(CHECKS[name](settings))
-        except Exception as error:  # a client bug or an odd server reply: report, do not crash
-            results.append(CheckResult(name, problem=f"unexpected {type(error).__name__}: {error}"))
-    return results
+    """Every check at once (each waits up to DOCTOR_TIMEOUT_S on a server that does not
+    answer), the results in the order asked."""
+    names = servers or list(CHECKS)
+    with ThreadPoolExecutor(len(names)) as pool:
+        return list(pool.map(lambda name: _run(name, settings), names))
+
+
+def _run(name: str, settings: Settings) -> CheckResult:
+    try:
+        return CHECKS[name](settings)
+    except Exception as error:  # a client bug or an odd server reply: report, do not crash
+        return CheckResult(name, problem=f"unexpected {type(error).__name__}: {error}")

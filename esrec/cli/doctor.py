@@ -25,5 +25,7 @@ def doctor(ctx: click.Context, only: tuple[str, ...]) -> None:
                        f"{', '.join(result.capabilities)}")
         else:
             click.echo(f"{result.server:<14} FAIL  {result.problem}")
+            if result.fix:
+                click.echo(f"{'':<14} fix   {result.fix}")
     if not all(result.ok for result in results):
         sys.exit(1)

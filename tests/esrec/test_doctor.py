@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from esrec.doctor import check_mongodb, run_checks
+from esrec.doctor import check_elasticsearch, check_mongodb, run_checks
 from esrec.settings import Settings
 from esrec.stack import SERVICES, _wait_gone, free_port
+from runtime.settings import MASK
 
 
 def test_healthy_servers_pass(settings: Settings) -> None:
@@ -34,10 +35,24 @@ def test_wrong_urls_give_one_line_reasons_and_exit_1() -> None:
     assert "Traceback" not in run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert [line.split()[:2] for line in lines] == [
-        ["elasticsearch", "FAIL"], ["mongodb", "FAIL"], ["kafka", "FAIL"]]
+        ["elasticsearch", "FAIL"], ["fix", "check"], ["mongodb", "FAIL"], ["fix", "check"],
+        ["kafka", "FAIL"], ["fix", "check"]]
     assert f"cannot connect to http://127.0.0.1:{dead}" in lines[0]
-    assert "Connection refused" in lines[1]
-    assert f"no Kafka broker answered at 127.0.0.1:{dead}" in lines[2]
+    assert "Connection refused" in lines[2]
+    assert f"no Kafka broker answered at 127.0.0.1:{dead}" in lines[4]
+    # each fix names the setting the address came from, and how to get local servers
+    for line, variable in zip(lines[1::2], ("ESREC_ES__HOSTS", "ESREC_MONGO__URI",
+                                            "ESREC_KAFKA__BOOTSTRAP_SERVERS"), strict=True):
+        assert f"check {variable} (now " in line and "esrec stack up" in line
+
+
+def test_an_unreachable_url_is_shown_with_its_password_masked() -> None:
+    dead = free_port()
+    result = check_elasticsearch(Settings(es={"hosts": [f"http://esrec:s3cret@127.0.0.1:{dead}"]}))
+    assert not result.ok
+    assert "s3cret" not in result.problem + result.fix
+    assert f"http://esrec:{MASK}@127.0.0.1:{dead}" in result.problem
+    assert "ESREC_ES__HOSTS" in result.fix
 
 
 def test_invalid_settings_exit_2_naming_the_field() -> None:
