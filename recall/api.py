@@ -20,6 +20,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -124,8 +125,9 @@ def create_app(recaller: Recaller) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
     request_model = recaller.request_model
 
-    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                          Depends(bearer)]) -> None:
+    # async: a plain function would run on the thread pool, one more thread hand-over
+    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                Depends(bearer)]) -> None:
         if token is None:
             return
         if credentials is None or not hmac.compare_digest(
@@ -155,8 +157,11 @@ def create_app(recaller: Recaller) -> FastAPI:
               responses={401: {"description": "bearer token required"},
                          413: {"description": f"body over {MAX_BODY_BYTES} bytes"},
                          503: {"description": "no serving version, or a server is down"}})
-    def recall(body: Annotated[request_model, Body()]) -> RecallResponse:  # type: ignore[valid-type]
-        return recaller.recall(body)
+    async def recall(body: Annotated[request_model, Body()]) -> RecallResponse:  # type: ignore[valid-type]
+        # the blocking recall on the thread pool; the answer is then checked and written
+        # on the event loop (a plain function's answer goes back to the pool for that: a
+        # second thread hand-over, ~0.3 ms of CPU a request on a 2-core VM)
+        return await run_in_threadpool(recaller.recall, body)
 
     @app.get("/healthz", responses={503: {"description": "not ready"}})
     def healthz() -> Any:
