@@ -51,8 +51,14 @@ class Context:
 
     @functools.cached_property
     def excluded(self) -> frozenset[str]:
-        """``seen`` as a set, built once per request for every channel and the Recaller."""
+        """``seen`` as a set, built once per request for every channel."""
         return frozenset(self.seen)
+
+    @functools.cached_property
+    def over_fetched(self) -> frozenset[str]:
+        """The seen items ``filter`` leaves out of the query's ``must_not`` (searches ask
+        for as many more hits): the Recaller drops them from every channel's hits."""
+        return frozenset(self.seen[self.seen_in_query:])
 
     def filter(self) -> dict[str, Any]:
         clauses: dict[str, Any] = {"filter": [LIVE, *self.filters]}

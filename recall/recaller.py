@@ -262,9 +262,9 @@ class Recaller:
               ctx: Context) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
         ranked: dict[str, list[tuple[str, float]]] = {}
         reasons: dict[str, str] = {}
-        # every seen item is in the searches' must_not unless there were more of them
-        # than seen_in_query: only then can a channel's hits hold one (~20 us a request)
-        excluded = ctx.excluded if len(ctx.seen) > ctx.seen_in_query else frozenset()
+        # the other seen items were in every search's must_not: usually none are left to
+        # check, and no hit is looked at (~20 us a request)
+        over_fetched = ctx.over_fetched
         position = 0
         for name, count in plan:
             mine, position = responses[position:position + count], position + count
@@ -283,7 +283,7 @@ class Recaller:
                 self.metrics.degraded.labels(name, "timeout").inc()
             channel = self.channels[name]
             pairs = channel.rank(mine, ctx)
-            # the older seen items were over-fetched for, not excluded in the query
-            ranked[name] = [pair for pair in pairs if pair[0] not in excluded
-                            ][:channel.settings.size] if excluded else pairs[:channel.settings.size]
+            if over_fetched:
+                pairs = [pair for pair in pairs if pair[0] not in over_fetched]
+            ranked[name] = pairs[:channel.settings.size]
         return ranked, reasons

@@ -62,3 +62,16 @@ def test_i2i_reads_a_naive_date_as_utc_and_an_unparseable_one_as_no_date() -> No
     assert ranked["naive"] == ranked["garbage"] == ranked["number"] == pytest.approx(0.9)
     assert ranked["new"] == pytest.approx(1.0)
     assert next(iter(ranked)) == "new"
+
+
+@pytest.mark.parametrize("in_query", [0, 2, 5, 9])
+def test_every_seen_item_is_either_in_the_query_or_over_fetched(in_query: int) -> None:
+    """What ``filter`` leaves out of the must_not is what the Recaller drops from the hits:
+    together they are every seen item, so none is served."""
+    seen = [f"s{n}" for n in range(5)]
+    ctx = Context(user={"x": 1}, user_vector=None, seen=seen, seeds={}, filters=[],
+                  popular=Popular([], None), seen_in_query=in_query, overfetch=0, now=NOW)
+    must_not = ctx.filter()["bool"].get("must_not", [{"ids": {"values": []}}])
+    in_the_query = set(must_not[0]["ids"]["values"])
+    assert in_the_query | ctx.over_fetched == set(seen)
+    assert ctx.over_fetched == set(seen[in_query:])
