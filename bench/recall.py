@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from bench.indexer import stack_settings
+from bench.timing import percentiles_ms
 from esrec.cli.context import embedding_process
 from esrec.lifetime import exit_on_sigterm
 from esrec.settings import Settings
@@ -65,15 +66,9 @@ COMPUTE = ("user_tower", "cluster", "queries", "rank", "fusion")  # esrec's own 
 CLIENTS = (1, 8)
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000
-    return {"p50": round(float(np.percentile(ms, 50)), 2),
-            "p99": round(float(np.percentile(ms, 99)), 2)}
-
-
 def _stage_sum(stages: list[dict[str, float]], names: set[str]) -> dict[str, float]:
     """p50 / p99 over requests of the time each spent in the named stages."""
-    return _percentiles([sum(ms for stage, ms in request.items() if stage in names) / 1000
+    return percentiles_ms([sum(ms for stage, ms in request.items() if stage in names) / 1000
                          for request in stages])
 
 
@@ -128,10 +123,10 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
     figures: dict[str, Any] = {"items": items, "requests": requests,
                                "channels": list(recaller.channels)}
     for clients in CLIENTS:
-        raw = _percentiles(_timed(lambda u: msearch(searches=bodies[u]), sample, clients)[0])
+        raw = percentiles_ms(_timed(lambda u: msearch(searches=bodies[u]), sample, clients)[0])
         seconds, cpu, responses = _timed(lambda u: recaller.recall({"user_id": u}), sample,
                                          clients)
-        full = _percentiles(seconds)
+        full = percentiles_ms(seconds)
         stages = [response.stages_ms for response in responses]
         figures[f"clients_{clients}"] = {
             "raw_msearch_ms": raw, "full_recall_ms": full,
@@ -141,7 +136,7 @@ def measure(settings: Settings, items: int, requests: int, model_dir: Path) -> d
             "esrec_compute_ms": _stage_sum(stages, set(COMPUTE)),
             # the request thread's CPU, all of it (HTTP clients and JSON parsing too; the
             # i2i mget's thread not): what a core spends, without preemption and waits
-            "request_thread_cpu_ms": _percentiles(cpu),
+            "request_thread_cpu_ms": percentiles_ms(cpu),
             "stages_ms": {stage: _stage_sum(stages, {stage}) for stage in STAGES}}
     seeds = {source: recaller.metrics.registry.get_sample_value(
         "esrec_recall_i2i_seeds_total", {"source": source}) or 0.0
@@ -261,9 +256,9 @@ def _replayed(recaller: Recaller, replies: Replies, sample: list[str],
                     tower[n] = min(seconds, tower.get(n, seconds))
     kept = [stages for _, stages, _ in best.values()]
     return {"esrec_compute_ms": _stage_sum(kept, set(COMPUTE)),
-            "request_thread_cpu_ms": _percentiles([cpu for _, _, cpu in best.values()]),
+            "request_thread_cpu_ms": percentiles_ms([cpu for _, _, cpu in best.values()]),
             "stages_ms": {stage: _stage_sum(kept, {stage}) for stage in COMPUTE},
-            "user_tower_alone_ms": _percentiles(list(tower.values())),
+            "user_tower_alone_ms": percentiles_ms(list(tower.values())),
             "passes": passes}
 
 
@@ -282,7 +277,7 @@ def _fusion_alone(rrf_k: int, channels: int = 5, candidates: int = 100,
         started = time.perf_counter()
         rrf(ranked, weights, candidates, rrf_k)
         seconds.append(time.perf_counter() - started)
-    return {**_percentiles(seconds), "channels": channels, "candidates": candidates}
+    return {**percentiles_ms(seconds), "channels": channels, "candidates": candidates}
 
 
 def _idle_wake(recaller: Recaller, user_id: str, pause_s: float) -> dict[str, float]:
@@ -302,7 +297,7 @@ def _idle_wake(recaller: Recaller, user_id: str, pause_s: float) -> dict[str, fl
             started = time.perf_counter()
             artifact.embed_users([user])
             seconds.append(time.perf_counter() - started)
-        figures[f"user_tower_{name}_p50"] = _percentiles(seconds)["p50"]
+        figures[f"user_tower_{name}_p50"] = percentiles_ms(seconds)["p50"]
     figures["pause_ms"] = round(pause_s * 1000, 1)
     return figures
 

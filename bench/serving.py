@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any
 
+from bench.timing import percentiles_ms
 from esrec.settings import Settings
 from recall.api import create_app
 from recall.fusion import rrf
@@ -77,11 +78,8 @@ async def _post(app: Any, body: bytes) -> tuple[int, bytes]:
     return status, b"".join(chunks)
 
 
-def _per_request_us(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-    return {"p50": round(ordered[len(ordered) // 2] * 1e6, 1),
-            "p99": round(ordered[int(len(ordered) * 0.99)] * 1e6, 1),
-            "mean": round(sum(ordered) / len(ordered) * 1e6, 1)}
+def _summary_ms(seconds: list[float]) -> dict[str, float]:
+    return {**percentiles_ms(seconds), "mean": round(sum(seconds) / len(seconds) * 1000, 3)}
 
 
 async def _face(app: Any, requests: int) -> tuple[list[float], list[float]]:
@@ -107,13 +105,13 @@ def measure(requests: int, k: int) -> dict[str, Any]:
         started = time.process_time()
         recaller.answer.model_dump_json()
         json_s.append(time.process_time() - started)
-    face = _per_request_us(cpus)
-    alone = _per_request_us(json_s)
+    face = _summary_ms(cpus)
+    alone = _summary_ms(json_s)
     return {"requests": requests, "candidates": k,
-            "face_wall_us": _per_request_us(walls), "face_cpu_us": face,
-            "references": {"answer_json_cpu_us": alone},
+            "face_wall_ms": _summary_ms(walls), "face_cpu_ms": face,
+            "references": {"answer_json_cpu_ms": alone},
             "ratios": {"face_cpu_over_answer_json_cpu": round(
-                face["mean"] / max(alone["mean"], 0.1), 2)}}
+                face["mean"] / max(alone["mean"], 1e-4), 2)}}
 
 
 def main() -> None:
