@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import bson
+from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
@@ -27,6 +28,15 @@ if TYPE_CHECKING:  # a batch may name its own targets: only the type is needed h
 # text maps back to one document: indexer.id_kinds); other BSON types (sub-documents,
 # floats, binary, dates...) go to dead letters with the reason
 ID_TYPES = (str, int, Int64, bson.ObjectId)
+
+
+def document_codec(options: CodecOptions[Any]) -> CodecOptions[dict[str, Any]]:
+    """How every source decodes catalog documents (``options``: the collection's): dicts
+    with naive datetimes. BSON dates are UTC, and a timezone-aware one costs the decoder a
+    Python call (a change event with two dates: ~11 -> ~5 us to decode); every reader
+    of a document takes a naive datetime as UTC (towers.featurizer, the Elasticsearch
+    serializers in runtime.clients)."""
+    return options.with_options(document_class=dict, tz_aware=False, tzinfo=None)
 
 
 @dataclass(frozen=True)

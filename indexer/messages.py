@@ -37,11 +37,10 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from indexer.changes import Change, es_id, id_problem
+from indexer.changes import Change, document_codec, es_id, id_problem
 
-_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
-_RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument,
-                                                   tz_aware=True)
+_CODEC = document_codec(CodecOptions())
+_RAW: CodecOptions[RawBSONDocument] = _CODEC.with_options(document_class=RawBSONDocument)
 _LIST_ENTRY_BYTES = 8  # a list entry's type byte and its index as a key
 ENVELOPE_BYTES = 512  # room for a change's fields around its document, and a pack's
 

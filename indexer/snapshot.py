@@ -24,7 +24,6 @@ from itertools import islice
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
@@ -33,7 +32,7 @@ from bson.regex import Regex
 from bson.timestamp import Timestamp
 from pymongo.cursor import Cursor
 
-from indexer.changes import Batch, Change, SnapshotPosition, id_problem
+from indexer.changes import Batch, Change, SnapshotPosition, document_codec, id_problem
 from indexer.versioning import external_version
 from runtime.clients import MongoCollection
 
@@ -67,10 +66,9 @@ class RawDocuments:
     document is encoded again to measure it (the snapshot and the workers' chunks)."""
 
     def __init__(self, collection: MongoCollection) -> None:
-        options = collection.codec_options
-        self.collection = collection.with_options(codec_options=CodecOptions(
-            document_class=RawBSONDocument, tz_aware=options.tz_aware, tzinfo=options.tzinfo))
-        self.decode = options.with_options(document_class=dict)
+        self.decode = document_codec(collection.codec_options)
+        self.collection = collection.with_options(
+            codec_options=self.decode.with_options(document_class=RawBSONDocument))
 
     def upserts(self, found: Iterable[RawBSONDocument], version: int,
                 cluster_time: Timestamp) -> list[Change]:

@@ -28,13 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo.change_stream import ChangeStream
 from pymongo.errors import OperationFailure
 
-from indexer.changes import Batch, Change, Position, id_problem
+from indexer.changes import Batch, Change, Position, document_codec, id_problem
 from indexer.versioning import Sequencer, VersionOverflow
 from runtime.clients import MongoCollection
 from runtime.errors import DataLost
@@ -95,10 +94,9 @@ class ChangeStreamSource:
         # against 18 for raw events inflated one by one). decode_documents=False keeps
         # raw events: the relay ships documents as the bytes they came in (decoding and
         # encoding them again was a third of its CPU).
-        self.decode = collection.codec_options.with_options(document_class=dict)
-        codec = self.decode if decode_documents else CodecOptions(
-            document_class=RawBSONDocument, tz_aware=collection.codec_options.tz_aware,
-            tzinfo=collection.codec_options.tzinfo)
+        self.decode = document_codec(collection.codec_options)
+        codec = self.decode if decode_documents else self.decode.with_options(
+            document_class=RawBSONDocument)
         self.stream: ChangeStream[Mapping[str, Any]]
         try:
             if self.relations:

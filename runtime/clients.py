@@ -23,13 +23,24 @@ MongoDatabase = Database[Document]
 MongoCollection = Collection[Document]
 
 
-class OrjsonNdjsonSerializer(NdjsonSerializer):
-    """_bulk and _msearch bodies through orjson: ~4x faster than json for float vectors,
-    and numpy arrays go in as they are. (orjson writes NaN as null; esrec rejects NaN
-    before it gets here.)"""
+# numpy arrays go in as they are; a naive datetime is UTC (catalog documents are decoded
+# with naive datetimes: indexer.changes.document_codec) and is written with its offset
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC
+
+
+class UtcOrjsonSerializer(OrjsonSerializer):
+    """Request bodies through orjson, naive datetimes as UTC."""
 
     def json_dumps(self, data: Any) -> bytes:
-        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(data, default=self.default, option=_ORJSON_OPTIONS)
+
+
+class OrjsonNdjsonSerializer(NdjsonSerializer):
+    """_bulk and _msearch bodies through orjson: ~4x faster than json for float vectors.
+    (orjson writes NaN as null; esrec rejects NaN before it gets here.)"""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return orjson.dumps(data, default=self.default, option=_ORJSON_OPTIONS)
 
     def json_loads(self, data: bytes) -> Any:
         return orjson.loads(data)
@@ -38,7 +49,7 @@ class OrjsonNdjsonSerializer(NdjsonSerializer):
 def elasticsearch_client(settings: ElasticsearchSettings, **overrides: Any) -> Elasticsearch:
     """An Elasticsearch client; ``overrides`` are passed through (e.g. ``max_retries=0``)."""
     options: dict[str, Any] = {
-        "serializers": {"application/json": OrjsonSerializer(),
+        "serializers": {"application/json": UtcOrjsonSerializer(),
                         "application/x-ndjson": OrjsonNdjsonSerializer()},
         "hosts": list(settings.hosts),
         "request_timeout": settings.request_timeout_s,

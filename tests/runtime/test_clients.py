@@ -10,7 +10,7 @@ import orjson
 import pytest
 from elastic_transport import NdjsonSerializer, SerializationError
 
-from runtime.clients import OrjsonNdjsonSerializer
+from runtime.clients import OrjsonNdjsonSerializer, UtcOrjsonSerializer
 
 
 def test_a_bulk_body_is_one_json_line_per_operation_as_the_library_writes_it() -> None:
@@ -24,6 +24,9 @@ def test_a_bulk_body_is_one_json_line_per_operation_as_the_library_writes_it() -
         {"index": {"_index": "i", "_id": "a", "version": 7}},
         {"vector": [0.25, -1.5, 3.0], "at": "2025-01-02T00:00:00+00:00", "tags": ["x"],
          "ok": True}, {"raw": 1}, {"bytes": 2}]
+    naive = OrjsonNdjsonSerializer().dumps([{"at": datetime(2025, 1, 2)}])  # BSON: UTC
+    assert naive == b'{"at":"2025-01-02T00:00:00+00:00"}\n'
+    assert UtcOrjsonSerializer().dumps({"at": datetime(2025, 1, 2)}) == naive.strip()
     plain = [{"index": {"_id": "a"}}, {"n": 1.5}]
     assert OrjsonNdjsonSerializer().dumps(plain) == NdjsonSerializer().dumps(plain)
     assert OrjsonNdjsonSerializer().dumps(b'{"q": 1}') == b'{"q": 1}\n'

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from datetime import UTC, datetime
 
 import torch
+from pytest import MonkeyPatch
 
 from towers.features import OOV, PAD, Age, FeatureSpec, ItemId, Numeric, Tags, Text, default_spec
 from towers.featurizer import EXAMPLE_AGE, NUMERIC, Featurizer
@@ -84,14 +86,22 @@ def test_users_behaviour_and_example_age() -> None:
     assert aged[EXAMPLE_AGE].tolist() == [[2.5]]
 
 
-def test_age_accepts_datetimes_iso_strings_and_epochs() -> None:
+def test_age_accepts_datetimes_iso_strings_and_epochs(monkeypatch: MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # a zone-less date is UTC, not local time
+    time.tzset()
     spec = FeatureSpec(item=[Age(name="age", field="at")], user=[])
     at = datetime(2026, 1, 11, tzinfo=UTC).timestamp()
     documents = [{"at": datetime(2026, 1, 1, tzinfo=UTC)}, {"at": "2026-01-01T00:00:00+00:00"},
-                 {"at": datetime(2026, 1, 1, tzinfo=UTC).timestamp()}]
-    featurizer = Featurizer.fit(spec, documents, [], {}, now=at)
-    values = featurizer.items(documents, at=at)[NUMERIC][:, 0].tolist()
-    assert values[0] == values[1] == values[2]
+                 {"at": datetime(2026, 1, 1, tzinfo=UTC).timestamp()},
+                 {"at": datetime(2026, 1, 1)},  # as esrec decodes BSON dates: naive, UTC
+                 {"at": "2026-01-01T00:00:00"}]
+    try:
+        featurizer = Featurizer.fit(spec, documents, [], {}, now=at)
+        values = featurizer.items(documents, at=at)[NUMERIC][:, 0].tolist()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert len(set(values)) == 1
     assert featurizer.state.numeric["age"].mean == math.log1p(10.0)
 
 
