@@ -180,12 +180,17 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def utc_seconds(value: datetime) -> float:
+    """A date's seconds since the epoch; one without a zone is UTC (BSON dates are, esrec
+    decodes them naive: indexer.changes.document_codec; Elasticsearch reads such a text
+    as UTC too), never the machine's local time."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
 def _epoch(value: Any) -> float:
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     if isinstance(value, str):
-        return datetime.fromisoformat(value).timestamp()
-    return float(value)
+        value = datetime.fromisoformat(value)
+    return utc_seconds(value) if isinstance(value, datetime) else float(value)
 
 
 def _interaction(row: Mapping[str, Any]) -> Interaction:

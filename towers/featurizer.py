@@ -13,12 +13,13 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from towers.dataset import utc_seconds
 from towers.features import (
     FIRST,
     OOV,
@@ -82,16 +83,13 @@ def _key(value: Any) -> str | None:
 
 
 def _epoch_seconds(value: Any) -> float | None:
-    """Seconds since the epoch; a date without a zone is UTC (BSON dates are, esrec
-    decodes them naive: indexer.changes.document_codec; Elasticsearch reads such a text
-    as UTC too), never the machine's local time."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
             return None
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        return utc_seconds(value)
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runtime.errors import Refused
 from runtime.ids import id_text_problem
-from towers.dataset import Dataset, Interaction, tag_problem
+from towers.dataset import Dataset, Interaction, tag_problem, utc_seconds
 
 EXAMPLE_ROWS = 5  # row numbers kept per bad-row reason
 OnProgress = Callable[[str, int], None]  # (file stem, rows read so far)
@@ -215,8 +215,7 @@ def _identifier(value: Any, what: str) -> str:
 def _epoch(value: Any, unit: str) -> float:
     try:
         if unit == "iso":
-            parsed = datetime.fromisoformat(str(value).strip())
-            seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+            seconds = utc_seconds(datetime.fromisoformat(str(value).strip()))
         else:
             seconds = float(value) / (1000.0 if unit == "ms" else 1.0)
     except (TypeError, ValueError, OverflowError):

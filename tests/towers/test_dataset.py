@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,23 @@ def test_files_round_trip(tmp_path: Path, fmt: str) -> None:
     assert loaded.interactions == dataset.interactions
     assert [i["_id"] for i in loaded.items] == [i["_id"] for i in dataset.items]
     assert leave_last_out(loaded).item_counts == leave_last_out(dataset).item_counts
+
+
+def test_an_interaction_time_without_a_zone_is_utc(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "items.jsonl").write_text('{"_id": "a"}\n')
+    (tmp_path / "users.jsonl").write_text('{"_id": "u"}\n')
+    (tmp_path / "interactions.jsonl").write_text("".join(
+        f'{{"user_id": "u", "item_id": "a", "ts": "{ts}"}}\n'
+        for ts in ("2026-01-01T00:00:00", "2026-01-01T00:00:00+00:00")))
+    monkeypatch.setenv("TZ", "America/New_York")  # not the machine's local time
+    time.tzset()
+    try:
+        loaded = load_files(tmp_path)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert [i.ts for i in loaded.interactions] == [1_767_225_600.0] * 2
 
 
 def test_bad_files_say_where(tmp_path: Path) -> None:
