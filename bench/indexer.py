@@ -45,7 +45,7 @@ from esrec.lifetime import die_with_parent, exit_on_sigterm
 from esrec.settings import Settings, load_settings, server_environment
 from esrec.stack import LocalStack
 from indexer.changes import Position
-from indexer.documents import project
+from indexer.documents import Projection
 from indexer.layout import item_document
 from indexer.service import Services
 from indexer.sink import BULK_RESPONSE_FIELDS
@@ -140,8 +140,8 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     tower_cpu_us = tower_cpu_s * 1e6 / docs
 
     # the same documents the indexer writes (vector + projection), ready-made
-    projected = [project(document, len(bson.encode(document)), settings.indexer)
-                 for document in documents]
+    project = Projection(settings.indexer)
+    projected = [project(document, len(bson.encode(document))) for document in documents]
     scratch = svc.new_generation(REF, point_alias=False).index
     now = datetime.now(UTC).isoformat()
     bulk_cpu = _CpuMeter({"client": os.getpid(), **servers})
@@ -218,8 +218,7 @@ def measure(settings: Settings, docs: int, model_dir: Path,
     for document in naive_docs:
         vector = artifact.embed_items([document])[0]
         es.index(index=naive_index, id=document["_id"],
-                 document=item_document(vector, project(document, len(bson.encode(document)),
-                                                         settings.indexer), 1,
+                 document=item_document(vector, project(document, len(bson.encode(document))), 1,
                                         datetime.now(UTC).isoformat()))
     naive = len(naive_docs) / (time.perf_counter() - started)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from indexer.changes import Change
-from indexer.documents import DocumentRejected, project
+from indexer.documents import DocumentRejected, Projection
 from indexer.id_kinds import IdKinds
 from indexer.layout import item_document, tombstone
 from indexer.metrics import IndexerMetrics
@@ -88,6 +88,7 @@ class Pipeline:
         self.settings = settings
         self.metrics = metrics
         self.related = related  # joins items with related documents (None: no server)
+        self.project = Projection(settings)
 
     def process(self, changes: list[Change]) -> None:
         """Index a batch; returns once every write has a verdict (the checkpoint may move)."""
@@ -99,45 +100,52 @@ class Pipeline:
         ``targets`` (default: the pipeline's)."""
         for op, count in Counter(change.op for change in changes).items():
             self.metrics.events.labels(op).inc(count)
-        changes = [change if change.problem is not None
-                   or (problem := self.ids.problem(change.doc_id)) is None
-                   else replace(change, problem=problem) for change in changes]
-        flagged = [change for change in changes if change.problem is not None]
-        for change in flagged:
-            self._park(change, "validate", change.problem or "")
-        batch = coalesce([change for change in changes if change.problem is None])
+        valid: list[Change] = []
+        flagged = 0
+        for change in changes:
+            if change.problem is None and (problem := self.ids.problem(change.doc_id)):
+                change = replace(change, problem=problem)
+            if change.problem is None:
+                valid.append(change)
+            else:
+                self._park(change, "validate", change.problem)
+                flagged += 1
+        batch = coalesce(valid)
         failed: set[int] = set()
-        projected: dict[int, dict[str, Any]] = {}
+        upserts: list[int] = []  # positions in ``batch``, beside their projections
+        projections: list[dict[str, Any]] = []
         for position, change in enumerate(batch):
             if change.op == "upsert":
                 try:
-                    projected[position] = project(change.document or {}, change.size_bytes,
-                                                  self.settings)
+                    projections.append(self.project(change.document or {}, change.size_bytes))
                 except DocumentRejected as error:
                     self._park(change, "validate", str(error))
                     failed.add(position)
+                    continue
+                upserts.append(position)
         actions: list[Action] = []
         indexed_at = datetime.now(UTC).isoformat()
-        upserts = [p for p in projected if p not in failed]
+        documents = [batch[position].document or {} for position in upserts]
         for target in self.targets if targets is None else targets:
             started, cpu_started = time.perf_counter(), time.thread_time()
-            vectors = embed(target.artifact, [batch[p].document or {} for p in upserts],
-                            self.related)
+            vectors = embed(target.artifact, documents, self.related)
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
             self.metrics.embed_cpu.inc(time.thread_time() - cpu_started)
             self._count_fallbacks(target.artifact)
             finite = np.isfinite(vectors).all(axis=1)  # one call per batch, not per row
-            for position, vector, ok in zip(upserts, vectors, finite, strict=True):
-                if not ok:
-                    self._park(batch[position], "embed", "the item tower returned a non-finite "
-                               "vector", target.index)
+            for position, projected, vector, ok in zip(upserts, projections, vectors, finite,
+                                                       strict=True):
+                change = batch[position]
+                if ok:
+                    actions.append(Action(change, target.index, item_document(
+                        vector, projected, change.version, indexed_at)))
+                else:
+                    self._park(change, "embed", "the item tower returned a non-finite vector",
+                               target.index)
                     failed.add(position)
-                    continue
-                actions.append(Action(batch[position], target.index, item_document(
-                    vector, projected[position], batch[position].version, indexed_at)))
             actions.extend(Action(change, target.index, tombstone(change.version, indexed_at))
                            for change in batch if change.op == "delete")
-        return Prepared(len(changes), batch, actions, failed, len(flagged))
+        return Prepared(len(changes), batch, actions, failed, flagged)
 
     def commit(self, prepared: Prepared) -> None:
         """Write a prepared batch; returns once every write has a verdict."""

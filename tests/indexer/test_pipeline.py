@@ -51,9 +51,9 @@ def test_bad_documents_are_parked_and_the_batch_goes_on(settings: Settings, es: 
     target = svc.new_generation("test-model@1", point_alias=True)
     # an index whose mapping disagrees with a document: Elasticsearch rejects that item
     es.indices.put_mapping(index=target.index, properties={"brand": {"type": "long"}})
-    pipeline = svc.pipeline([target])
-    pipeline.settings = pipeline.settings.model_copy(update={"projection": {
-        **pipeline.settings.projection, "brand": "keyword"}})
+    projecting_brand = settings.model_copy(update={"indexer": settings.indexer.model_copy(
+        update={"projection": {**settings.indexer.projection, "brand": "keyword"}})})
+    pipeline = services(projecting_brand, es, artifact_dir).pipeline([target])
     pipeline.process([
         Change("upsert", "ok", _v(1), T, {"_id": "ok", "title": "fine", "brand": "7"}),
         Change("upsert", "nan", _v(2), T, {"_id": "nan", "title": "x", "price": float("nan")}),
