@@ -195,7 +195,7 @@ class ChangeStreamSource:
             # a decoded document's size is measured by Change (one C encode, ~1 us; a
             # $bsonSize stage in the stream would cost the server a pipeline stage an
             # event, ~40 us of the MongoDB stand-in's CPU)
-            size = len(document.raw) if isinstance(document, RawBSONDocument) else -1
+            size = -1 if isinstance(document, dict) else len(document.raw)  # raw: its bytes
             doc_id = self._key(event)
             change = Change("upsert", doc_id, version, cluster_time, document,
                             problem or id_problem(doc_id), size)
@@ -207,10 +207,12 @@ class ChangeStreamSource:
         return self._decoded(event["documentKey"])["_id"]
 
     def _decoded(self, document: Mapping[str, Any]) -> Mapping[str, Any]:
-        """A sub-document as a dict, whichever codec the stream was opened with."""
-        if isinstance(document, RawBSONDocument):
-            return bson.decode(document.raw, self.decode)
-        return document
+        """A sub-document as a dict, whichever codec the stream was opened with (asked
+        as "a dict?": RawBSONDocument is an ABC Mapping, whose isinstance costs ~0.5 us)."""
+        if isinstance(document, dict):
+            return document
+        raw: bytes = document.raw  # type: ignore[attr-defined]
+        return bson.decode(raw, self.decode)
 
     def _fan_out(self, event: Mapping[str, Any], collection: str, batch: Batch) -> None:
         """A related document changed: an upsert of every item that points at it, all at

@@ -51,12 +51,20 @@ class Sequencer:
         self.cluster_time = cluster_time
         self.seq = seq
         self.on_overflow = on_overflow
+        # the cluster time's parts, read once (Timestamp's fields and == are Python calls)
+        self._last = (cluster_time.time, cluster_time.inc) if cluster_time else None
 
     def next(self, cluster_time: Timestamp) -> int:
-        if cluster_time == self.cluster_time:
+        """The version of the next event, at ``cluster_time`` (once per event: the fast
+        path packs it here; a time outside the layout raises from external_version)."""
+        time, inc = cluster_time.time, cluster_time.inc
+        if (time, inc) == self._last:
             self.seq += 1
         else:
-            self.cluster_time, self.seq = cluster_time, 1
+            self.cluster_time, self._last, self.seq = cluster_time, (time, inc), 1
         if self.seq > MAX_SEQ:
             self.on_overflow()  # a > 4095-event transaction: later ops share the last seq
+        seconds = time - EPOCH
+        if 0 <= seconds < 1 << 31 and inc < 1 << INC_BITS:
+            return (seconds << (INC_BITS + SEQ_BITS)) | (inc << SEQ_BITS) | min(self.seq, MAX_SEQ)
         return external_version(cluster_time, self.seq)
