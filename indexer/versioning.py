@@ -29,12 +29,17 @@ class VersionOverflow(Refused):
 
 
 def external_version(cluster_time: Timestamp, seq: int) -> int:
-    seconds = cluster_time.time - EPOCH
+    return _packed(cluster_time.time, cluster_time.inc, seq)
+
+
+def _packed(time: int, inc: int, seq: int) -> int:
+    """The version of (seconds, increment) of a cluster time and a sequence."""
+    seconds = time - EPOCH
     if not 0 <= seconds < 1 << 31:
-        raise VersionOverflow(f"cluster time {cluster_time} is outside 2020..2088")
-    if cluster_time.inc >= 1 << INC_BITS:
-        raise VersionOverflow(f"oplog increment {cluster_time.inc} exceeds {1 << INC_BITS}")
-    return (seconds << (INC_BITS + SEQ_BITS)) | (cluster_time.inc << SEQ_BITS) | min(seq, MAX_SEQ)
+        raise VersionOverflow(f"cluster time {Timestamp(time, inc)} is outside 2020..2088")
+    if inc >= 1 << INC_BITS:
+        raise VersionOverflow(f"oplog increment {inc} exceeds {1 << INC_BITS}")
+    return (seconds << (INC_BITS + SEQ_BITS)) | (inc << SEQ_BITS) | min(seq, MAX_SEQ)
 
 
 def cluster_time_of(version: int) -> Timestamp:
@@ -55,8 +60,7 @@ class Sequencer:
         self._last = (cluster_time.time, cluster_time.inc) if cluster_time else None
 
     def next(self, cluster_time: Timestamp) -> int:
-        """The version of the next event, at ``cluster_time`` (once per event: the fast
-        path packs it here; a time outside the layout raises from external_version)."""
+        """The version of the next event, at ``cluster_time`` (once per event)."""
         time, inc = cluster_time.time, cluster_time.inc
         if (time, inc) == self._last:
             self.seq += 1
@@ -64,7 +68,4 @@ class Sequencer:
             self.cluster_time, self._last, self.seq = cluster_time, (time, inc), 1
         if self.seq > MAX_SEQ:
             self.on_overflow()  # a > 4095-event transaction: later ops share the last seq
-        seconds = time - EPOCH
-        if 0 <= seconds < 1 << 31 and inc < 1 << INC_BITS:
-            return (seconds << (INC_BITS + SEQ_BITS)) | (inc << SEQ_BITS) | min(self.seq, MAX_SEQ)
-        return external_version(cluster_time, self.seq)
+        return _packed(time, inc, self.seq)

@@ -39,10 +39,12 @@ def test_resumed_sequencer_continues_a_transaction() -> None:
 
 
 def test_overflows_are_loud_or_counted() -> None:
-    with pytest.raises(VersionOverflow):
+    with pytest.raises(VersionOverflow, match=r"cluster time Timestamp\(1000, 1\) is outside"):
         external_version(Timestamp(1_000, 1), 0)
-    with pytest.raises(VersionOverflow):
+    with pytest.raises(VersionOverflow, match="oplog increment 1048576 exceeds"):
         external_version(Timestamp(T.time, 1 << 20), 0)
+    with pytest.raises(VersionOverflow):  # the sequencer's path too
+        Sequencer().next(Timestamp(1_000, 1))
     overflows: list[int] = []
     sequencer = Sequencer(T, MAX_SEQ, on_overflow=lambda: overflows.append(1))
     assert sequencer.next(T) == external_version(T, MAX_SEQ)  # shares the last sequence
