@@ -85,10 +85,9 @@ class Pipeline:
         self.sink = sink
         self.dead_letters = dead_letters
         self.ids = ids
-        self.settings = settings
         self.metrics = metrics
         self.related = related  # joins items with related documents (None: no server)
-        self.project = Projection(settings)
+        self.project = Projection(settings)  # the settings' checks, planned once
 
     def process(self, changes: list[Change]) -> None:
         """Index a batch; returns once every write has a verdict (the checkpoint may move)."""
